@@ -1,0 +1,210 @@
+"""conductor-mcp serve | solve | plan | resume | runs | show | doctor.
+
+Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .errors import ConductorError
+
+log = logging.getLogger("conductor_mcp")
+
+
+def emit(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from .engine import Engine
+    from .registry import load_registry
+    from .store import Store
+
+    return Engine(load_registry(args.workers), Store(args.db))
+
+
+def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, None]] | None:
+    if args.json:
+        return None
+
+    async def show(event: Any) -> None:
+        sys.stderr.write(event.message + "\n")
+
+    return show
+
+
+async def _solve(args: argparse.Namespace) -> int:
+    from .render import run_summary, run_text
+
+    engine = _engine(args)
+    run = await engine.plan(args.task, args.use, args.max_steps)
+    if not args.json:
+        sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
+    run = await engine.execute(run.id, _progress(args))
+    emit(json.dumps(run_summary(run), indent=2) if args.json else run_text(run, full=args.verbose))
+    return 0 if run.status == "completed" else 1
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    from .render import run_summary, workflow_text
+
+    run = await _engine(args).plan(args.task, args.use, args.max_steps)
+    if args.json:
+        emit(json.dumps(run_summary(run), indent=2))
+    else:
+        emit(f"run {run.id} planned ({run.plan.source} by {run.plan.planner})\n{workflow_text(run.workflow)}\n"
+             f"run it with: conductor-mcp resume {run.id}")
+    return 0
+
+
+async def _resume(args: argparse.Namespace) -> int:
+    from .render import run_summary, run_text
+
+    run = await _engine(args).resume(args.run_id, _progress(args))
+    emit(json.dumps(run_summary(run), indent=2) if args.json else run_text(run, full=args.verbose))
+    return 0 if run.status == "completed" else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .render import run_summary, runs_table
+    from .store import Store
+
+    runs = Store(args.db).list_runs(args.limit)
+    emit(json.dumps([run_summary(r) for r in runs], indent=2) if args.json else runs_table(runs))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .render import run_text, run_trace
+    from .store import Store
+
+    store = Store(args.db)
+    run = store.get_run(args.run_id)
+    if args.json:
+        children = [run_trace(store.get_run(c)) for c in store.children(run.id)]
+        emit(json.dumps(run_trace(run, children), indent=2))
+    else:
+        emit(run_text(run))
+        for child in store.children(run.id):
+            emit("\nchild " + run_text(store.get_run(child)))
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .local_model import gpu_offload_supported
+    from .registry import load_registry
+    from .store import Store
+
+    registry = load_registry(args.workers)
+    store = Store(args.db)
+    c = registry.conductor
+    gpu = gpu_offload_supported()
+    report = {
+        "version": __version__,
+        "workers_source": registry.source,
+        "workers": [{"id": s.spec.id, "backend": s.spec.model or str(s.gguf_path), "available": s.available,
+                     "reason": s.reason} for s in registry.states],
+        "conductor": {"model": c.model or str(registry.conductor_gguf()), "format": c.format,
+                      "max_steps": c.max_steps, "n_gpu_layers": c.n_gpu_layers if gpu else 0},
+        "llama_cpp_gpu_backend": gpu,
+        "store": str(store.path),
+    }
+    if args.json:
+        emit(json.dumps(report, indent=2))
+        return 0
+    lines = [f"conductor-mcp {__version__}", f"workers ({registry.source}):"]
+    for w in report["workers"]:
+        state = "available" if w["available"] else f"unavailable: {w['reason']}"
+        lines.append(f"  {w['id']:<24} {state:<32} {w['backend']}")
+    lines.append(f"conductor: {report['conductor']['model']} (format {c.format}, max_steps {c.max_steps})")
+    lines.append(f"llama.cpp GPU backend: {'yes, all layers offloaded' if gpu else 'no (CPU only)'}")
+    lines.append(f"trace store: {store.path}")
+    emit("\n".join(lines))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="conductor-mcp", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, json_flag: bool = True) -> None:
+        sp.add_argument("--workers", help="worker manifest (YAML); default $CONDUCTOR_WORKERS or the environment")
+        sp.add_argument("--db", help="trace store path; default $CONDUCTOR_DB or a per-user data file")
+        sp.add_argument("-v", "--verbose", action="store_true", help="log to stderr; show every step")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    for name, help_text in (("solve", "plan a task and run the workflow"), ("plan", "plan only; spend nothing")):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("task")
+        sp.add_argument("--use", action="append", metavar="WORKER", help="only these worker ids (repeatable)")
+        sp.add_argument("--max-steps", type=int)
+        common(sp)
+    sp = sub.add_parser("resume", help="continue a run from its first unfinished step")
+    sp.add_argument("run_id")
+    common(sp)
+    sp = sub.add_parser("runs", help="recent runs, newest first")
+    sp.add_argument("--limit", type=int, default=20)
+    common(sp)
+    sp = sub.add_parser("show", help="one run's whole trace")
+    sp.add_argument("run_id")
+    common(sp)
+    sp = sub.add_parser("doctor", help="workers and their state, the conductor, the store")
+    common(sp)
+    sp = sub.add_parser("serve", help="serve MCP (stdio by default)")
+    sp.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8765)
+    sp.add_argument("--allowed-host", action="append", default=[], help="Host header to accept (repeatable)")
+    sp.add_argument("--allowed-origin", action="append", default=[], help="Origin to accept (repeatable)")
+    common(sp, json_flag=False)
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
+    "serve": _serve,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    handler = COMMANDS[args.command]
+    try:
+        if args.command in ("solve", "plan", "resume"):
+            result: int = anyio.run(handler, args)
+        else:
+            result = handler(args)
+    except ConductorError as exc:
+        sys.stderr.write(f"conductor-mcp {args.command}: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; `conductor-mcp resume RUN_ID` continues a run\n")
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Pydantic types shared by every layer: manifests, workflows, runs and their usage.
+
+These models are the single source of every schema: manifest validation, the planner's JSON
+schema, MCP tool input/output schemas and the trace store's JSON columns all come from here.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CONDUCTOR_WORKER = "conductor"  # reserved worker id: the conductor itself (recursion)
+MAX_STEPS_LIMIT = 5  # the paper's bound on a workflow's length
+WorkerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")]
+
+
+class Strict(BaseModel):
+    """A model that rejects unknown keys, so a typo in a manifest is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(Strict):
+    input_per_mtok: float = Field(ge=0, description="USD per million prompt tokens")
+    output_per_mtok: float = Field(ge=0, description="USD per million completion tokens")
+
+
+class ConductorSpec(Strict):
+    gguf: str | None = None  # "bundled" or a path; default when neither gguf nor model is given
+    model: str | None = None  # a litellm model string: a remote planner
+    format: Literal["json", "paper"] = "json"
+    n_gpu_layers: int = -1
+    n_ctx: int = Field(default=4096, ge=512)
+    n_threads: int | None = Field(default=None, ge=1)
+    max_steps: int = Field(default=MAX_STEPS_LIMIT, ge=1, le=MAX_STEPS_LIMIT)
+    temperature: float = Field(default=0.0, ge=0)
+    api_base: str | None = None
+    api_key_env: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ConductorSpec:
+        if self.gguf and self.model:
+            raise ValueError("give either `gguf` or `model`, not both")
+        if not self.gguf and not self.model:
+            self.gguf = "bundled"
+        return self
+
+
+class WorkerSpec(Strict):
+    id: WorkerId
+    model: str | None = None  # a litellm model string
+    gguf: str | None = None  # "bundled" or a path: an in-process llama.cpp worker
+    description: str = ""
+    api_key_env: str | None = None
+    api_base: str | None = None
+    fallback: str | None = None
+    max_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    price: Price | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == CONDUCTOR_WORKER:
+            raise ValueError(f"`{CONDUCTOR_WORKER}` is reserved for the conductor itself")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> WorkerSpec:
+        if bool(self.model) == bool(self.gguf):
+            raise ValueError("give exactly one of `model` (a litellm model string) or `gguf`")
+        return self
+
+    @property
+    def kind(self) -> Literal["litellm", "gguf"]:
+        return "gguf" if self.gguf else "litellm"
+
+
+class Manifest(Strict):
+    conductor: ConductorSpec = Field(default_factory=ConductorSpec)
+    workers: list[WorkerSpec] = Field(min_length=1)
+
+
+Access = Literal["all", "none"] | list[Annotated[int, Field(ge=0)]]
+
+
+class Step(Strict):
+    worker: str = Field(min_length=1, description="a worker id from the registry")
+    instruction: str = Field(min_length=1, max_length=8000, description="the subtask for this step")
+    access: Access = Field(
+        default="none", description='"all", "none", or a list of earlier step indices whose outputs it sees'
+    )
+
+    @field_validator("instruction")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("instruction is empty")
+        return value.strip()
+
+
+class Workflow(Strict):
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS_LIMIT)
+
+    @model_validator(mode="after")
+    def _access_earlier_only(self) -> Workflow:
+        for i, step in enumerate(self.steps):
+            if isinstance(step.access, list):
+                bad = [j for j in step.access if j >= i]
+                if bad:
+                    raise ValueError(
+                        f"steps[{i}].access refers to step(s) {bad}: a step may only see earlier steps "
+                        f"(indices 0..{i - 1})"
+                    )
+        return self
+
+    def visible(self, index: int) -> list[int]:
+        """Indices of the earlier steps whose instructions and outputs step `index` sees."""
+        access = self.steps[index].access
+        if access == "all":
+            return list(range(index))
+        if access == "none":
+            return []
+        return sorted(set(access))
+
+
+class RunStatus(enum.StrEnum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    INTERRUPTED = "interrupted"  # shown, never stored: a running run whose owner is gone
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # null when any call's price is unknown: never a silent 0
+    calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
+        if self.calls == 0:
+            cost = other.cost_usd
+        elif other.calls == 0:
+            cost = self.cost_usd
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=cost,
+            calls=self.calls + other.calls,
+        )
+
+
+class Attempt(BaseModel):
+    n: int
+    worker: str
+    status: Literal["running", "ok", "error", "interrupted", "cancelled"]
+    error: str | None = None
+    latency_s: float | None = None
+    started_at: float
+    usage: Usage = Field(default_factory=Usage)
+
+
+class StepRecord(BaseModel):
+    index: int
+    worker: str
+    instruction: str
+    access: Access
+    status: StepStatus
+    output: str | None = None
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    started_at: float | None = None
+    ended_at: float | None = None
+    edited: bool = False  # the host changed its instruction or worker (run_step)
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def latency_s(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+
+class PlanInfo(BaseModel):
+    """How the workflow came to be: which planner, whether it was retried or replaced."""
+
+    source: Literal["conductor", "retry", "fallback", "host", "strategy"]
+    planner: str
+    attempts: int = 1
+    errors: list[str] = Field(default_factory=list)
+    latency_s: float | None = None
+    usage: Usage = Field(default_factory=Usage)
+    raw: str | None = None
+
+
+class Run(BaseModel):
+    id: str
+    task: str
+    status: RunStatus
+    workflow: Workflow
+    plan: PlanInfo
+    steps: list[StepRecord]
+    answer: str | None = None
+    error: str | None = None
+    created_at: float
+    updated_at: float
+    owner: str | None = None
+    heartbeat_at: float | None = None
+    parent_run_id: str | None = None
+    parent_step: int | None = None
+
+    @property
+    def usage(self) -> Usage:
+        total = self.plan.usage
+        for step in self.steps:
+            total = total + step.usage
+        return total

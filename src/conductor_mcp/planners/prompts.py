@@ -1,0 +1,92 @@
+"""The conductor's prompt: workers, rules and worked examples first, the task last.
+
+Everything before the task is the same for every plan with the same registry, so a local conductor
+reuses its evaluated prefix (llama.cpp keeps the longest common token prefix) and worker descriptions
+are not re-read on every plan. Small conductors copy the shape of the prompt (see the project notes),
+so the examples vary the number of steps and which worker answers last.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from ..models import CONDUCTOR_WORKER, Step, WorkerSpec, Workflow
+
+SYSTEM = """You are the conductor. You do not solve tasks yourself: you write a short workflow that a
+team of worker models carries out. Each step gives one worker one instruction (a subtask) and an access
+list: which earlier steps' instructions and answers that worker sees ("all", "none", or a list of
+earlier step numbers, counting from 0). The last step's answer is the final answer, so the last step
+must produce the complete answer to the task, on the worker best suited to it.
+Rules: at most {max_steps} steps; use one step for a simple task; put independent steps side by side
+with access "none" so they run in parallel; give a strong worker the final step; keep each instruction
+short and specific."""
+
+PAPER_FORMAT = """Think briefly, then end your reply with exactly three Python lists:
+model_id = [...]       # one worker number per step
+subtasks = ["...", ...] # one instruction per step
+access_list = [[], ["all"], ...]  # per step: [] for none, ["all"], or earlier step numbers"""
+
+
+def describe_workers(workers: Sequence[WorkerSpec], numbered: bool = False) -> str:
+    lines = []
+    for i, w in enumerate(workers):
+        label = f"{i}: {w.id}" if numbered else w.id
+        lines.append(f"- {label}: {w.description or w.model or w.gguf}")
+    return "\n".join(lines)
+
+
+def example_workflows(ids: Sequence[str]) -> list[tuple[str, Workflow]]:
+    """Worked examples in the live registry's ids (the first worker is taken as the strongest)."""
+    strong = ids[0]
+    other = ids[1] if len(ids) > 1 else ids[0]
+    third = ids[2] if len(ids) > 2 else other
+    return [
+        ("What is the capital of Australia?",
+         Workflow(steps=[Step(worker=strong, instruction="Answer with the capital city of Australia.")])),
+        ("Write a Python function that merges two sorted lists, with tests.",
+         Workflow(steps=[
+             Step(worker=other, instruction="Describe a linear-time algorithm to merge two sorted lists "
+                  "and the edge cases to test.", access="none"),
+             Step(worker=strong, instruction="Write the Python function and its tests, following the "
+                  "plan; return the final code.", access="all"),
+         ])),
+        ("A train covers 120 km in 1.5 hours, then 80 km in 0.5 hours. What is its average speed?",
+         Workflow(steps=[
+             Step(worker=third, instruction="Solve the problem step by step and state the average "
+                  "speed.", access="none"),
+             Step(worker=other, instruction="Solve the problem independently, step by step, and state "
+                  "the average speed.", access="none"),
+             Step(worker=strong, instruction="Compare both solutions, fix any error, and give the final "
+                  "average speed with a one-line justification.", access="all"),
+         ])),
+    ]
+
+
+def render_paper(workflow: Workflow, ids: Sequence[str]) -> str:
+    model_id = [ids.index(s.worker) for s in workflow.steps]
+    subtasks = [s.instruction for s in workflow.steps]
+    access = [["all"] if s.access == "all" else [] if s.access == "none" else list(s.access)
+              for s in workflow.steps]
+    return f"model_id = {model_id}\nsubtasks = {json.dumps(subtasks)}\naccess_list = {json.dumps(access)}"
+
+
+def planner_messages(task: str, workers: Sequence[WorkerSpec], max_steps: int, fmt: str,
+                     allow_recursion: bool = False) -> list[dict[str, str]]:
+    ids = [w.id for w in workers]
+    numbered = fmt == "paper"
+    parts = [SYSTEM.format(max_steps=max_steps), "", "Workers (strongest first):",
+             describe_workers(workers, numbered)]
+    if allow_recursion:
+        parts.append(f"- {CONDUCTOR_WORKER}: you yourself; give a hard subtask to plan and solve "
+                     "as its own workflow")
+    parts += ["", "Examples:"]
+    for question, wf in example_workflows(ids):
+        shown = render_paper(wf, ids) if numbered else wf.model_dump_json()
+        parts += [f"Task: {question}", f"Workflow: {shown}", ""]
+    if numbered:
+        parts.append(PAPER_FORMAT)
+    else:
+        parts.append("Reply with the workflow as JSON only.")
+    return [{"role": "system", "content": "\n".join(parts)},
+            {"role": "user", "content": f"Task: {task}\nWorkflow:"}]

@@ -1,0 +1,132 @@
+"""Runs as text for people (CLI), as JSON for programs, and as a Mermaid diagram."""
+
+from __future__ import annotations
+
+import datetime
+import textwrap
+from typing import Any
+
+from .models import Run, Usage, Workflow
+
+
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens, "cost_usd": usage.cost_usd, "calls": usage.calls}
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """What `solve --json` prints and what tools return: the answer, the workflow, the usage."""
+    return {
+        "run_id": run.id,
+        "status": run.status.value,
+        "answer": run.answer,
+        "error": run.error,
+        "task": run.task,
+        "workflow": run.workflow.model_dump(),
+        "plan": {"source": run.plan.source, "planner": run.plan.planner, "attempts": run.plan.attempts,
+                 "latency_s": run.plan.latency_s},
+        "steps": [{"index": s.index, "worker": s.worker, "status": s.status.value,
+                   "latency_s": s.latency_s, "attempts": len(s.attempts)} for s in run.steps],
+        "usage": usage_dict(run.usage),
+    }
+
+
+def run_trace(run: Run, children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole trace: every step with its instruction, output, error, usage, timings and attempts."""
+    data = run.model_dump(mode="json")
+    data["usage"] = usage_dict(run.usage)
+    for step, record in zip(data["steps"], run.steps, strict=True):
+        step["latency_s"] = record.latency_s
+    data["children"] = children or []
+    return data
+
+
+def _cost(usage: Usage) -> str:
+    return "n/a" if usage.cost_usd is None else f"${usage.cost_usd:.4f}"
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def workflow_text(workflow: Workflow) -> str:
+    lines = []
+    for i, s in enumerate(workflow.steps):
+        access = s.access if isinstance(s.access, str) else f"steps {s.access}"
+        lines.append(f"  {i}. [{s.worker}] (sees {access}) {s.instruction}")
+    return "\n".join(lines)
+
+
+def run_text(run: Run, full: bool = True) -> str:
+    u = run.usage
+    lines = [
+        f"run {run.id}  {run.status.value}  {_when(run.created_at)}",
+        f"task: {run.task}",
+        f"plan: {run.plan.source} by {run.plan.planner}"
+        + (f" in {run.plan.latency_s:.2f}s" if run.plan.latency_s is not None else ""),
+        "workflow:",
+        workflow_text(run.workflow),
+        f"usage: {u.total_tokens} tokens ({u.prompt_tokens} in, {u.completion_tokens} out), {u.calls} calls, "
+        f"cost {_cost(u)}",
+    ]
+    if run.plan.errors:
+        lines.append("plan errors: " + " | ".join(run.plan.errors))
+    if full:
+        for s in run.steps:
+            lat = f" {s.latency_s:.2f}s" if s.latency_s is not None else ""
+            lines.append(f"\n--- step {s.index} [{s.worker}] {s.status.value}{lat}, "
+                         f"{len(s.attempts)} attempt(s){' (edited)' if s.edited else ''}")
+            for a in s.attempts:
+                if a.status != "ok":
+                    lines.append(f"    attempt {a.n} on {a.worker}: {a.status} {a.error or ''}".rstrip())
+            if s.output:
+                lines.append(textwrap.indent(s.output.strip(), "    "))
+            if s.error:
+                lines.append(f"    error: {s.error}")
+    if run.error:
+        lines.append(f"\nerror: {run.error}")
+    if run.answer is not None:
+        lines += ["", "answer:", run.answer.strip()]
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[Run]) -> str:
+    rows = [f"{'run id':<17} {'status':<15} {'created':<19} {'steps':>5} {'calls':>5} {'tokens':>7} "
+            f"{'cost':>9} {'secs':>6}  task"]
+    for r in runs:
+        u = r.usage
+        secs = r.updated_at - r.created_at
+        task = r.task.replace("\n", " ")
+        rows.append(f"{r.id:<17} {r.status.value:<15} {_when(r.created_at):<19} {len(r.steps):>5} {u.calls:>5} "
+                    f"{u.total_tokens:>7} {_cost(u):>9} {secs:>6.1f}  {task[:50]}")
+    return "\n".join(rows)
+
+
+def _label(text: str, limit: int = 40) -> str:
+    short = text if len(text) <= limit else text[: limit - 3] + "..."
+    return short.replace('"', "'").replace("\n", " ").replace("[", "(").replace("]", ")")
+
+
+def mermaid(run: Run) -> str:
+    """The workflow as a Mermaid flowchart: steps labelled with worker and instruction, access as edges."""
+    lines = ["flowchart TD", f'    task(["task: {_label(run.task)}"])']
+    for s in run.steps:
+        lines.append(f'    s{s.index}["{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}'
+                     f'<br/><i>{s.status.value}</i>"]:::{s.status.value}')
+    for s in run.steps:
+        seen = run.workflow.visible(s.index)
+        if not seen:
+            lines.append(f"    task --> s{s.index}")
+        for j in seen:
+            lines.append(f"    s{j} --> s{s.index}")
+    last = len(run.steps) - 1
+    lines.append(f'    answer(["answer ({run.status.value})"])')
+    lines.append(f"    s{last} --> answer")
+    lines += [
+        "    classDef completed fill:#d4edda,stroke:#2e7d32",
+        "    classDef running fill:#fff3cd,stroke:#b08800",
+        "    classDef failed fill:#f8d7da,stroke:#c62828",
+        "    classDef skipped fill:#eeeeee,stroke:#9e9e9e",
+        "    classDef pending fill:#ffffff,stroke:#607d8b",
+    ]
+    return "\n".join(lines)

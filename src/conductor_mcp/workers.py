@@ -1,0 +1,151 @@
+"""Call a worker once: litellm for model strings, an in-process GGUF for local models.
+
+One call here is one attempt. Retries, fallbacks and their trace live in the engine, so there is
+exactly one retry layer: litellm and the OpenAI client inside it are told not to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import WorkerError
+from .local_model import LocalModel
+from .models import Price, Usage, WorkerSpec
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+_litellm: Any = None
+
+
+def litellm_module() -> Any:
+    """Import litellm on first use, with its price list local and its stdout banner off."""
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.suppress_debug_info = True  # else a "Give Feedback" banner reaches stdout on errors
+        litellm.drop_params = True
+        litellm.telemetry = False
+        _litellm = litellm
+    return _litellm
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: Usage
+    latency_s: float
+
+
+def price_cost(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+def known_cost(spec: WorkerSpec, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Cost in USD from the manifest's price, else litellm's list; None when neither knows."""
+    if spec.price is not None:
+        return price_cost(spec.price, prompt_tokens, completion_tokens)
+    if spec.kind == "gguf":
+        return 0.0
+    try:
+        p, c = litellm_module().cost_per_token(model=spec.model, prompt_tokens=prompt_tokens,
+                                               completion_tokens=completion_tokens)
+        return float(p) + float(c)
+    except Exception:  # litellm raises for a model missing from its price list
+        return None
+
+
+def _classify(exc: Exception, worker_id: str) -> WorkerError:
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0][:300] if str(exc) else name
+    retry_after: float | None = None
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is not None:
+        try:
+            value = headers.get("retry-after")
+            retry_after = float(value) if value is not None else None
+        except (TypeError, ValueError):
+            retry_after = None
+    permanent = status in (400, 401, 403, 404, 422) or name in (
+        "AuthenticationError", "BadRequestError", "NotFoundError", "PermissionDeniedError",
+        "ContextWindowExceededError", "ContentPolicyViolationError", "UnsupportedParamsError")
+    return WorkerError(f"{worker_id}: {name}{f' {status}' if status else ''}: {text}",
+                       retryable=not permanent, retry_after=retry_after)
+
+
+class WorkerPool:
+    """Calls workers of one registry; local models are loaded once and shared by path."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._limiters = {s.spec.id: anyio.CapacityLimiter(s.spec.max_concurrency) for s in registry.states}
+        self._local: dict[Path, LocalModel] = {}
+
+    def local_model(self, path: Path) -> LocalModel:
+        if path not in self._local:
+            self._local[path] = LocalModel(path, n_ctx=4096)
+        return self._local[path]
+
+    async def complete(self, worker_id: str, messages: list[dict[str, str]]) -> Completion:
+        state = self.registry.get(worker_id)
+        if not state.available:
+            raise WorkerError(f"{worker_id}: unavailable ({state.reason})", retryable=False)
+        async with self._limiters[worker_id]:
+            started = time.perf_counter()
+            with anyio.fail_after(state.spec.timeout_s):
+                try:
+                    if state.gguf_path is not None:
+                        completion = await self._local_call(state.spec, state.gguf_path, messages)
+                    else:
+                        completion = await self._litellm_call(state.spec, messages)
+                except TimeoutError:
+                    raise
+                except WorkerError:
+                    raise
+                except Exception as exc:
+                    raise _classify(exc, worker_id) from exc
+            completion.latency_s = time.perf_counter() - started
+        if not completion.text.strip():
+            raise WorkerError(f"{worker_id}: empty completion", retryable=True)
+        return completion
+
+    async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]]) -> Completion:
+        litellm = litellm_module()
+        kwargs: dict[str, Any] = dict(spec.params)
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+        if spec.api_key_env:
+            kwargs["api_key"] = os.environ.get(spec.api_key_env)
+        elif spec.api_base:
+            kwargs["api_key"] = "none"  # local OpenAI-compatible servers want some key, never a real one
+        response = await litellm.acompletion(model=spec.model, messages=messages, timeout=spec.timeout_s,
+                                             max_retries=0, num_retries=0, **kwargs)
+        try:
+            text = response.choices[0].message.content
+            usage = response.usage
+            prompt, completion = int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise WorkerError(f"{spec.id}: malformed completion ({exc})", retryable=True) from exc
+        if not isinstance(text, str):
+            raise WorkerError(f"{spec.id}: completion has no text content", retryable=True)
+        cost = known_cost(spec, prompt, completion)
+        return Completion(text, Usage(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
+                                      calls=1), 0.0)
+
+    async def _local_call(self, spec: WorkerSpec, path: Path, messages: list[dict[str, str]]) -> Completion:
+        params = {"max_tokens": 512, "temperature": 0.2, **spec.params}
+        reply = await self.local_model(path).chat(messages, **params)
+        return Completion(reply.text, Usage(prompt_tokens=reply.prompt_tokens,
+                                            completion_tokens=reply.completion_tokens,
+                                            cost_usd=known_cost(spec, reply.prompt_tokens,
+                                                                reply.completion_tokens), calls=1), 0.0)

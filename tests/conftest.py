@@ -1,0 +1,50 @@
+"""Shared fixtures: a real SQLite store, registries on the scripted OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from conductor_mcp.models import Manifest, WorkerSpec  # noqa: E402
+from conductor_mcp.registry import Registry, build_registry  # noqa: E402
+from conductor_mcp.store import Store  # noqa: E402
+
+from .servers.openai_server import ScriptedServer  # noqa: E402
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "traces.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def scripted() -> Iterator[ScriptedServer]:
+    with ScriptedServer(latency_s=0.0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def server(scripted: ScriptedServer) -> ScriptedServer:
+    scripted.reset_stats()
+    scripted.set_faults(rate=0.0)
+    return scripted
+
+
+def http_registry(base_url: str, ids: tuple[str, ...] = ("alpha", "beta", "gamma"), **overrides: object) -> Registry:
+    """Workers reached through litellm exactly as a cloud provider would be, on the scripted server."""
+    workers = [WorkerSpec.model_validate({"id": i, "model": f"openai/scripted-{i}", "api_base": base_url,
+                                          "description": f"scripted worker {i}", "timeout_s": 5, **overrides})
+               for i in ids]
+    return build_registry(Manifest(workers=workers), "test manifest")
