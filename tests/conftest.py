@@ -38,7 +38,9 @@ def scripted() -> Iterator[ScriptedServer]:
 @pytest.fixture
 def server(scripted: ScriptedServer) -> ScriptedServer:
     scripted.reset_stats()
-    scripted.set_faults(rate=0.0)
+    scripted.clear_scripts()
+    scripted.set_faults(rate=0.0, fail_models={})
+    scripted.set_latency(latency_s=0.0, model_latency={})
     return scripted
 
 
