@@ -10,11 +10,11 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from conductor_mcp.models import Manifest, WorkerSpec  # noqa: E402
-from conductor_mcp.registry import Registry, build_registry  # noqa: E402
-from conductor_mcp.store import Store  # noqa: E402
+from conductor_mcp.models import Manifest, WorkerSpec
+from conductor_mcp.registry import Registry, build_registry
+from conductor_mcp.store import Store
 
-from .servers.openai_server import ScriptedServer  # noqa: E402
+from .servers.openai_server import ScriptedServer
 
 
 @pytest.fixture

@@ -110,7 +110,7 @@ def _doctor(args: argparse.Namespace) -> int:
     store = Store(args.db)
     c = registry.conductor
     gpu = gpu_offload_supported()
-    report = {
+    report: dict[str, Any] = {
         "version": __version__,
         "workers_source": registry.source,
         "workers": [{"id": s.spec.id, "backend": s.spec.model or str(s.gguf_path), "available": s.available,
@@ -135,7 +135,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .transports import serve
 
     serve(args)
     return 0

@@ -72,7 +72,7 @@ def test_missing_key_is_unavailable_not_error(tmp_path: Path) -> None:
     reg = load_manifest(path, {"KEY_B": "secret"})
     assert reg.available_ids() == ["b"]
     assert reg.get("a").reason == "KEY_A is not set"
-    with pytest.raises(ConfigError, match="no usable worker.*KEY_A is not set"):
+    with pytest.raises(ConfigError, match=r"no usable worker.*KEY_A is not set"):
         load_manifest(path, {})
 
 
@@ -104,5 +104,5 @@ def test_price_and_conductor_fields(tmp_path: Path) -> None:
     assert reg.conductor.format == "paper" and reg.conductor.gguf is None
     assert reg.spec("a").price is not None and reg.spec("a").price.output_per_mtok == 2
     bad = write(tmp_path, "conductor: {max_steps: 9}\nworkers:\n  - {id: a, model: openai/x}\n")
-    with pytest.raises(ConfigError, match="conductor.max_steps"):
+    with pytest.raises(ConfigError, match=r"conductor\.max_steps"):
         load_manifest(bad, {})

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import WorkflowError
 
+
 def parse_json_plan(text: str) -> Any:
     """The first JSON object in `text` (models sometimes wrap it in prose or a code fence)."""
     start = text.find("{")

@@ -1,0 +1,288 @@
+"""The MCP surface: tools, resources and progress over the engine. Thin: validate, call, render.
+
+Names are contracts (DESIGN.md). A tool's `workers` argument selects among the registry's ids; no
+argument can add a worker, an endpoint or a key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp_types import CallToolResult, ResourceLink, TextContent, Tool, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .errors import ConductorError, RunNotFound, RunStateError
+from .models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus
+from .run_manager import RunManager
+
+INSTRUCTIONS = (
+    "A conductor: a small local model plans a workflow of up to 5 steps over a team of worker LLMs "
+    "and runs it; the last step's output is the answer. Use solve for hard tasks that gain from "
+    "several models (drafts, cross-checks, review). Long runs return status 'running': poll get_run. "
+    "Every run's trace is at conductor://runs/{run_id}."
+)
+MAX_TASK = 100_000
+TaskArg = Annotated[str, Field(min_length=1, max_length=MAX_TASK, description="the task, self-contained")]
+WorkersArg = Annotated[list[str] | None, Field(description="subset of worker ids to use (default all)")]
+MaxStepsArg = Annotated[int | None, Field(ge=1, le=MAX_STEPS_LIMIT, description="at most this many steps")]
+WaitArg = Annotated[float, Field(ge=0, le=3600, description="seconds to wait before returning 'running'")]
+RunIdArg = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class StepOut(BaseModel):
+    index: int
+    worker: str
+    status: str
+
+
+class RunOut(BaseModel):
+    run_id: str
+    status: str
+    answer: str | None = None
+    error: str | None = None
+    steps: list[StepOut]
+    tokens: int
+    cost_usd: float | None
+    calls: int
+    trace_uri: str
+
+
+class StepIn(BaseModel):
+    worker: str
+    instruction: str
+    access: Access = "none"
+
+
+class WorkflowIn(BaseModel):
+    steps: list[StepIn]
+
+
+class PlanOut(BaseModel):
+    run_id: str
+    workflow: WorkflowIn
+    plan_source: str
+    trace_uri: str
+
+
+class StepResultOut(BaseModel):
+    run_id: str
+    step: int
+    status: str
+    output: str | None = None
+    error: str | None = None
+    runnable: list[int] = Field(description="steps that can run now")
+    run_status: str
+    trace_uri: str
+
+
+def _uri(run_id: str) -> str:
+    return f"conductor://runs/{run_id}"
+
+
+def _run_out(run: Run) -> RunOut:
+    u = run.usage
+    return RunOut(run_id=run.id, status=run.status.value, answer=run.answer, error=run.error,
+                  steps=[StepOut(index=s.index, worker=s.worker, status=s.status.value) for s in run.steps],
+                  tokens=u.total_tokens, cost_usd=u.cost_usd, calls=u.calls, trace_uri=_uri(run.id))
+
+
+def _strip_titles(schema: Any) -> Any:
+    """Pydantic's per-field titles repeat the names; hosts pay for every character of tools/list."""
+    if isinstance(schema, dict):
+        return {k: _strip_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+class ConductorServer(MCPServer[RunManager]):
+    async def list_tools(self) -> list[Tool]:
+        return [t.model_copy(update={"description": " ".join((t.description or "").split()),
+                                     "input_schema": _strip_titles(t.input_schema),
+                                     "output_schema": _strip_titles(t.output_schema)})
+                for t in await super().list_tools()]
+
+
+def _result(model: BaseModel, run_id: str, text: str | None = None) -> CallToolResult:
+    """Structured content plus a readable text block and a link to the run's trace."""
+    body = text if text is not None else model.model_dump_json(indent=1)
+    return CallToolResult(
+        content=[TextContent(type="text", text=body),
+                 ResourceLink(type="resource_link", uri=_uri(run_id), name=f"run {run_id}",
+                              mime_type="application/json", description="the run's full trace")],
+        structured_content=model.model_dump(mode="json"))
+
+
+def _tool_error(exc: Exception) -> ToolError:
+    return ToolError(str(exc))
+
+
+def build_server(workers: str | Path | None = None, db: str | Path | None = None,
+                 manager: RunManager | None = None) -> MCPServer[RunManager]:
+    runs = manager or RunManager(workers, db)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[RunManager]) -> AsyncIterator[RunManager]:
+        async with runs.running():
+            yield runs
+
+    server = ConductorServer("conductor-mcp", instructions=INSTRUCTIONS, version=__version__,
+                             lifespan=lifespan)
+
+    async def wait_for(run_id: str, wait_s: float, ctx: Context | None, cancel_on_abort: bool) -> Run:
+        """Wait up to wait_s, sending progress; a cancelled call cancels the run it started."""
+        handle = runs.active(run_id)
+        if handle is None:
+            return runs.get(run_id)
+        count = 0
+
+        async def progress(event: Any) -> None:
+            nonlocal count
+            count += 1
+            if ctx is not None:
+                await ctx.report_progress(count, total=2 * event.total, message=event.message)
+
+        handle.listener = progress
+        try:
+            await runs.wait(handle, wait_s)
+        except anyio.get_cancelled_exc_class():
+            if cancel_on_abort:
+                await runs.cancel(handle)
+            raise
+        finally:
+            handle.listener = None
+        return runs.get(run_id)
+
+    def launch(run_id: str) -> None:
+        run = runs.get(run_id)
+        if run.status == RunStatus.RUNNING and runs.active(run_id) is None:
+            raise RunStateError(f"run {run_id} is running in another process; wait for it with get_run")
+        if runs.active(run_id) is None and run.status != RunStatus.COMPLETED:
+            runs.start(run_id)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
+                    wait_s: WaitArg = 50.0, ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
+        """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
+        'running' after wait_s (then poll get_run)."""
+        try:
+            run = await runs.engine.plan(task, workers, max_steps)
+            launch(run.id)
+            run = await wait_for(run.id, wait_s, ctx, cancel_on_abort=True)
+        except ConductorError as exc:
+            raise _tool_error(exc) from None
+        out = _run_out(run)
+        return _result(out, run.id, run.answer if run.status == RunStatus.COMPLETED else None)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
+    async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
+                            workflow: WorkflowIn | None = None) -> Annotated[CallToolResult, PlanOut]:
+        """Plan only (or check your own `workflow`) and store it as a run; nothing is spent.
+        Run it with resume, or step by step with run_step."""
+        try:
+            given = workflow.model_dump() if workflow is not None else None
+            run = await runs.engine.plan(task, workers, max_steps, workflow=given)
+        except ConductorError as exc:
+            raise _tool_error(exc) from None
+        out = PlanOut(run_id=run.id, workflow=WorkflowIn.model_validate(run.workflow.model_dump()),
+                      plan_source=run.plan.source, trace_uri=_uri(run.id))
+        return _result(out, run.id)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    async def run_step(run_id: RunIdArg, step: Annotated[int, Field(ge=0, description="0-based step index")],
+                       instruction: str | None = None, worker: str | None = None,
+                       ctx: Context | None = None) -> Annotated[CallToolResult, StepResultOut]:
+        """Run one step of a planned run, optionally with a new instruction or worker.
+        Refuses while a step it sees is unfinished."""
+        if instruction is not None and not instruction.strip():
+            raise ToolError("instruction: empty; omit it to keep the planned instruction")
+        try:
+            if runs.active(run_id):
+                raise RunStateError(f"run {run_id} is running; wait for it with get_run")
+            record, run = await runs.engine.run_step(run_id, step, instruction, worker)
+        except ConductorError as exc:
+            raise _tool_error(exc) from None
+        out = StepResultOut(run_id=run_id, step=step, status=record.status.value, output=record.output,
+                            error=record.error, runnable=runs.engine.runnable(run), run_status=run.status.value,
+                            trace_uri=_uri(run_id))
+        return _result(out, run_id, record.output if record.status == StepStatus.COMPLETED else None)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0,
+                     ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
+        """Run a planned run to the end, or continue a cancelled, failed or interrupted one.
+        Completed steps are kept, never re-run."""
+        try:
+            launch(run_id)
+            run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
+        except ConductorError as exc:
+            raise _tool_error(exc) from None
+        return _result(_run_out(run), run.id, run.answer if run.status == RunStatus.COMPLETED else None)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
+                      ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
+        """Status, per-step status and the answer of a run; waits up to wait_s if it is running."""
+        try:
+            run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=False)
+        except ConductorError as exc:
+            raise _tool_error(exc) from None
+        return _result(_run_out(run), run.id)
+
+    register_resources(server, runs)
+    return server
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=1)
+
+
+def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
+    from .render import mermaid, run_summary, run_trace
+
+    def load(run_id: str) -> Run:
+        try:
+            return runs.get(run_id)
+        except RunNotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+
+    @server.resource("conductor://workers", mime_type="application/json", description="the worker registry")
+    def workers_resource() -> str:
+        reg = runs.engine.registry
+        return _json({"source": reg.source, "workers": [
+            {"id": s.spec.id, "description": s.spec.description, "backend": s.spec.kind,
+             "model": s.spec.model or Path(str(s.gguf_path)).name, "available": s.available, "reason": s.reason,
+             "fallback": s.spec.fallback} for s in reg.states]})
+
+    @server.resource("conductor://runs", mime_type="application/json", description="recent runs, newest first")
+    def runs_resource() -> str:
+        return _json([{**run_summary(r), "trace_uri": _uri(r.id)} for r in runs.engine.store.list_runs(50)])
+
+    @server.resource("conductor://runs/{run_id}", mime_type="application/json", description="a run's whole trace")
+    def run_resource(run_id: str) -> str:
+        run = load(run_id)
+        store = runs.engine.store
+        return _json(run_trace(run, [run_trace(store.get_run(c)) for c in store.children(run.id)]))
+
+    @server.resource("conductor://runs/{run_id}/steps/{index}", mime_type="application/json",
+                     description="one step of a run")
+    def step_resource(run_id: str, index: str) -> str:
+        run = load(run_id)
+        if not index.isdigit() or int(index) >= len(run.steps):
+            raise ResourceNotFoundError(f"index: {index!r} is not a step of run {run_id} "
+                                        f"(steps 0..{len(run.steps) - 1})")
+        return _json(run_trace(run)["steps"][int(index)])
+
+    @server.resource("conductor://runs/{run_id}/diagram", mime_type="text/vnd.mermaid",
+                     description="the workflow as a Mermaid flowchart")
+    def diagram_resource(run_id: str) -> str:
+        return mermaid(load(run_id))
