@@ -45,7 +45,7 @@ async def test_tools_list_is_small_and_complete(mcp_server: MCPServer[Any]) -> N
 async def test_solve_plans_with_the_bundled_conductor(mcp_server: MCPServer[Any], server: ScriptedServer) -> None:
     messages: list[str] = []
 
-    async def progress(p: float, total: float | None, message: str | None) -> None:
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
 
     async with Client(mcp_server) as c:
@@ -111,7 +111,8 @@ async def test_run_step_and_host_workflow(mcp_server: MCPServer[Any], server: Sc
 @pytest.mark.parametrize(("tool", "args", "message"), [
     ("get_run", {"run_id": "nope"}, "no run 'nope'"),
     ("resume", {"run_id": "nope"}, "no run 'nope'"),
-    ("solve", {"task": "x", "workers": ["evil"]}, "workers: unknown id(s) ['evil']; allowed: ['strong', 'fast', 'slow']"),
+    ("solve", {"task": "x", "workers": ["evil"]},
+     "workers: unknown id(s) ['evil']; allowed: ['strong', 'fast', 'slow']"),
     ("plan_workflow", {"task": "x", "workflow": {"steps": [{"worker": "ghost", "instruction": "x"}]}},
      "steps[0].worker: unknown worker 'ghost'"),
     ("plan_workflow", {"task": "x", "workflow": {"steps": [{"worker": "fast", "instruction": "x", "access": [3]}]}},

@@ -93,7 +93,7 @@ def test_stdio_stdout_is_protocol_only(env: dict[str, str], server: ScriptedServ
     """A Client ignores junk on stdout; read the raw pipe: every line must be JSON-RPC. The run includes
     the real GGUF conductor (llama.cpp) and a failing litellm call (its banner would go to stdout)."""
     server.set_faults(fail_models={"scripted-fast": "500"})
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},

@@ -102,7 +102,8 @@ def test_price_and_conductor_fields(tmp_path: Path) -> None:
                            "workers:\n  - {id: a, model: openai/x, price: {input_per_mtok: 1, output_per_mtok: 2}}\n")
     reg = load_manifest(path, {})
     assert reg.conductor.format == "paper" and reg.conductor.gguf is None
-    assert reg.spec("a").price is not None and reg.spec("a").price.output_per_mtok == 2
+    price = reg.spec("a").price
+    assert price is not None and price.output_per_mtok == 2
     bad = write(tmp_path, "conductor: {max_steps: 9}\nworkers:\n  - {id: a, model: openai/x}\n")
     with pytest.raises(ConfigError, match=r"conductor\.max_steps"):
         load_manifest(bad, {})
