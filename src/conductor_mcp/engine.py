@@ -27,6 +27,7 @@ from .models import (
     Workflow,
 )
 from .planners import Planner, make_planner
+from .planners.strategies import strategy_planner
 from .registry import Registry
 from .resilience import RetryPolicy, WorkerHealth
 from .store import FINAL, HEARTBEAT_S, Store
@@ -106,24 +107,29 @@ class Engine:
         return max_steps
 
     async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                   workflow: Any = None) -> Run:
-        """Plan (or take the host's `workflow`) and store the run as `planned`; nothing is spent yet."""
+                   workflow: Any = None, strategy: str = "conductor") -> Run:
+        """Plan (or take the host's `workflow`) and store the run as `planned`; nothing is spent yet.
+
+        `strategy` is `conductor` (the default), `moa` or `single:<worker>`.
+        """
         task = check_task(task)
         ids = self.registry.select(workers)
         steps = self._max_steps(max_steps)
+        fixed = strategy_planner(strategy)
         if workflow is not None:
             wf = validate_workflow(workflow, ids, steps)
             info = PlanInfo(source="host", planner="host", attempts=0)
         else:
-            result = await self.planner.plan(task, [self.registry.spec(i) for i in ids], steps)
+            planner = fixed if fixed is not None else self.planner
+            result = await planner.plan(task, [self.registry.spec(i) for i in ids], steps)
             wf, info = result.workflow, result.info
-        options = {"workers": ids, "max_steps": steps}
+        options = {"workers": ids, "max_steps": steps, "strategy": strategy}
         run_id = self.store.create_run(task, wf, info, options)
         return self.store.get_run(run_id)
 
     async def solve(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                    on_event: EventSink | None = None) -> Run:
-        run = await self.plan(task, workers, max_steps)
+                    on_event: EventSink | None = None, strategy: str = "conductor") -> Run:
+        run = await self.plan(task, workers, max_steps, strategy=strategy)
         return await self.execute(run.id, on_event)
 
     # -- execution ------------------------------------------------------------------------------

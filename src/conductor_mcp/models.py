@@ -128,6 +128,15 @@ class Workflow(Strict):
         return sorted(set(access))
 
 
+class Budget(Strict):
+    """Limits for one run and everything it spawns (child workflows and correction rounds)."""
+
+    max_total_tokens: int | None = Field(default=None, ge=1, description="stop before exceeding this many tokens")
+    max_usd: float | None = Field(default=None, gt=0, description="stop before exceeding this cost in USD")
+    max_rounds: int = Field(default=1, ge=1, le=5, description="review-and-correct rounds (1 = no review)")
+    max_depth: int = Field(default=2, ge=0, le=4, description="how deep the conductor may call itself")
+
+
 class RunStatus(enum.StrEnum):
     PLANNED = "planned"
     RUNNING = "running"
@@ -204,7 +213,7 @@ class StepRecord(BaseModel):
 class PlanInfo(BaseModel):
     """How the workflow came to be: which planner, whether it was retried or replaced."""
 
-    source: Literal["conductor", "retry", "fallback", "host", "strategy"]
+    source: Literal["conductor", "retry", "fallback", "host", "strategy", "review"]
     planner: str
     attempts: int = 1
     errors: list[str] = Field(default_factory=list)

@@ -71,6 +71,27 @@ def render_paper(workflow: Workflow, ids: Sequence[str]) -> str:
     return f"model_id = {model_id}\nsubtasks = {json.dumps(subtasks)}\naccess_list = {json.dumps(access)}"
 
 
+REVIEW = """Task: {task}
+A workflow was run for this task:
+{steps}
+Its answer:
+{answer}
+
+Review the answer. If it is correct and complete, reply with an empty workflow ({empty}). Otherwise write a
+corrective workflow; its steps with access "all" also see this round's steps and answer.
+Workflow:"""
+
+
+def review_messages(task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec], max_steps: int,
+                    fmt: str, allow_recursion: bool = False) -> list[dict[str, str]]:
+    """The planning prompt's prefix (so it stays cached), then the round to review."""
+    messages = planner_messages(task, workers, max_steps, fmt, allow_recursion)
+    empty = "model_id = []" if fmt == "paper" else '{"steps": []}'
+    messages[-1] = {"role": "user", "content": REVIEW.format(task=task, steps=round_text, answer=answer[:4000],
+                                                             empty=empty)}
+    return messages
+
+
 def planner_messages(task: str, workers: Sequence[WorkerSpec], max_steps: int, fmt: str,
                      allow_recursion: bool = False) -> list[dict[str, str]]:
     ids = [w.id for w in workers]
@@ -78,8 +99,8 @@ def planner_messages(task: str, workers: Sequence[WorkerSpec], max_steps: int, f
     parts = [SYSTEM.format(max_steps=max_steps), "", "Workers (strongest first):",
              describe_workers(workers, numbered)]
     if allow_recursion:
-        parts.append(f"- {CONDUCTOR_WORKER}: you yourself; give a hard subtask to plan and solve "
-                     "as its own workflow")
+        label = f"{len(workers)}: {CONDUCTOR_WORKER}" if numbered else CONDUCTOR_WORKER
+        parts.append(f"- {label}: you yourself; give a hard subtask to plan and solve as its own workflow")
     parts += ["", "Examples:"]
     for question, wf in example_workflows(ids):
         shown = render_paper(wf, ids) if numbered else wf.model_dump_json()

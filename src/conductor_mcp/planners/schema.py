@@ -30,13 +30,15 @@ def step_schema(index: int, ids: Sequence[str], instruction_max: int) -> dict[st
     }
 
 
-def workflow_schema(ids: Sequence[str], max_steps: int,
-                    instruction_max: int = INSTRUCTION_MAX_CHARS) -> dict[str, Any]:
+def workflow_schema(ids: Sequence[str], max_steps: int, instruction_max: int = INSTRUCTION_MAX_CHARS,
+                    allow_empty: bool = False) -> dict[str, Any]:
+    """`allow_empty`: a review may answer with no steps, which accepts the answer as it is."""
     steps = [step_schema(i, ids, instruction_max) for i in range(max_steps)]
+    first = 0 if allow_empty else 1
     return {
         "type": "object",
         "properties": {"steps": {"anyOf": [
-            {"type": "array", "prefixItems": steps[:n], "items": False} for n in range(1, max_steps + 1)]}},
+            {"type": "array", "prefixItems": steps[:n], "items": False} for n in range(first, max_steps + 1)]}},
         "required": ["steps"],
         "additionalProperties": False,
     }

@@ -1,0 +1,124 @@
+"""Figure 2: what the engine adds to one worker call (plan a host workflow, execute, trace to SQLite).
+
+Baseline and engine path call the same zero-latency scripted worker through litellm with the same
+messages, interleaved (alternating order) so that drift in the machine's load hits both alike. The
+overhead is the paired difference of each engine run and its neighbouring direct call.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pyinstrument import Profiler
+
+from conductor_mcp.engine import Engine, worker_messages
+from conductor_mcp.models import RunStatus, Workflow
+from conductor_mcp.store import Store
+from conductor_mcp.workers import litellm_module
+
+from .figures import Figure
+from .profiles import OUT_DIR, charge_to_project, top
+from .scripted import ScriptedProcess, scripted_registry
+from .stats import summarise
+
+TASK = "Summarise the trade-offs between optimistic and pessimistic locking in two short paragraphs."
+WORKFLOW: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "access": "none"}]}
+PROFILE_TEXT = OUT_DIR / "engine_profile.txt"
+
+
+class Paths:
+    """The two code paths under test, sharing one registry, store and server."""
+
+    def __init__(self, base_url: str, db: Path) -> None:
+        self.registry = scripted_registry(base_url, ("strong",))
+        self.engine = Engine(self.registry, Store(db))
+        self.spec = self.registry.spec("strong")
+        self.messages = worker_messages(TASK, Workflow.model_validate(WORKFLOW), 0, {})
+        self.litellm = litellm_module()
+
+    async def direct(self) -> float:
+        """The call WorkerPool makes, without the engine: same model, params, messages and server."""
+        started = time.perf_counter()
+        response = await self.litellm.acompletion(model=self.spec.model, messages=self.messages,
+                                                  api_base=self.spec.api_base, api_key="none",
+                                                  timeout=self.spec.timeout_s, max_retries=0, num_retries=0)
+        elapsed = time.perf_counter() - started
+        if not response.choices[0].message.content:
+            raise RuntimeError("direct call returned no text")
+        return elapsed
+
+    async def engine_run(self) -> tuple[float, float]:
+        """Seconds in engine.plan (host workflow) and in engine.execute for a 1-step run."""
+        started = time.perf_counter()
+        run = await self.engine.plan(TASK, workflow=WORKFLOW)
+        planned = time.perf_counter()
+        run = await self.engine.execute(run.id)
+        done = time.perf_counter()
+        if run.status != RunStatus.COMPLETED:
+            raise RuntimeError(f"engine run ended {run.status}: {run.error}")
+        return planned - started, done - planned
+
+
+async def _measure(repeats: int, warmup: int, profile_runs: int) -> dict[str, Any]:
+    with ScriptedProcess(latency_ms=0) as srv, tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        paths = Paths(srv.base_url, Path(tmp) / "traces.db")
+        for _ in range(warmup):
+            await paths.direct()
+            await paths.engine_run()
+        direct: list[float] = []
+        plan: list[float] = []
+        execute: list[float] = []
+        for i in range(repeats):
+            if i % 2:
+                direct.append(await paths.direct())
+                p, e = await paths.engine_run()
+            else:
+                p, e = await paths.engine_run()
+                direct.append(await paths.direct())
+            plan.append(p)
+            execute.append(e)
+        profiler = Profiler(interval=0.0001, async_mode="disabled")  # whole thread: loop and callbacks too
+        profiler.start()
+        for _ in range(profile_runs):
+            await paths.engine_run()
+        session = profiler.stop()
+        OUT_DIR.mkdir(exist_ok=True)
+        PROFILE_TEXT.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+        root = session.root_frame()
+        charged = charge_to_project(root) if root is not None else {}
+        paths.engine.store.close()
+    return {"direct": direct, "plan": plan, "execute": execute, "charged": charged,
+            "profile_s": session.duration, "profile_runs": profile_runs}
+
+
+def measure(repeats: int, warmup: int = 30) -> Figure:
+    raw = anyio.run(_measure, repeats, warmup, repeats, backend="asyncio")
+    direct, plan, execute = raw["direct"], raw["plan"], raw["execute"]
+    total = [p + e for p, e in zip(plan, execute, strict=True)]
+    diff = summarise([t - d for t, d in zip(total, direct, strict=True)])
+    exec_diff = summarise([e - d for e, d in zip(execute, direct, strict=True)])
+    d, p, e = summarise(direct), summarise(plan), summarise(execute)
+    per_run = {k: v / raw["profile_runs"] for k, v in raw["charged"].items()}
+    costs = top(per_run, 8)
+    profile_lines = ", ".join(f"{name} {sec * 1e3:.2f} ms" for name, sec in costs)
+    return Figure(
+        2, "Engine overhead per step (1-step run vs direct litellm call)",
+        f"median {diff.median * 1e3:.2f} ms, p99 {diff.p99 * 1e3:.2f} ms ({diff.spread(1e3)} ms)",
+        "median < 1 ms", diff.median < 0.001,
+        f"{repeats} interleaved pairs after {warmup} warm-ups: (engine.plan with a host workflow + "
+        "engine.execute) minus a direct litellm.acompletion with the same messages, zero-latency scripted "
+        "worker in another process; paired differences",
+        {"overhead_s": diff.as_dict(), "execute_minus_direct_s": exec_diff.as_dict(), "direct_s": d.as_dict(),
+         "plan_s": p.as_dict(), "execute_s": e.as_dict(), "profile": str(PROFILE_TEXT.relative_to(OUT_DIR.parent.parent)),
+         "profile_ms_per_run": {k: v * 1e3 for k, v in costs}},
+        [f"Engine overhead: a direct litellm call takes {d.median * 1e3:.2f} ms; the engine's 1-step run "
+         f"{(p.median + e.median) * 1e3:.2f} ms ({p.median * 1e3:.2f} ms plan with a host workflow + "
+         f"{e.median * 1e3:.2f} ms execute). Execute alone adds {exec_diff.median * 1e3:.2f} ms "
+         f"(p99 {exec_diff.p99 * 1e3:.2f} ms).",
+         f"Engine profile (pyinstrument, {raw['profile_runs']} runs, bench/out/engine_profile.txt), time charged "
+         f"per run to each project function incl. the library code it calls: {profile_lines}."],
+    )

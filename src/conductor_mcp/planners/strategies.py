@@ -1,0 +1,74 @@
+"""Baseline strategies as planners, so one engine and one trace format serve every comparison.
+
+- `single:<worker>`: the whole task to one worker.
+- `moa`: Mixture-of-Agents (togethercomputer/MoA): proposers answer in parallel, unaware of each other,
+  then an aggregator synthesises their responses; one proposer layer, so it fits a 5-step workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import WorkflowError
+from ..models import PlanInfo, Step, Workflow, WorkerSpec
+from .base import PlanResult
+
+# The aggregate-and-synthesize prompt of togethercomputer/MoA, as the aggregator's instruction.
+MOA_AGGREGATE = (
+    "You have been provided with a set of responses from various models to the task. Synthesize these "
+    "responses into a single, high-quality response. Critically evaluate the information, recognizing that "
+    "some of it may be biased or incorrect. Do not simply replicate the given answers; offer a refined, "
+    "accurate and comprehensive reply to the task."
+)
+
+
+class FixedPlanner:
+    """A strategy writes its workflow by rule: it never reviews (rounds are the conductor's)."""
+
+    name: str
+
+    async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
+                     max_steps: int, allow_recursion: bool = False) -> PlanResult | None:
+        return None
+
+
+class SinglePlanner(FixedPlanner):
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.name = f"single:{worker}"
+
+    async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
+                   allow_recursion: bool = False) -> PlanResult:
+        if self.worker not in {w.id for w in workers}:
+            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker; "
+                                f"allowed: {', '.join(w.id for w in workers)}")
+        wf = Workflow(steps=[Step(worker=self.worker, instruction=task[:8000])])
+        return PlanResult(wf, PlanInfo(source="strategy", planner=self.name, attempts=0))
+
+
+class MoAPlanner(FixedPlanner):
+    name = "moa"
+
+    def __init__(self, proposers: int = 3) -> None:
+        self.proposers = proposers
+
+    async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
+                   allow_recursion: bool = False) -> PlanResult:
+        if max_steps < 2:
+            raise WorkflowError("strategy: moa needs max_steps >= 2 (proposers plus an aggregator)")
+        k = min(self.proposers, max_steps - 1)
+        ids = [w.id for w in workers]
+        steps = [Step(worker=ids[i % len(ids)], instruction=task[:8000], access="none") for i in range(k)]
+        steps.append(Step(worker=ids[0], instruction=MOA_AGGREGATE, access="all"))
+        return PlanResult(Workflow(steps=steps), PlanInfo(source="strategy", planner=self.name, attempts=0))
+
+
+def strategy_planner(strategy: str) -> SinglePlanner | MoAPlanner | None:
+    """The planner for a strategy name; None means the conductor."""
+    if strategy == "conductor":
+        return None
+    if strategy == "moa":
+        return MoAPlanner()
+    if strategy.startswith("single:") and len(strategy) > len("single:"):
+        return SinglePlanner(strategy.removeprefix("single:"))
+    raise WorkflowError(f"strategy: {strategy!r}; allowed: conductor, moa, single:<worker id>")
