@@ -45,21 +45,38 @@ def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, N
 
 
 async def _solve(args: argparse.Namespace) -> int:
-    from .render import run_summary, run_text
 
     engine = _engine(args)
-    run = await engine.plan(args.task, args.use, args.max_steps)
+    run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args))
     if not args.json:
         sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
     run = await engine.execute(run.id, _progress(args))
-    emit(json.dumps(run_summary(run), indent=2) if args.json else run_text(run, full=args.verbose))
+    return _report(engine, run, args)
+
+
+def _budget(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    from .models import Budget
+
+    given = {k: getattr(args, k) for k in ("max_rounds", "max_depth", "max_total_tokens", "max_usd")
+             if getattr(args, k, None) is not None}
+    if base is None and not given:
+        return None
+    return Budget.model_validate({**(base or {}), **given})
+
+
+def _report(engine: Any, run: Any, args: argparse.Namespace) -> int:
+    from .render import run_summary, run_text
+
+    usage = engine.store.tree_usage(run.id)
+    emit(json.dumps(run_summary(run, usage), indent=2) if args.json else run_text(run, args.verbose, usage))
     return 0 if run.status == "completed" else 1
 
 
 async def _plan(args: argparse.Namespace) -> int:
     from .render import run_summary, workflow_text
 
-    run = await _engine(args).plan(args.task, args.use, args.max_steps)
+    run = await _engine(args).plan(args.task, args.use, args.max_steps, strategy=args.strategy,
+                                   budget=_budget(args))
     if args.json:
         emit(json.dumps(run_summary(run), indent=2))
     else:
@@ -69,35 +86,38 @@ async def _plan(args: argparse.Namespace) -> int:
 
 
 async def _resume(args: argparse.Namespace) -> int:
-    from .render import run_summary, run_text
-
-    run = await _engine(args).resume(args.run_id, _progress(args))
-    emit(json.dumps(run_summary(run), indent=2) if args.json else run_text(run, full=args.verbose))
-    return 0 if run.status == "completed" else 1
+    engine = _engine(args)
+    budget = _budget(args, engine.store.options(args.run_id).get("budget") or {})
+    run = await engine.resume(args.run_id, _progress(args), budget)
+    return _report(engine, run, args)
 
 
 def _runs(args: argparse.Namespace) -> int:
     from .render import run_summary, runs_table
     from .store import Store
 
-    runs = Store(args.db).list_runs(args.limit)
-    emit(json.dumps([run_summary(r) for r in runs], indent=2) if args.json else runs_table(runs))
+    store = Store(args.db)
+    rows = [(r, store.tree_usage(r.id), str(store.options(r.id).get("strategy", "conductor")))
+            for r in store.list_runs(args.limit)]
+    emit(json.dumps([{**run_summary(r, u), "strategy": s} for r, u, s in rows], indent=2) if args.json
+         else runs_table(rows))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .render import run_text, run_trace
+    from .render import run_text, trace_tree
     from .store import Store
 
     store = Store(args.db)
     run = store.get_run(args.run_id)
     if args.json:
-        children = [run_trace(store.get_run(c)) for c in store.children(run.id)]
-        emit(json.dumps(run_trace(run, children), indent=2))
+        emit(json.dumps(trace_tree(store, run.id), indent=2))
     else:
-        emit(run_text(run))
-        for child in store.children(run.id):
-            emit("\nchild " + run_text(store.get_run(child)))
+        emit(run_text(run, usage=store.tree_usage(run.id)))
+        for child_id in store.children(run.id):
+            child = store.get_run(child_id)
+            kind = f"of step {child.parent_step}" if child.parent_step is not None else "(correction round)"
+            emit(f"\n=== child run {kind}\n" + run_text(child, usage=store.tree_usage(child_id)))
     return 0
 
 
@@ -153,14 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         if json_flag:
             sp.add_argument("--json", action="store_true", help="print one JSON object")
 
+    def budget(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--max-rounds", type=int, help="review-and-correct rounds (default 1: no review)")
+        sp.add_argument("--max-depth", type=int, help="how deep the conductor may call itself (default 2)")
+        sp.add_argument("--max-total-tokens", type=int, help="stop before the run could exceed this many tokens")
+        sp.add_argument("--max-usd", type=float, help="stop before the run could exceed this cost")
+
     for name, help_text in (("solve", "plan a task and run the workflow"), ("plan", "plan only; spend nothing")):
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("task")
         sp.add_argument("--use", action="append", metavar="WORKER", help="only these worker ids (repeatable)")
         sp.add_argument("--max-steps", type=int)
+        sp.add_argument("--strategy", default="conductor", help="conductor (default), moa, or single:<worker>")
+        budget(sp)
         common(sp)
     sp = sub.add_parser("resume", help="continue a run from its first unfinished step")
     sp.add_argument("run_id")
+    budget(sp)
     common(sp)
     sp = sub.add_parser("runs", help="recent runs, newest first")
     sp.add_argument("--limit", type=int, default=20)

@@ -2,7 +2,9 @@
 
 A step runs as soon as every step it sees has completed, so independent steps run concurrently in one
 anyio task group. A step committed as completed is never called again, which is what makes resume
-safe after a crash: the store, not memory, says what is done.
+safe after a crash: the store, not memory, says what is done. A step on the worker `conductor` is a
+child run planned by the conductor (recursion); with max_rounds > 1 the conductor reviews each answer
+and may run a corrective round, also as a child run. One budget guard covers the whole tree.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from typing import Any
 
 import anyio
 
+from .budget import BudgetExceeded, BudgetGuard
 from .errors import RunStateError, WorkerError, WorkflowError
 from .models import (
+    CONDUCTOR_WORKER,
     MAX_STEPS_LIMIT,
+    Budget,
     PlanInfo,
     Run,
     RunStatus,
     StepRecord,
     StepStatus,
     Usage,
+    WorkerSpec,
     Workflow,
 )
 from .planners import Planner, make_planner
@@ -60,9 +66,29 @@ class StepEvent:
 EventSink = Callable[[StepEvent], Awaitable[None]]
 
 
-def worker_messages(task: str, workflow: Workflow, index: int, outputs: dict[int, str]) -> list[dict[str, str]]:
-    """The paper's worker prompt: the task, each visible step's subtask and response, then this subtask."""
+@dataclass
+class Outcome:
+    status: RunStatus
+    answer: str | None = None
+    error: str | None = None
+
+
+def round_text(run: Run, limit: int = 1500) -> str:
+    """A finished round's steps and outputs, as later rounds and reviews see them."""
+    parts = []
+    for s in run.steps:
+        out = (s.output or "")[:limit]
+        parts.append(f"Step {s.index} ({s.worker}) subtask:\n{s.instruction}\n\nStep {s.index} response:\n{out}")
+    return "\n\n".join(parts)
+
+
+def worker_messages(task: str, workflow: Workflow, index: int, outputs: dict[int, str],
+                    previous_round: str | None = None) -> list[dict[str, str]]:
+    """The paper's worker prompt: the task, each visible step's subtask and response, then this subtask.
+    A corrective round's steps with access "all" also see the previous round."""
     parts = [f"Overall task:\n{task}"]
+    if previous_round and workflow.steps[index].access == "all":
+        parts.append(f"Previous round:\n{previous_round}")
     for j in workflow.visible(index):
         parts.append(f"Step {j} subtask:\n{workflow.steps[j].instruction}\n\nStep {j} response:\n{outputs[j]}")
     parts.append(f"Your subtask:\n{workflow.steps[index].instruction}")
@@ -97,6 +123,13 @@ class Engine:
             self._planner = make_planner(self.registry)  # loads nothing until the first plan
         return self._planner
 
+    def _planner_for(self, strategy: str) -> Planner:
+        fixed = strategy_planner(strategy)
+        return fixed if fixed is not None else self.planner
+
+    def _specs(self, ids: Sequence[str]) -> list[WorkerSpec]:
+        return [self.registry.spec(i) for i in ids]
+
     # -- planning -------------------------------------------------------------------------------
     def _max_steps(self, max_steps: int | None) -> int:
         limit = self.registry.conductor.max_steps
@@ -107,7 +140,7 @@ class Engine:
         return max_steps
 
     async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                   workflow: Any = None, strategy: str = "conductor") -> Run:
+                   workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None) -> Run:
         """Plan (or take the host's `workflow`) and store the run as `planned`; nothing is spent yet.
 
         `strategy` is `conductor` (the default), `moa` or `single:<worker>`.
@@ -115,37 +148,53 @@ class Engine:
         task = check_task(task)
         ids = self.registry.select(workers)
         steps = self._max_steps(max_steps)
-        fixed = strategy_planner(strategy)
+        budget = budget or Budget()
+        recursion = budget.max_depth > 0
         if workflow is not None:
-            wf = validate_workflow(workflow, ids, steps)
+            wf = validate_workflow(workflow, ids, steps, allow_recursion=recursion)
             info = PlanInfo(source="host", planner="host", attempts=0)
         else:
-            planner = fixed if fixed is not None else self.planner
-            result = await planner.plan(task, [self.registry.spec(i) for i in ids], steps)
+            result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion)
             wf, info = result.workflow, result.info
-        options = {"workers": ids, "max_steps": steps, "strategy": strategy}
+        options = {"workers": ids, "max_steps": steps, "strategy": strategy, "budget": budget.model_dump(),
+                   "kind": "root", "depth": 0}
         run_id = self.store.create_run(task, wf, info, options)
         return self.store.get_run(run_id)
 
     async def solve(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                    on_event: EventSink | None = None, strategy: str = "conductor") -> Run:
-        run = await self.plan(task, workers, max_steps, strategy=strategy)
+                    on_event: EventSink | None = None, strategy: str = "conductor",
+                    budget: Budget | None = None) -> Run:
+        run = await self.plan(task, workers, max_steps, strategy=strategy, budget=budget)
         return await self.execute(run.id, on_event)
 
     # -- execution ------------------------------------------------------------------------------
-    async def resume(self, run_id: str, on_event: EventSink | None = None) -> Run:
-        """Continue a run from its first unfinished step; a completed run is returned as it is."""
+    async def resume(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
+        """Continue a run from its first unfinished step (a larger `budget` lifts a budget stop);
+        a completed run is returned as it is."""
         run = self.store.get_run(run_id)
         if run.status == RunStatus.COMPLETED:
             return run
-        return await self.execute(run_id, on_event)
+        return await self.execute(run_id, on_event, budget)
 
-    async def execute(self, run_id: str, on_event: EventSink | None = None) -> Run:
+    async def execute(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
+        run = self.store.get_run(run_id)
+        if run.parent_run_id is not None:
+            raise RunStateError(f"run {run_id} is part of run {run.parent_run_id}; resume that one")
+        if budget is not None:
+            self.store.update_options(run_id, {"budget": budget.model_dump()})
+        opts = self.store.options(run_id)
+        guard = BudgetGuard(Budget.model_validate(opts.get("budget") or {}), self.store.tree_usage(run_id))
+        return await self._execute(run_id, on_event, guard)
+
+    async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard) -> Run:
         run = self.store.claim(run_id)  # refuses a run another live process owns
+        opts = self.store.options(run_id)
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._heartbeat, run_id)
-                status, error = await self._schedule(run, on_event)
+                outcome = await self._schedule(run, opts, on_event, guard)
+                if outcome.status == RunStatus.COMPLETED and opts.get("kind", "root") == "root":
+                    outcome = await self._rounds(run, opts, outcome, on_event, guard)
                 outer.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             self._settle_cancelled(run_id)
@@ -153,11 +202,7 @@ class Engine:
         except BaseException as exc:
             self.store.finish_run(run_id, RunStatus.FAILED, error=f"internal error: {exc!r}")
             raise
-        answer = None
-        final = self.store.get_run(run_id)
-        if status == RunStatus.COMPLETED:
-            answer = final.steps[-1].output
-        self.store.finish_run(run_id, status, answer=answer, error=error)
+        self.store.finish_run(run_id, outcome.status, answer=outcome.answer, error=outcome.error)
         return self.store.get_run(run_id)
 
     def _settle_cancelled(self, run_id: str) -> None:
@@ -170,26 +215,33 @@ class Engine:
             await anyio.sleep(HEARTBEAT_S)
             self.store.heartbeat([run_id])
 
-    async def _schedule(self, run: Run, on_event: EventSink | None) -> tuple[RunStatus, str | None]:
+    async def _schedule(self, run: Run, opts: dict[str, Any], on_event: EventSink | None,
+                        guard: BudgetGuard) -> Outcome:
         wf = run.workflow
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
         finished = {i: anyio.Event() for i in range(len(wf.steps))}
         for i in outputs:
             finished[i].set()
         failures: dict[int, str] = {}
+        stops: dict[int, str] = {}
+        previous = opts.get("previous")
+        previous_text = round_text(self.store.get_run(previous)) if previous else None
 
         async def run_one(i: int) -> None:
             try:
                 for j in wf.visible(i):
                     await finished[j].wait()
-                blocked = [j for j in wf.visible(i) if j not in outputs]
-                if blocked:
+                failed_inputs = [j for j in wf.visible(i) if j in failures]
+                if failed_inputs:
                     self.store.step_ended(run.id, i, StepStatus.SKIPPED,
-                                          f"skipped: it sees step(s) {blocked}, which did not complete")
+                                          f"skipped: it sees step(s) {failed_inputs}, which failed")
                     return
-                if failures:  # a step failed for good: start nothing new, keep what is running
-                    return
-                outputs[i] = await self._run_step(run, wf, i, outputs, on_event)
+                if failures or stops or any(j not in outputs for j in wf.visible(i)):
+                    return  # a step failed or a budget stopped the run: start nothing new, keep what runs
+                messages = worker_messages(run.task, wf, i, outputs, previous_text)
+                outputs[i] = await self._run_step(run, wf, i, messages, opts, on_event, guard)
+            except BudgetExceeded as exc:
+                stops[i] = str(exc)
             except WorkerError as exc:
                 failures[i] = str(exc)
             finally:
@@ -201,28 +253,37 @@ class Engine:
                     tg.start_soon(run_one, i)
         if failures:
             first = min(failures)
-            return RunStatus.FAILED, f"step {first} failed: {failures[first]}"
-        return RunStatus.COMPLETED, None
+            return Outcome(RunStatus.FAILED, None, f"step {first} failed: {failures[first]}")
+        if stops:
+            best = outputs[max(outputs)] if outputs else None
+            return Outcome(RunStatus.BUDGET_EXCEEDED, best, stops[min(stops)])
+        return Outcome(RunStatus.COMPLETED, outputs[len(wf.steps) - 1], None)
 
-    async def _run_step(self, run: Run, wf: Workflow, i: int, outputs: dict[int, str],
-                        on_event: EventSink | None) -> str:
+    async def _run_step(self, run: Run, wf: Workflow, i: int, messages: list[dict[str, str]],
+                        opts: dict[str, Any], on_event: EventSink | None, guard: BudgetGuard) -> str:
         step = wf.steps[i]
         total = len(wf.steps)
+
+        async def emit(phase: str, status: StepStatus) -> None:
+            if on_event:
+                await on_event(StepEvent(run.id, i, total, step.worker, phase, status, step.instruction))
+
         self.store.step_started(run.id, i)
-        if on_event:
-            await on_event(StepEvent(run.id, i, total, step.worker, "start", StepStatus.RUNNING, step.instruction))
-        messages = worker_messages(run.task, wf, i, outputs)
+        await emit("start", StepStatus.RUNNING)
         try:
-            text, usage = await self._call_with_retries(run.id, i, step.worker, messages)
+            if step.worker == CONDUCTOR_WORKER:
+                text, usage = await self._run_child(run, wf, i, messages, opts, guard)
+            else:
+                text, usage = await self._call_with_retries(run.id, i, step.worker, messages, guard)
+        except BudgetExceeded:
+            self.store.reset_step(run.id, i)
+            raise
         except WorkerError as exc:
             self.store.step_ended(run.id, i, StepStatus.FAILED, str(exc))
-            if on_event:
-                await on_event(StepEvent(run.id, i, total, step.worker, "end", StepStatus.FAILED,
-                                         step.instruction))
+            await emit("end", StepStatus.FAILED)
             raise
         self.store.step_completed(run.id, i, text, usage)
-        if on_event:
-            await on_event(StepEvent(run.id, i, total, step.worker, "end", StepStatus.COMPLETED, step.instruction))
+        await emit("end", StepStatus.COMPLETED)
         return text
 
     def _candidates(self, worker: str) -> list[str]:
@@ -235,21 +296,25 @@ class Engine:
             current = self.registry.spec(current).fallback
         return sorted(chain, key=self.health.cooling)  # stable: order kept among equals
 
-    async def _call_with_retries(self, run_id: str, index: int, worker: str,
-                                 messages: list[dict[str, str]]) -> tuple[str, Usage]:
+    async def _call_with_retries(self, run_id: str, index: int, worker: str, messages: list[dict[str, str]],
+                                 guard: BudgetGuard) -> tuple[str, Usage]:
         errors: list[str] = []
         for candidate in self._candidates(worker):
+            spec = self.registry.spec(candidate)
             for attempt in range(1, self.policy.attempts_per_worker + 1):
+                reservation = guard.reserve(spec, messages)  # raises before anything is spent
                 n = self.store.attempt_started(run_id, index, candidate)
                 started = time.perf_counter()
                 try:
                     done = await self.pool.complete(candidate, messages)
                 except anyio.get_cancelled_exc_class():
+                    guard.settle(reservation, None)
                     self.store.attempt_ended(run_id, index, n, "cancelled", time.perf_counter() - started)
                     raise
                 except (WorkerError, TimeoutError) as exc:
+                    guard.settle(reservation, None)
                     err = exc if isinstance(exc, WorkerError) else WorkerError(
-                        f"{candidate}: timed out after {self.registry.spec(candidate).timeout_s:g}s")
+                        f"{candidate}: timed out after {spec.timeout_s:g}s")
                     self.store.attempt_ended(run_id, index, n, "error", time.perf_counter() - started,
                                              error=str(err))
                     errors.append(str(err))
@@ -258,12 +323,85 @@ class Engine:
                     if attempt < self.policy.attempts_per_worker:
                         await anyio.sleep(self.policy.delay(attempt, err.retry_after))
                     continue
+                guard.settle(reservation, done.usage)
                 self.store.attempt_ended(run_id, index, n, "ok", done.latency_s, done.usage)
                 self.health.ok(candidate)
                 return done.text, done.usage
             self.health.failed(candidate)
-        failure = WorkerError("; ".join(errors[-3:]) or f"{worker}: no attempt made", retryable=False)
-        raise failure
+        raise WorkerError("; ".join(errors[-3:]) or f"{worker}: no attempt made", retryable=False)
+
+    # -- recursion and rounds -------------------------------------------------------------------
+    async def _run_child(self, run: Run, wf: Workflow, i: int, messages: list[dict[str, str]],
+                         opts: dict[str, Any], guard: BudgetGuard) -> tuple[str, Usage]:
+        """The conductor plans and runs the subtask as a child workflow; its answer is this step's output.
+        Its usage stays on the child run (the tree's total counts it once)."""
+        depth = int(opts.get("depth", 0)) + 1
+        n = self.store.attempt_started(run.id, i, CONDUCTOR_WORKER)
+        started = time.perf_counter()
+        existing = self.store.children(run.id, step=i)
+        try:
+            if existing and self.store.get_run(existing[-1]).status == RunStatus.COMPLETED:
+                child = self.store.get_run(existing[-1])
+            else:
+                if existing:
+                    child_id = existing[-1]
+                else:
+                    if depth > guard.budget.max_depth:
+                        raise WorkerError(f"conductor: depth {depth} exceeds max_depth {guard.budget.max_depth}",
+                                          retryable=False)
+                    ids = list(opts.get("workers") or self.registry.available_ids())
+                    subtask = messages[-1]["content"]
+                    result = await self.planner.plan(subtask, self._specs(ids), int(opts.get("max_steps", 5)),
+                                                     depth < guard.budget.max_depth)
+                    guard.add(result.info.usage)
+                    child_opts = {**opts, "kind": "recursion", "depth": depth}
+                    child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts,
+                                                     parent_run_id=run.id, parent_step=i)
+                child = await self._execute(child_id, None, guard)
+        except anyio.get_cancelled_exc_class():
+            self.store.attempt_ended(run.id, i, n, "cancelled", time.perf_counter() - started)
+            raise
+        if child.status == RunStatus.COMPLETED and child.answer is not None:
+            self.store.attempt_ended(run.id, i, n, "ok", time.perf_counter() - started)
+            return child.answer, Usage()
+        error = f"child run {child.id} ended {child.status.value}: {child.error}"
+        self.store.attempt_ended(run.id, i, n, "error", time.perf_counter() - started, error=error)
+        if child.status == RunStatus.BUDGET_EXCEEDED:
+            raise BudgetExceeded(error)
+        raise WorkerError(f"conductor: {error}", retryable=False)
+
+    async def _rounds(self, run: Run, opts: dict[str, Any], outcome: Outcome, on_event: EventSink | None,
+                      guard: BudgetGuard) -> Outcome:
+        """Review the answer; run corrective rounds until the conductor accepts or max_rounds is reached."""
+        answer = outcome.answer or ""
+        prev_id, current = run.id, 1
+        rounds = {int(self.store.options(c).get("round", 0)): c for c in self.store.children(run.id, rounds=True)}
+        reviews: list[dict[str, Any]] = list(opts.get("reviews") or [])
+        while current < guard.budget.max_rounds:
+            child_id = rounds.get(current + 1)
+            if child_id is None:
+                if any(r.get("round") == current and r.get("accepted") for r in reviews):
+                    break
+                ids = list(opts.get("workers") or self.registry.available_ids())
+                planner = self._planner_for(str(opts.get("strategy", "conductor")))
+                result = await planner.review(run.task, round_text(self.store.get_run(prev_id)), answer,
+                                              self._specs(ids), int(opts.get("max_steps", 5)),
+                                              guard.budget.max_depth > 0)
+                guard.add(result.info.usage)
+                reviews.append({"round": current, "accepted": result.workflow is None,
+                                "info": result.info.model_dump(mode="json")})
+                self.store.update_options(run.id, {"reviews": reviews})
+                if result.workflow is None:
+                    break
+                child_opts = {**opts, "kind": "round", "round": current + 1, "previous": prev_id, "reviews": []}
+                child_id = self.store.create_run(run.task, result.workflow, result.info, child_opts,
+                                                 parent_run_id=run.id)
+            child = await self._execute(child_id, on_event, guard)
+            if child.status != RunStatus.COMPLETED or child.answer is None:
+                status = child.status if child.status in FINAL else RunStatus.FAILED
+                return Outcome(status, answer, f"round {current + 1}: {child.error}")
+            answer, prev_id, current = child.answer, child_id, current + 1
+        return Outcome(RunStatus.COMPLETED, answer, None)
 
     # -- host-driven steps ----------------------------------------------------------------------
     def runnable(self, run: Run) -> list[int]:
@@ -275,30 +413,36 @@ class Engine:
                        worker: str | None = None) -> tuple[StepRecord, Run]:
         """Run one step of a run (optionally changed); refuse when a step it sees is not done."""
         run = self.store.get_run(run_id)
-        if run.status in (RunStatus.RUNNING,):
+        if run.status == RunStatus.RUNNING:
             raise RunStateError(f"run {run_id} is running; wait for it (get_run) before driving steps by hand")
         n = len(run.steps)
         if not 0 <= index < n:
             raise WorkflowError(f"step: {index} is out of range; this run has steps 0..{n - 1}")
-        record = run.steps[index]
-        if record.status == StepStatus.COMPLETED:
+        if run.steps[index].status == StepStatus.COMPLETED:
             raise RunStateError(f"step {index} is already completed; its output is kept and never re-bought")
         waiting = [j for j in run.workflow.visible(index) if run.steps[j].status != StepStatus.COMPLETED]
         if waiting:
             raise RunStateError(f"step {index} sees step(s) {waiting}, which are not completed yet; "
                                 f"run those first")
+        opts = self.store.options(run_id)
+        budget = Budget.model_validate(opts.get("budget") or {})
         wf = run.workflow
         if instruction is not None or worker is not None:
-            allowed = self.store.options(run_id).get("workers") or self.registry.available_ids()
+            allowed = opts.get("workers") or self.registry.available_ids()
             steps = [s.model_copy() for s in wf.steps]
             steps[index] = steps[index].model_copy(update={
                 k: v for k, v in (("instruction", instruction), ("worker", worker)) if v is not None})
-            wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT)
+            wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT,
+                                   allow_recursion=budget.max_depth > 0)
             self.store.edit_step(run_id, index, wf)
         run = self.store.claim(run_id)
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
+        guard = BudgetGuard(budget, self.store.tree_usage(run_id))
+        messages = worker_messages(run.task, wf, index, outputs)
         try:
-            await self._run_step(run, wf, index, outputs, None)
+            await self._run_step(run, wf, index, messages, opts, None, guard)
+        except BudgetExceeded as exc:
+            self.store.finish_run(run_id, RunStatus.BUDGET_EXCEEDED, error=str(exc))
         except WorkerError as exc:
             self.store.finish_run(run_id, RunStatus.FAILED, error=f"step {index} failed: {exc}")
         except anyio.get_cancelled_exc_class():
@@ -312,7 +456,3 @@ class Engine:
                 self.store.finish_run(run_id, RunStatus.PLANNED)
         final = self.store.get_run(run_id)
         return final.steps[index], final
-
-
-def is_final(status: RunStatus) -> bool:
-    return status in FINAL

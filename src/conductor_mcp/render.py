@@ -7,6 +7,7 @@ import textwrap
 from typing import Any
 
 from .models import Run, Usage, Workflow
+from .store import Store
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:
@@ -14,8 +15,8 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
             "total_tokens": usage.total_tokens, "cost_usd": usage.cost_usd, "calls": usage.calls}
 
 
-def run_summary(run: Run) -> dict[str, Any]:
-    """What `solve --json` prints and what tools return: the answer, the workflow, the usage."""
+def run_summary(run: Run, usage: Usage | None = None) -> dict[str, Any]:
+    """What `solve --json` prints: the answer, the workflow, the usage (of the whole run tree if given)."""
     return {
         "run_id": run.id,
         "status": run.status.value,
@@ -27,18 +28,29 @@ def run_summary(run: Run) -> dict[str, Any]:
                  "latency_s": run.plan.latency_s},
         "steps": [{"index": s.index, "worker": s.worker, "status": s.status.value,
                    "latency_s": s.latency_s, "attempts": len(s.attempts)} for s in run.steps],
-        "usage": usage_dict(run.usage),
+        "usage": usage_dict(usage or run.usage),
     }
 
 
-def run_trace(run: Run, children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The whole trace: every step with its instruction, output, error, usage, timings and attempts."""
+def run_trace(run: Run, children: list[dict[str, Any]] | None = None,
+              options: dict[str, Any] | None = None, usage: Usage | None = None) -> dict[str, Any]:
+    """The whole trace: every step with its instruction, output, error, usage, timings and attempts;
+    the run's options (workers, budget, kind, reviews) and its child runs (recursion and rounds)."""
     data = run.model_dump(mode="json")
     data["usage"] = usage_dict(run.usage)
+    data["total_usage"] = usage_dict(usage or run.usage)
+    data["options"] = options or {}
     for step, record in zip(data["steps"], run.steps, strict=True):
         step["latency_s"] = record.latency_s
     data["children"] = children or []
     return data
+
+
+def trace_tree(store: Store, run_id: str) -> dict[str, Any]:
+    """A run's trace with its children's traces nested, as the CLI and the MCP resource show it."""
+    run = store.get_run(run_id)
+    children = [trace_tree(store, c) for c in store.children(run_id)]
+    return run_trace(run, children, store.options(run_id), store.tree_usage(run_id))
 
 
 def _cost(usage: Usage) -> str:
@@ -57,8 +69,8 @@ def workflow_text(workflow: Workflow) -> str:
     return "\n".join(lines)
 
 
-def run_text(run: Run, full: bool = True) -> str:
-    u = run.usage
+def run_text(run: Run, full: bool = True, usage: Usage | None = None) -> str:
+    u = usage or run.usage
     lines = [
         f"run {run.id}  {run.status.value}  {_when(run.created_at)}",
         f"task: {run.task}",
@@ -90,15 +102,15 @@ def run_text(run: Run, full: bool = True) -> str:
     return "\n".join(lines)
 
 
-def runs_table(runs: list[Run]) -> str:
-    rows = [f"{'run id':<17} {'status':<15} {'created':<19} {'steps':>5} {'calls':>5} {'tokens':>7} "
-            f"{'cost':>9} {'secs':>6}  task"]
-    for r in runs:
-        u = r.usage
+def runs_table(runs: list[tuple[Run, Usage, str]]) -> str:
+    """One line a run: status, calls, tokens, cost and seconds of its whole tree, and its strategy."""
+    rows = [f"{'run id':<17} {'status':<15} {'created':<19} {'strategy':<14} {'steps':>5} {'calls':>5} "
+            f"{'tokens':>7} {'cost':>9} {'secs':>6}  task"]
+    for r, u, strategy in runs:
         secs = r.updated_at - r.created_at
         task = r.task.replace("\n", " ")
-        rows.append(f"{r.id:<17} {r.status.value:<15} {_when(r.created_at):<19} {len(r.steps):>5} {u.calls:>5} "
-                    f"{u.total_tokens:>7} {_cost(u):>9} {secs:>6.1f}  {task[:50]}")
+        rows.append(f"{r.id:<17} {r.status.value:<15} {_when(r.created_at):<19} {strategy[:14]:<14} "
+                    f"{len(r.steps):>5} {u.calls:>5} {u.total_tokens:>7} {_cost(u):>9} {secs:>6.1f}  {task[:40]}")
     return "\n".join(rows)
 
 
@@ -107,8 +119,9 @@ def _label(text: str, limit: int = 40) -> str:
     return short.replace('"', "'").replace("\n", " ").replace("[", "(").replace("]", ")")
 
 
-def mermaid(run: Run) -> str:
-    """The workflow as a Mermaid flowchart: steps labelled with worker and instruction, access as edges."""
+def mermaid(run: Run, children: list[Run] | None = None) -> str:
+    """The workflow as a Mermaid flowchart: steps labelled with worker and instruction, access as edges;
+    a `conductor` step's child workflow and correction rounds as linked subgraphs."""
     lines = ["flowchart TD", f'    task(["task: {_label(run.task)}"])']
     for s in run.steps:
         lines.append(f'    s{s.index}["{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}'
@@ -119,9 +132,25 @@ def mermaid(run: Run) -> str:
             lines.append(f"    task --> s{s.index}")
         for j in seen:
             lines.append(f"    s{j} --> s{s.index}")
-    last = len(run.steps) - 1
+    last_node = f"s{len(run.steps) - 1}"
+    for n, child in enumerate(children or []):
+        kind = f"child of step {child.parent_step}" if child.parent_step is not None else f"round {n + 2}"
+        lines.append(f'    subgraph c{n}["{kind}: {child.status.value}"]')
+        for s in child.steps:
+            lines.append(f'        c{n}s{s.index}["{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}'
+                         f'<br/><i>{s.status.value}</i>"]:::{s.status.value}')
+        for s in child.steps:
+            for j in child.workflow.visible(s.index):
+                lines.append(f"        c{n}s{j} --> c{n}s{s.index}")
+        lines.append("    end")
+        if child.parent_step is not None:
+            lines.append(f"    s{child.parent_step} -.-> c{n}")
+        else:
+            lines.append(f"    {last_node} -.-> c{n}")
+            if child.steps:
+                last_node = f"c{n}s{len(child.steps) - 1}"
     lines.append(f'    answer(["answer ({run.status.value})"])')
-    lines.append(f"    s{last} --> answer")
+    lines.append(f"    {last_node} --> answer")
     lines += [
         "    classDef completed fill:#d4edda,stroke:#2e7d32",
         "    classDef running fill:#fff3cd,stroke:#b08800",

@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .errors import RunStateError
-from .models import Run
+from .models import Budget, Run
 
 if TYPE_CHECKING:
     from .engine import Engine, StepEvent
@@ -72,7 +72,7 @@ class RunManager:
         handle = self.handles.get(run_id)
         return handle if handle is not None and not handle.done.is_set() else None
 
-    def start(self, run_id: str) -> RunHandle:
+    def start(self, run_id: str, budget: Budget | None = None) -> RunHandle:
         """Execute (or resume) a run in the background; one execution per run at a time."""
         if self._tg is None:
             raise RuntimeError("RunManager.start needs `async with manager.running()`")
@@ -92,7 +92,7 @@ class RunManager:
         async def body() -> None:
             try:
                 with handle.scope:
-                    await engine.resume(run_id, sink)
+                    await engine.resume(run_id, sink, budget)
             except Exception as exc:  # recorded in the store by the engine; kept for the caller
                 handle.error = exc
                 log.warning("run %s ended with %r", run_id, exc)

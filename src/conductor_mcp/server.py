@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .errors import ConductorError, RunNotFound, RunStateError
-from .models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus
+from .models import MAX_STEPS_LIMIT, Access, Budget, Run, RunStatus, StepStatus, Usage
 from .run_manager import RunManager
 
 INSTRUCTIONS = (
@@ -36,6 +36,18 @@ WorkersArg = Annotated[list[str] | None, Field(description="subset of worker ids
 MaxStepsArg = Annotated[int | None, Field(ge=1, le=MAX_STEPS_LIMIT, description="at most this many steps")]
 WaitArg = Annotated[float, Field(ge=0, le=3600, description="seconds to wait before returning 'running'")]
 RunIdArg = Annotated[str, Field(min_length=1, max_length=64)]
+RoundsArg = Annotated[int | None, Field(ge=1, le=5, description="review rounds")]
+DepthArg = Annotated[int | None, Field(ge=0, le=4, description="self-call depth")]
+TokensArg = Annotated[int | None, Field(ge=1)]
+UsdArg = Annotated[float | None, Field(gt=0)]
+StrategyArg = Annotated[str, Field(description="conductor, moa, single:<worker>")]
+
+
+def _budget(base: dict[str, Any] | None, **given: Any) -> Budget | None:
+    changes = {k: v for k, v in given.items() if v is not None}
+    if base is None and not changes:
+        return None
+    return Budget.model_validate({**(base or {}), **changes})
 
 
 class StepOut(BaseModel):
@@ -68,7 +80,7 @@ class WorkflowIn(BaseModel):
 
 class PlanOut(BaseModel):
     run_id: str
-    workflow: WorkflowIn
+    workflow: dict[str, Any]  # the Workflow; its schema is the `workflow` argument's
     plan_source: str
     trace_uri: str
 
@@ -88,17 +100,18 @@ def _uri(run_id: str) -> str:
     return f"conductor://runs/{run_id}"
 
 
-def _run_out(run: Run) -> RunOut:
-    u = run.usage
+def _run_out(run: Run, u: Usage) -> RunOut:
     return RunOut(run_id=run.id, status=run.status.value, answer=run.answer, error=run.error,
                   steps=[StepOut(index=s.index, worker=s.worker, status=s.status.value) for s in run.steps],
                   tokens=u.total_tokens, cost_usd=u.cost_usd, calls=u.calls, trace_uri=_uri(run.id))
 
 
 def _strip_titles(schema: Any) -> Any:
-    """Pydantic's per-field titles repeat the names; hosts pay for every character of tools/list."""
+    """Pydantic's per-field titles repeat the names, and `"default": null` says what optional already
+    says: hosts pay for every character of tools/list on every turn."""
     if isinstance(schema, dict):
-        return {k: _strip_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+        return {k: _strip_titles(v) for k, v in schema.items()
+                if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)}
     if isinstance(schema, list):
         return [_strip_titles(v) for v in schema]
     return schema
@@ -162,26 +175,32 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             handle.listener = None
         return runs.get(run_id)
 
-    def launch(run_id: str) -> None:
+    def launch(run_id: str, budget: Budget | None = None) -> None:
         run = runs.get(run_id)
         if run.status == RunStatus.RUNNING and runs.active(run_id) is None:
             raise RunStateError(f"run {run_id} is running in another process; wait for it with get_run")
         if runs.active(run_id) is None and run.status != RunStatus.COMPLETED:
-            runs.start(run_id)
+            runs.start(run_id, budget)
+
+    def out(run: Run) -> RunOut:
+        return _run_out(run, runs.engine.store.tree_usage(run.id))
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
     async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
-                    wait_s: WaitArg = 50.0, ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
+                    wait_s: WaitArg = 50.0, strategy: StrategyArg = "conductor", max_rounds: RoundsArg = None,
+                    max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
+                    ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
         """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
         'running' after wait_s (then poll get_run)."""
         try:
-            run = await runs.engine.plan(task, workers, max_steps)
+            budget = _budget(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+                             max_usd=max_usd)
+            run = await runs.engine.plan(task, workers, max_steps, strategy=strategy, budget=budget)
             launch(run.id)
             run = await wait_for(run.id, wait_s, ctx, cancel_on_abort=True)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        out = _run_out(run)
-        return _result(out, run.id, run.answer if run.status == RunStatus.COMPLETED else None)
+        return _result(out(run), run.id, run.answer if run.status == RunStatus.COMPLETED else None)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
     async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
@@ -193,7 +212,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             run = await runs.engine.plan(task, workers, max_steps, workflow=given)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        out = PlanOut(run_id=run.id, workflow=WorkflowIn.model_validate(run.workflow.model_dump()),
+        out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),
                       plan_source=run.plan.source, trace_uri=_uri(run.id))
         return _result(out, run.id)
 
@@ -217,16 +236,21 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         return _result(out, run_id, record.output if record.status == StepStatus.COMPLETED else None)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
-    async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0,
+    async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0, max_rounds: RoundsArg = None,
+                     max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
                      ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
-        """Run a planned run to the end, or continue a cancelled, failed or interrupted one.
-        Completed steps are kept, never re-run."""
+        """Run a planned run to the end, or continue a cancelled, failed, interrupted or budget-stopped one
+        (give a larger budget). Completed steps are kept, never re-run."""
         try:
-            launch(run_id)
+            given = dict(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+                         max_usd=max_usd)
+            budget = _budget(runs.engine.store.options(run_id).get("budget") or {}, **given) if any(
+                v is not None for v in given.values()) else None
+            launch(run_id, budget)
             run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        return _result(_run_out(run), run.id, run.answer if run.status == RunStatus.COMPLETED else None)
+        return _result(out(run), run.id, run.answer if run.status == RunStatus.COMPLETED else None)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
@@ -236,7 +260,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=False)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        return _result(_run_out(run), run.id)
+        return _result(out(run), run.id)
 
     register_resources(server, runs)
     return server
@@ -247,7 +271,7 @@ def _json(data: Any) -> str:
 
 
 def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
-    from .render import mermaid, run_summary, run_trace
+    from .render import mermaid, run_summary, run_trace, trace_tree
 
     def load(run_id: str) -> Run:
         try:
@@ -265,13 +289,14 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
 
     @server.resource("conductor://runs", mime_type="application/json", description="recent runs, newest first")
     def runs_resource() -> str:
-        return _json([{**run_summary(r), "trace_uri": _uri(r.id)} for r in runs.engine.store.list_runs(50)])
+        store = runs.engine.store
+        return _json([{**run_summary(r, store.tree_usage(r.id)), "trace_uri": _uri(r.id)}
+                      for r in store.list_runs(50)])
 
     @server.resource("conductor://runs/{run_id}", mime_type="application/json", description="a run's whole trace")
     def run_resource(run_id: str) -> str:
-        run = load(run_id)
-        store = runs.engine.store
-        return _json(run_trace(run, [run_trace(store.get_run(c)) for c in store.children(run.id)]))
+        load(run_id)
+        return _json(trace_tree(runs.engine.store, run_id))
 
     @server.resource("conductor://runs/{run_id}/steps/{index}", mime_type="application/json",
                      description="one step of a run")
@@ -285,4 +310,6 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
     @server.resource("conductor://runs/{run_id}/diagram", mime_type="text/vnd.mermaid",
                      description="the workflow as a Mermaid flowchart")
     def diagram_resource(run_id: str) -> str:
-        return mermaid(load(run_id))
+        run = load(run_id)
+        store = runs.engine.store
+        return mermaid(run, [store.get_run(c) for c in store.children(run_id)])

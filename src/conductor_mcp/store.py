@@ -250,10 +250,32 @@ class Store:
                 f"SELECT id FROM runs {where} ORDER BY created_at DESC LIMIT ?", (limit,))]
         return [self.get_run(i) for i in ids]
 
-    def children(self, run_id: str) -> list[str]:
+    def children(self, run_id: str, step: int | None = None, rounds: bool = False) -> list[str]:
+        """Child runs, oldest first: all, those of one `conductor` step, or the correction rounds."""
+        query = "SELECT id FROM runs WHERE parent_run_id=?"
+        args: tuple[Any, ...] = (run_id,)
+        if step is not None:
+            query, args = query + " AND parent_step=?", (run_id, step)
+        elif rounds:
+            query += " AND parent_step IS NULL"
         with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT id FROM runs WHERE parent_run_id=? ORDER BY created_at", (run_id,))]
+            return [r[0] for r in self._db.execute(query + " ORDER BY created_at", args)]
+
+    def update_options(self, run_id: str, changes: dict[str, Any]) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT options FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"run_id: no run {run_id!r}")
+            db.execute("UPDATE runs SET options=? WHERE id=?", (json.dumps({**json.loads(row[0]), **changes}), run_id))
+
+    def tree_usage(self, run_id: str) -> Usage:
+        """Everything a run cost: its plan and steps, its reviews, and every child run, counted once."""
+        total = self.get_run(run_id).usage
+        for review in self.options(run_id).get("reviews") or []:
+            total = total + PlanInfo.model_validate(review["info"]).usage
+        for child in self.children(run_id):
+            total = total + self.tree_usage(child)
+        return total
 
     def claim(self, run_id: str) -> Run:
         """Make this process the run's owner; refuse if another live process owns it."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ..errors import WorkflowError
-from ..models import CONDUCTOR_WORKER, PlanInfo, Step, Usage, Workflow, WorkerSpec
+from ..models import CONDUCTOR_WORKER, PlanInfo, Step, Usage, WorkerSpec, Workflow
 from ..workflows import validate_workflow
 from .parse import parse_json_plan, parse_paper_plan
 from .prompts import planner_messages, review_messages
@@ -32,9 +32,15 @@ class Planner(Protocol):
                    allow_recursion: bool = False) -> PlanResult: ...
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
-                     max_steps: int, allow_recursion: bool = False) -> PlanResult | None:
-        """None accepts the answer; else a corrective workflow."""
+                     max_steps: int, allow_recursion: bool = False) -> ReviewResult:
+        """No workflow accepts the answer; else a corrective workflow."""
         ...
+
+
+@dataclass
+class ReviewResult:
+    workflow: Workflow | None  # None accepts the answer
+    info: PlanInfo
 
 
 @dataclass
@@ -62,24 +68,20 @@ class ModelPlanner(ABC):
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
                    allow_recursion: bool = False) -> PlanResult:
         messages = planner_messages(task, workers, max_steps, self.fmt, allow_recursion)
-        result = await self._decide(messages, workers, max_steps, allow_recursion, allow_empty=False)
-        if result is None or isinstance(result, PlanInfo):
-            info = result if isinstance(result, PlanInfo) else PlanInfo(source="fallback", planner=self.name)
-            return PlanResult(fallback_workflow(task, workers), info)
-        return result
+        workflow, info = await self._decide(messages, workers, max_steps, allow_recursion, allow_empty=False)
+        return PlanResult(workflow or fallback_workflow(task, workers), info)
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
-                     max_steps: int, allow_recursion: bool = False) -> PlanResult | None:
+                     max_steps: int, allow_recursion: bool = False) -> ReviewResult:
         messages = review_messages(task, round_text, answer, workers, max_steps, self.fmt, allow_recursion)
-        result = await self._decide(messages, workers, max_steps, allow_recursion, allow_empty=True)
-        if isinstance(result, PlanResult):
-            result.info.source = "review"
-            return result
-        return None  # accepted, or no usable correction: keep the answer
+        workflow, info = await self._decide(messages, workers, max_steps, allow_recursion, allow_empty=True)
+        info.source = "review"
+        return ReviewResult(workflow, info)  # no workflow: accepted, or no usable correction
 
     async def _decide(self, messages: list[dict[str, str]], workers: Sequence[WorkerSpec], max_steps: int,
-                      allow_recursion: bool, allow_empty: bool) -> PlanResult | PlanInfo | None:
-        """A valid workflow; None for an empty one (allowed in reviews); PlanInfo when every try failed."""
+                      allow_recursion: bool, allow_empty: bool) -> tuple[Workflow | None, PlanInfo]:
+        """A valid workflow and how it was made; no workflow when it was empty (a review accepting) or
+        when every try failed (info.source says `fallback`)."""
         ids = [w.id for w in workers]
         names = ids + ([CONDUCTOR_WORKER] if allow_recursion else [])
         schema = workflow_schema(names, max_steps, allow_empty=allow_empty) if self.fmt == "json" else None
@@ -87,6 +89,11 @@ class ModelPlanner(ABC):
         usage = Usage()
         started = time.perf_counter()
         raw = None
+
+        def info(source: Any, attempts: int) -> PlanInfo:
+            return PlanInfo(source=source, planner=self.name, attempts=attempts, errors=errors,
+                            latency_s=time.perf_counter() - started, usage=usage, raw=raw)
+
         for attempt in range(1, self.tries + 1):
             try:
                 gen = await self.generate(messages, schema, max_steps, attempt)
@@ -97,15 +104,11 @@ class ModelPlanner(ABC):
             try:
                 data = parse_json_plan(gen.text) if self.fmt == "json" else parse_paper_plan(gen.text, names)
                 if allow_empty and isinstance(data, dict) and data.get("steps") == []:
-                    return None
+                    return None, info("conductor", attempt)
                 workflow = validate_workflow(data, ids, max_steps, allow_recursion)
             except WorkflowError as exc:
                 log.info("plan attempt %d rejected: %s", attempt, exc)
                 errors.append(str(exc))
                 continue
-            info = PlanInfo(source="conductor" if attempt == 1 else "retry", planner=self.name,
-                            attempts=attempt, errors=errors, latency_s=time.perf_counter() - started,
-                            usage=usage, raw=raw)
-            return PlanResult(workflow, info)
-        return PlanInfo(source="fallback", planner=self.name, attempts=self.tries, errors=errors,
-                        latency_s=time.perf_counter() - started, usage=usage, raw=raw)
+            return workflow, info("conductor" if attempt == 1 else "retry", attempt)
+        return None, info("fallback", self.tries)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import WorkflowError
-from ..models import PlanInfo, Step, Workflow, WorkerSpec
-from .base import PlanResult
+from ..models import PlanInfo, Step, WorkerSpec, Workflow
+from .base import PlanResult, ReviewResult
 
 # The aggregate-and-synthesize prompt of togethercomputer/MoA, as the aggregator's instruction.
 MOA_AGGREGATE = (
@@ -28,8 +28,8 @@ class FixedPlanner:
     name: str
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
-                     max_steps: int, allow_recursion: bool = False) -> PlanResult | None:
-        return None
+                     max_steps: int, allow_recursion: bool = False) -> ReviewResult:
+        return ReviewResult(None, PlanInfo(source="strategy", planner=self.name, attempts=0))
 
 
 class SinglePlanner(FixedPlanner):
