@@ -37,6 +37,7 @@ class WorkerHealth:
 
     def ok(self, worker: str) -> None:
         self._failures[worker] = 0
+        self._rest_until.pop(worker, None)
 
     def failed(self, worker: str) -> None:
         n = self._failures.get(worker, 0) + 1

@@ -67,20 +67,28 @@ def _classify(exc: Exception, worker_id: str) -> WorkerError:
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
     text = str(exc).splitlines()[0][:300] if str(exc) else name
-    retry_after: float | None = None
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is not None:
-        try:
-            value = headers.get("retry-after")
-            retry_after = float(value) if value is not None else None
-        except (TypeError, ValueError):
-            retry_after = None
     permanent = status in (400, 401, 403, 404, 422) or name in (
         "AuthenticationError", "BadRequestError", "NotFoundError", "PermissionDeniedError",
         "ContextWindowExceededError", "ContentPolicyViolationError", "UnsupportedParamsError")
     return WorkerError(f"{worker_id}: {name}{f' {status}' if status else ''}: {text}",
-                       retryable=not permanent, retry_after=retry_after)
+                       retryable=not permanent, retry_after=_retry_after(exc))
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds the provider asked us to wait (litellm keeps the headers on the exception)."""
+    for headers in (getattr(exc, "litellm_response_headers", None),
+                    getattr(getattr(exc, "response", None), "headers", None)):
+        if not headers:
+            continue
+        for key, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+            value = headers.get(key)
+            if value is None:
+                continue
+            try:
+                return float(value) * scale
+            except (TypeError, ValueError):
+                continue  # an HTTP date: fall back to our own backoff
+    return None
 
 
 class WorkerPool:

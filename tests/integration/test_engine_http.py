@@ -108,9 +108,8 @@ async def test_fallback_worker(server: ScriptedServer, store: Store) -> None:
     assert [a.worker for a in run.steps[0].attempts] == ["alpha", "alpha", "beta"]
 
 
-async def test_permanent_error_not_retried(server: ScriptedServer, store: Store) -> None:
+async def test_empty_completion_is_a_failure(server: ScriptedServer, store: Store) -> None:
     eng = engine(server, store)
-    # a bad request (unknown parameter rejected by the server) will not change: one attempt only
     server.script(model="scripted-alpha", reply=lambda m: "")  # empty completion is a failure
     run = await eng.plan("empty", workflow={"steps": [{"worker": "alpha", "instruction": "go"}]})
     run = await eng.execute(run.id)

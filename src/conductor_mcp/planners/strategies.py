@@ -49,16 +49,16 @@ class SinglePlanner(FixedPlanner):
 class MoAPlanner(FixedPlanner):
     name = "moa"
 
-    def __init__(self, proposers: int = 3) -> None:
-        self.proposers = proposers
+    def __init__(self, proposers: int = 4) -> None:
+        self.proposers = proposers  # distinct workers, as MoA's proposers are distinct models
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
                    allow_recursion: bool = False) -> PlanResult:
         if max_steps < 2:
             raise WorkflowError("strategy: moa needs max_steps >= 2 (proposers plus an aggregator)")
-        k = min(self.proposers, max_steps - 1)
         ids = [w.id for w in workers]
-        steps = [Step(worker=ids[i % len(ids)], instruction=task[:8000], access="none") for i in range(k)]
+        k = min(self.proposers, max_steps - 1, len(ids))
+        steps = [Step(worker=ids[i], instruction=task[:8000], access="none") for i in range(k)]
         steps.append(Step(worker=ids[0], instruction=MOA_AGGREGATE, access="all"))
         return PlanResult(Workflow(steps=steps), PlanInfo(source="strategy", planner=self.name, attempts=0))
 
