@@ -6,6 +6,7 @@ reached through litellm over HTTP; the store is a real SQLite file shared with k
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -102,13 +104,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, server: ScriptedS
     store = Store(env["CONDUCTOR_DB"])
     engine = Engine(build_registry(Manifest(workers=workers(server.base_url, 10)), "crash"), store)
     rng = random.Random(20261122)
-    run_ids = []
+    run_ids: list[str] = []
     for k in range(10):
-        wf = {"steps": [{"worker": "a", "instruction": f"crash {k} step 0"},
+        wf: dict[str, Any] = {"steps": [{"worker": "a", "instruction": f"crash {k} step 0"},
                         {"worker": "b", "instruction": f"crash {k} step 1", "access": "none"},
                         {"worker": "a", "instruction": f"crash {k} step 2", "access": "all"},
                         {"worker": "b", "instruction": f"crash {k} step 3", "access": [2]}]}
-        run_ids.append(anyio.run(lambda wf=wf: engine.plan("crash task", workflow=wf)).id)
+        run_ids.append(anyio.run(functools.partial(engine.plan, "crash task", workflow=wf)).id)
     kills = {r: 0 for r in run_ids}
     for n in range(20):
         run_id = run_ids[n % 10]

@@ -27,8 +27,9 @@ FAST = RetryPolicy(attempts_per_worker=2, base_delay_s=0.01, max_delay_s=0.05)
 
 
 def make_engine(server: ScriptedServer, store: Store, price: dict[str, float] | None = None) -> Engine:
-    workers = [WorkerSpec(id=i, model=f"openai/scripted-{i}", api_base=server.base_url, timeout_s=5,
-                          params={"max_tokens": 300}, price=price) for i in ("a", "b")]
+    workers = [WorkerSpec.model_validate({"id": i, "model": f"openai/scripted-{i}", "api_base": server.base_url,
+                                          "timeout_s": 5, "params": {"max_tokens": 300}, "price": price})
+               for i in ("a", "b")]
     planner = RemotePlanner("openai/conductor-model", api_base=server.base_url)
     return Engine(build_registry(Manifest(workers=workers), "test"), store, planner=planner, policy=FAST)
 
