@@ -92,3 +92,19 @@ async def test_solve_end_to_end(gguf_planner: GGUFPlanner, server: ScriptedServe
     assert run.status == RunStatus.COMPLETED and run.answer
     assert run.answer == run.steps[-1].output
     assert server.stats()["ok"] == len(run.steps) == run.usage.calls - 1  # + the conductor's own call
+
+
+async def test_review_with_the_bundled_conductor(gguf_planner: GGUFPlanner) -> None:
+    # the review grammar also admits an empty workflow (accept); whatever it decides is valid
+    result = await gguf_planner.review("What is 2 + 2?", "Step 0 (odd.id@1) subtask:\nAdd.\n\nStep 0 response:\n4",
+                                       "4", odd_workers(), 3)
+    assert result.info.source == "review" and result.info.usage.completion_tokens > 0
+    if result.workflow is not None:
+        assert all(s.worker in ODD for s in result.workflow.steps) and len(result.workflow.steps) <= 3
+
+
+async def test_recursion_offered_in_the_grammar(gguf_planner: GGUFPlanner) -> None:
+    result = await gguf_planner.plan("Solve a hard multi-part maths olympiad problem.", odd_workers(), 3,
+                                     allow_recursion=True)
+    assert result.info.source == "conductor"
+    assert {s.worker for s in result.workflow.steps} <= {*ODD, "conductor"}

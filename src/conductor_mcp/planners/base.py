@@ -62,8 +62,13 @@ class ModelPlanner(ABC):
     tries = 2
 
     @abstractmethod
-    async def generate(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
-                       max_steps: int, attempt: int) -> Generation: ...
+    async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
+                       attempt: int) -> Generation:
+        """One reply; `constraint` (from `constraint()`) is None in the paper's free format."""
+
+    def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool) -> Any:
+        """What a JSON-format reply is constrained to: the workflow's JSON schema by default."""
+        return workflow_schema(names, max_steps, allow_empty=allow_empty)
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
                    allow_recursion: bool = False) -> PlanResult:
@@ -84,7 +89,7 @@ class ModelPlanner(ABC):
         when every try failed (info.source says `fallback`)."""
         ids = [w.id for w in workers]
         names = ids + ([CONDUCTOR_WORKER] if allow_recursion else [])
-        schema = workflow_schema(names, max_steps, allow_empty=allow_empty) if self.fmt == "json" else None
+        constraint = self.constraint(names, max_steps, allow_empty) if self.fmt == "json" else None
         errors: list[str] = []
         usage = Usage()
         started = time.perf_counter()
@@ -96,7 +101,7 @@ class ModelPlanner(ABC):
 
         for attempt in range(1, self.tries + 1):
             try:
-                gen = await self.generate(messages, schema, max_steps, attempt)
+                gen = await self.generate(messages, constraint, max_steps, attempt)
             except WorkflowError as exc:
                 errors.append(str(exc))
                 continue

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from ..local_model import LocalModel
 from ..models import Usage
 from .base import Generation, ModelPlanner
+from .grammar import workflow_grammar
 from .schema import max_plan_tokens
 
 
@@ -22,16 +24,21 @@ class GGUFPlanner(ModelPlanner):
         self.temperature = temperature
         self.params = params or {}
 
-    async def generate(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
-                       max_steps: int, attempt: int) -> Generation:
+    def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool) -> Any:
+        # a GBNF grammar equivalent to the JSON schema, nested so that llama.cpp tracks one alternative
+        return workflow_grammar(names, max_steps, allow_empty=allow_empty)
+
+    async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
+                       attempt: int) -> Generation:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
         params: dict[str, Any] = {
             "temperature": self.temperature if attempt == 1 else max(self.temperature, 0.7),
-            "max_tokens": max_plan_tokens(max_steps) if schema else 1024,
+            "max_tokens": max_plan_tokens(max_steps) if constraint else 1024,
             **self.params,
         }
-        if schema is not None:
-            # the `json_object` spelling: llama-cpp-python silently ignores `json_schema`
-            params["response_format"] = {"type": "json_object", "schema": schema}
+        if constraint is not None:
+            params["grammar"] = LlamaGrammar.from_string(constraint, verbose=False)
         reply = await self.model.chat(messages, **params)
         return Generation(reply.text, Usage(prompt_tokens=reply.prompt_tokens,
                                             completion_tokens=reply.completion_tokens, cost_usd=0.0, calls=1))

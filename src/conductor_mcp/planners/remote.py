@@ -24,8 +24,8 @@ class RemotePlanner(ModelPlanner):
         self.params = params or {}
         self.timeout_s = timeout_s
 
-    async def generate(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
-                       max_steps: int, attempt: int) -> Generation:
+    async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
+                       attempt: int) -> Generation:
         litellm = litellm_module()
         kwargs: dict[str, Any] = {"temperature": self.temperature if attempt == 1 else 0.7, **self.params}
         if self.api_base:
@@ -33,8 +33,8 @@ class RemotePlanner(ModelPlanner):
             kwargs["api_key"] = "none"
         if self.api_key_env:
             kwargs["api_key"] = os.environ.get(self.api_key_env)
-        if schema is not None:
-            kwargs["response_format"] = {"type": "json_object"}
+        if constraint is not None:
+            kwargs["response_format"] = {"type": "json_object"}  # the schema is checked on our side
         try:
             response = await litellm.acompletion(model=self.model, messages=messages, timeout=self.timeout_s,
                                                  max_retries=0, num_retries=0, **kwargs)
