@@ -28,6 +28,7 @@ import anyio
 
 from conductor_mcp.models import WorkerSpec
 from conductor_mcp.planners.gguf import GGUFPlanner
+from conductor_mcp.planners.grammar import workflow_grammar
 from conductor_mcp.planners.prompts import planner_messages
 from conductor_mcp.planners.schema import workflow_schema
 
@@ -46,12 +47,16 @@ TASKS = [
 ]
 
 
-def decode_rate(llama: Any, n: int = 128, grammar: Any = None) -> float:
-    """Tokens per second generating exactly n tokens after a one-token prompt (EOS suppressed)."""
+PROMPT = "Write a very long story about a lighthouse keeper and the sea, with many chapters.\n\nChapter 1\n"
+
+
+def decode_rate(llama: Any, n: int = 128, grammar: Any = None, prompt: str = PROMPT) -> float:
+    """Decode tokens per second over up to n tokens (prompt evaluation timed apart and excluded).
+    No logit bias: a logits processor would put a Python callback on every token."""
     llama.reset()
+    llama.eval(llama.tokenize(prompt.encode()))
     started = time.perf_counter()
-    out = llama.create_completion("Once", max_tokens=n, temperature=0.0, grammar=grammar,
-                                  logit_bias={llama.token_eos(): -100.0})
+    out = llama.create_completion(prompt, max_tokens=n, temperature=0.0, grammar=grammar)
     elapsed = time.perf_counter() - started
     return float(out["usage"]["completion_tokens"]) / elapsed
 
@@ -60,7 +65,7 @@ def profile_decode(llama: Any, n: int = 256) -> str:
     llama.reset()
     prof = cProfile.Profile()
     prof.enable()
-    llama.create_completion("Once", max_tokens=n, temperature=0.0, logit_bias={llama.token_eos(): -100.0})
+    llama.create_completion(PROMPT, max_tokens=n, temperature=0.0)
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
@@ -87,22 +92,26 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(model: Path, gpu_layers: int, threads: int) -> dict[str, Any]:
-    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import LlamaGrammar
 
     planner = GGUFPlanner(model, n_gpu_layers=gpu_layers, n_threads=threads)
     planner.model.load()
     llama = planner.model._llama
-    schema = workflow_schema([w.id for w in WORKERS], 5)
-    grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    ids = [w.id for w in WORKERS]
+    schema_grammar = LlamaGrammar.from_json_schema(json.dumps(workflow_schema(ids, 5)), verbose=False)
+    nested_grammar = LlamaGrammar.from_string(workflow_grammar(ids, 5), verbose=False)
     decode_rate(llama, 16)  # warm-up
     free = [decode_rate(llama) for _ in range(5)]
-    # the grammar forces a JSON workflow, which ends well before 128 tokens: rate over what it wrote
-    constrained = [decode_rate(llama, 128, grammar) for _ in range(3)]
+    # the planner's own prompt, so the grammar-forced JSON is what a plan looks like
+    plan_prompt = planner_messages(TASKS[0], WORKERS, 5, "json")[0]["content"] + "\nTask: " + TASKS[0] + "\n"
+    via_schema = [decode_rate(llama, 200, schema_grammar, plan_prompt) for _ in range(3)]
+    nested = [decode_rate(llama, 200, nested_grammar, plan_prompt) for _ in range(3)]
     prefix = planner_messages("", WORKERS, 5, "json")[0]["content"]
     rows = anyio.run(plans, planner)
     return {"gpu_layers": gpu_layers, "offloaded": planner.model.offloaded, "threads": threads,
             "prefix_chars": len(prefix), "decode_tok_s": statistics.median(free), "decode_runs": free,
-            "grammar_decode_tok_s": statistics.median(constrained), "plans": rows, **summarise(rows)}
+            "schema_grammar_decode_tok_s": statistics.median(via_schema),
+            "nested_grammar_decode_tok_s": statistics.median(nested), "plans": rows, **summarise(rows)}
 
 
 def llama_bench(binary: str, model: Path) -> dict[str, Any]:
