@@ -177,18 +177,22 @@ class Engine:
         return await self.execute(run_id, on_event, budget)
 
     async def execute(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
-        run = self.store.get_run(run_id)
-        if run.parent_run_id is not None:
-            raise RunStateError(f"run {run_id} is part of run {run.parent_run_id}; resume that one")
+        parent = self.store.parent_of(run_id)
+        if parent is not None:
+            raise RunStateError(f"run {run_id} is part of run {parent}; resume that one")
         if budget is not None:
             self.store.update_options(run_id, {"budget": budget.model_dump()})
         opts = self.store.options(run_id)
-        guard = BudgetGuard(Budget.model_validate(opts.get("budget") or {}), self.store.tree_usage(run_id))
-        return await self._execute(run_id, on_event, guard)
+        limits = Budget.model_validate(opts.get("budget") or {})
+        # what was spent so far only matters under a limit (and costs a walk of the run tree)
+        limited = limits.max_total_tokens is not None or limits.max_usd is not None
+        guard = BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
+        return await self._execute(run_id, on_event, guard, opts)
 
-    async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard) -> Run:
+    async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard,
+                       opts: dict[str, Any] | None = None) -> Run:
         run = self.store.claim(run_id)  # refuses a run another live process owns
-        opts = self.store.options(run_id)
+        opts = opts if opts is not None else self.store.options(run_id)
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._heartbeat, run_id)
@@ -373,6 +377,8 @@ class Engine:
     async def _rounds(self, run: Run, opts: dict[str, Any], outcome: Outcome, on_event: EventSink | None,
                       guard: BudgetGuard) -> Outcome:
         """Review the answer; run corrective rounds until the conductor accepts or max_rounds is reached."""
+        if guard.budget.max_rounds <= 1:
+            return outcome
         answer = outcome.answer or ""
         prev_id, current = run.id, 1
         rounds = {int(self.store.options(c).get("round", 0)): c for c in self.store.children(run.id, rounds=True)}

@@ -1,21 +1,24 @@
 """An in-process GGUF model through llama-cpp-python, safe to call from the event loop.
 
-A `Llama` call blocks and cannot be interrupted, so each call runs in a worker thread, one at a time
-per instance (a lock). llama-cpp-python reuses the longest common token prefix with the previous call
-on the same instance, which is why the planner keeps an instance of its own.
+A `Llama` call blocks and cannot be interrupted, so each call runs off the event loop, one at a time
+per instance. Every call of an instance runs on the same dedicated thread: llama.cpp's OpenMP runtime
+keeps a thread team per calling thread, and calls arriving from different pool threads left extra
+teams that oversubscribed the cores (decode fell from 89 to 30 tok/s in bench.decode_probe).
+llama-cpp-python reuses the longest common token prefix with the previous call on the same instance,
+which is why the planner keeps an instance of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import anyio.to_thread
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class LocalModel:
         self.n_gpu_layers = n_gpu_layers
         self._llama: Any = None
         self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{path.stem[:20]}")
         self.offloaded = False
 
     def _load(self) -> Any:
@@ -76,9 +80,10 @@ class LocalModel:
                           finish_reason=choice.get("finish_reason"))
 
     async def chat(self, messages: list[dict[str, str]], **params: Any) -> LocalReply:
-        # abandon_on_cancel: a cancelled caller returns at once; the call itself ends within its
-        # max_tokens, and the lock keeps the next call from overlapping it.
-        return await anyio.to_thread.run_sync(self._chat_blocking, messages, params, abandon_on_cancel=True)
+        # A cancelled caller returns at once; the call itself ends within its max_tokens, and the
+        # single thread keeps the next call from overlapping it.
+        future = self._thread.submit(self._chat_blocking, messages, params)
+        return await asyncio.wrap_future(future)
 
     def count_tokens(self, text: str) -> int:
         with self._lock:

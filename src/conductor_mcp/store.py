@@ -203,6 +203,14 @@ class Store:
         result: dict[str, Any] = json.loads(row[0])
         return result
 
+    def parent_of(self, run_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT parent_run_id FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"run_id: no run {run_id!r} (list runs with `conductor-mcp runs` or the "
+                              "conductor://runs resource)")
+        return row[0] if row[0] is None else str(row[0])
+
     def get_run(self, run_id: str) -> Run:
         with self._lock:
             row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
