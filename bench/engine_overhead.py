@@ -7,8 +7,11 @@ overhead is the paired difference of each engine run and its neighbouring direct
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from .stats import summarise
 TASK = "Summarise the trade-offs between optimistic and pessimistic locking in two short paragraphs."
 WORKFLOW: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "access": "none"}]}
 PROFILE_TEXT = OUT_DIR / "engine_profile.txt"
+STORE_RUNS = 50
 
 
 class Paths:
@@ -63,6 +67,29 @@ class Paths:
         return planned - started, done - planned
 
 
+def count_store_calls(store: Store) -> tuple[Counter[str], defaultdict[str, float]]:
+    """Wrap the store instance's public methods (this instance only) to count calls and time them;
+    a method that calls another is timed including it."""
+    calls: Counter[str] = Counter()
+    seconds: defaultdict[str, float] = defaultdict(float)
+
+    def wrap(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                calls[name] += 1
+                seconds[name] += time.perf_counter() - started
+        return timed
+
+    for name in dir(Store):
+        if not name.startswith("_") and callable(getattr(Store, name)) and name != "close":
+            setattr(store, name, wrap(name, getattr(store, name)))
+    return calls, seconds
+
+
 async def _measure(repeats: int, warmup: int, profile_runs: int) -> dict[str, Any]:
     with ScriptedProcess(latency_ms=0) as srv, tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         paths = Paths(srv.base_url, Path(tmp) / "traces.db")
@@ -90,8 +117,13 @@ async def _measure(repeats: int, warmup: int, profile_runs: int) -> dict[str, An
         PROFILE_TEXT.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
         root = session.root_frame()
         charged = charge_to_project(root) if root is not None else {}
+        calls, seconds = count_store_calls(paths.engine.store)
+        for _ in range(STORE_RUNS):
+            await paths.engine_run()
         paths.engine.store.close()
     return {"direct": direct, "plan": plan, "execute": execute, "charged": charged,
+            "store_calls": {k: v / STORE_RUNS for k, v in calls.items()},
+            "store_ms": {k: v * 1e3 / STORE_RUNS for k, v in seconds.items()},
             "profile_s": session.duration, "profile_runs": profile_runs}
 
 
@@ -104,6 +136,8 @@ def measure(repeats: int, warmup: int = 30) -> Figure:
     d, p, e = summarise(direct), summarise(plan), summarise(execute)
     per_run = {k: v / raw["profile_runs"] for k, v in raw["charged"].items()}
     costs = top(per_run, 8)
+    store_lines = ", ".join(f"{name} ×{raw['store_calls'][name]:g} {ms:.3f} ms"
+                            for name, ms in sorted(raw["store_ms"].items(), key=lambda kv: -kv[1]))
     profile_lines = ", ".join(f"{name} {sec * 1e3:.2f} ms" for name, sec in costs)
     return Figure(
         2, "Engine overhead per step (1-step run vs direct litellm call)",
@@ -113,12 +147,15 @@ def measure(repeats: int, warmup: int = 30) -> Figure:
         "engine.execute) minus a direct litellm.acompletion with the same messages, zero-latency scripted "
         "worker in another process; paired differences",
         {"overhead_s": diff.as_dict(), "execute_minus_direct_s": exec_diff.as_dict(), "direct_s": d.as_dict(),
-         "plan_s": p.as_dict(), "execute_s": e.as_dict(), "profile": str(PROFILE_TEXT.relative_to(OUT_DIR.parent.parent)),
-         "profile_ms_per_run": {k: v * 1e3 for k, v in costs}},
+         "plan_s": p.as_dict(), "execute_s": e.as_dict(), "profile": "bench/out/engine_profile.txt",
+         "profile_ms_per_run": {k: v * 1e3 for k, v in costs}, "store_calls_per_run": raw["store_calls"],
+         "store_ms_per_run": raw["store_ms"]},
         [f"Engine overhead: a direct litellm call takes {d.median * 1e3:.2f} ms; the engine's 1-step run "
          f"{(p.median + e.median) * 1e3:.2f} ms ({p.median * 1e3:.2f} ms plan with a host workflow + "
          f"{e.median * 1e3:.2f} ms execute). Execute alone adds {exec_diff.median * 1e3:.2f} ms "
          f"(p99 {exec_diff.p99 * 1e3:.2f} ms).",
          f"Engine profile (pyinstrument, {raw['profile_runs']} runs, bench/out/engine_profile.txt), time charged "
-         f"per run to each project function incl. the library code it calls: {profile_lines}."],
+         f"per run to each project function incl. the library code it calls: {profile_lines}. The profiler "
+         "slows everything several-fold; compare the lines with each other, not with the overhead.",
+         f"Store calls per 1-step run ({STORE_RUNS} instrumented runs; ms include nested store calls): {store_lines}."],
     )

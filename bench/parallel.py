@@ -1,8 +1,8 @@
 """Figure 3: do independent steps really overlap? Four 200 ms steps side by side, then a 200 ms aggregator.
 
 The critical path is 2 × 200 ms, so a perfect scheduler finishes execute() in 400 ms plus two HTTP round
-trips; efficiency = 0.400 s / wall time. The same ratio against the measured time of two sequential
-200 ms direct calls separates scheduling from the transport's own cost.
+trips; efficiency = 0.400 s / wall time. The same DAG run as bare litellm calls (four concurrent,
+then one) separates the engine's scheduling from the transport's own cost.
 """
 
 from __future__ import annotations
@@ -42,11 +42,17 @@ async def _measure(repeats: int) -> dict[str, list[float]]:
         litellm = litellm_module()
         spec = engine.registry.spec("strong")
 
-        async def chain_of_two_direct() -> float:
+        async def call() -> None:
+            await litellm.acompletion(model=spec.model, messages=[{"role": "user", "content": TASK}],
+                                      api_base=spec.api_base, api_key="none", max_retries=0, num_retries=0)
+
+        async def same_dag_direct() -> float:
+            """The same shape without the engine: four concurrent litellm calls, then one."""
             started = time.perf_counter()
-            for _ in range(2):
-                await litellm.acompletion(model=spec.model, messages=[{"role": "user", "content": TASK}],
-                                          api_base=spec.api_base, api_key="none", max_retries=0, num_retries=0)
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(call)
+            await call()
             return time.perf_counter() - started
 
         async def one_run() -> float:
@@ -63,7 +69,7 @@ async def _measure(repeats: int) -> dict[str, list[float]]:
         direct: list[float] = []
         for _ in range(repeats):
             walls.append(await one_run())
-            direct.append(await chain_of_two_direct())
+            direct.append(await same_dag_direct())
         engine.store.close()
     return {"walls": walls, "direct": direct}
 
@@ -79,9 +85,10 @@ def measure(repeats: int) -> Figure:
         f"{eff.median:.3f} ({eff.spread(digits=3)})", "≥ 0.95", eff.median >= 0.95,
         f"median of {repeats} engine.execute runs of a fixed 5-step workflow (steps 0–3 access none, step 4 "
         "access all), every worker call 200 ms on the scripted server; efficiency = 0.400 s / wall",
-        {"efficiency": eff.as_dict(), "wall_s": walls.as_dict(), "two_direct_calls_s": direct.as_dict(),
-         "efficiency_vs_two_direct_calls": eff_direct.as_dict(), "critical_path_s": CRITICAL_PATH_S},
-        [f"Parallel: execute takes {walls.median * 1e3:.1f} ms for a 400 ms critical path; two sequential "
-         f"200 ms direct litellm calls take {direct.median * 1e3:.1f} ms, so against the transport's real "
-         f"critical path the scheduler's efficiency is {eff_direct.median:.3f}."],
+        {"efficiency": eff.as_dict(), "wall_s": walls.as_dict(), "same_dag_direct_s": direct.as_dict(),
+         "efficiency_vs_same_dag_direct": eff_direct.as_dict(), "critical_path_s": CRITICAL_PATH_S},
+        [f"Parallel: execute takes {walls.median * 1e3:.1f} ms for a 400 ms critical path. The same DAG as "
+         f"direct litellm calls (4 concurrent, then 1; no engine) takes {direct.median * 1e3:.1f} ms, so "
+         f"against what litellm itself allows in one process the engine's efficiency is "
+         f"{eff_direct.median:.3f}; the rest is litellm's CPU per call, serialised on one event loop."],
     )

@@ -176,7 +176,7 @@ class Store:
     # -- runs -----------------------------------------------------------------------------------
     def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: dict[str, Any] | None = None,
                    parent_run_id: str | None = None, parent_step: int | None = None) -> str:
-        run_id = secrets.token_urlsafe(12)  # 96 random bits: unguessable
+        run_id = secrets.token_hex(12)  # 96 random bits: unguessable, and never starts with "-" on a CLI
         now = time.time()
         with self._tx() as db:
             db.execute(

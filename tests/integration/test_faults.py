@@ -67,13 +67,14 @@ async def test_200_solves_with_30_percent_faults(server: ScriptedServer, store: 
     completed = sum(1 for r in runs for s in r.steps if s.status == StepStatus.COMPLETED)
     ok_attempts = sum(1 for r in runs for s in r.steps for a in s.attempts if a.status == "ok")
     failed_attempts = [a for r in runs for s in r.steps for a in s.attempts if a.status == "error"]
-    assert stats["ok"] == completed == ok_attempts == 400  # every good reply is a completed step, once
-    # every failure the server dealt is in a trace; a client-side timeout may also come from a request
-    # that never reached the server on this loaded machine, so timeouts are at least the hangs
+    assert completed == ok_attempts == 400  # every step completed once, by one good reply
+    # Every failure the server dealt is in a trace. A client-side timeout stands for a hang, for a request
+    # that never reached the server, or (on a loaded machine) for a good reply that came too late.
     timeouts = [a for a in failed_attempts if "timed out after" in (a.error or "")]
+    late_ok = stats["ok"] - completed
     dealt = stats["requests"] - stats["ok"] - stats["by_outcome"].get("hang", 0)
     assert len(failed_attempts) - len(timeouts) == dealt
-    assert len(timeouts) >= stats["by_outcome"].get("hang", 0)
+    assert late_ok >= 0 and len(timeouts) >= stats["by_outcome"].get("hang", 0) + late_ok
     assert all(a.error and a.latency_s is not None for a in failed_attempts)
     kinds = {k for k in ("InternalServerError 500", "RateLimitError 429", "timed out", "empty completion")
              if any(k in (a.error or "") for a in failed_attempts)}
