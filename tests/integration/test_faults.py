@@ -68,13 +68,11 @@ async def test_200_solves_with_30_percent_faults(server: ScriptedServer, store: 
     ok_attempts = sum(1 for r in runs for s in r.steps for a in s.attempts if a.status == "ok")
     failed_attempts = [a for r in runs for s in r.steps for a in s.attempts if a.status == "error"]
     assert completed == ok_attempts == 400  # every step completed once, by one good reply
-    # Every failure the server dealt is in a trace. A client-side timeout stands for a hang, for a request
-    # that never reached the server, or (on a loaded machine) for a good reply that came too late.
-    timeouts = [a for a in failed_attempts if "timed out after" in (a.error or "")]
-    late_ok = stats["ok"] - completed
-    dealt = stats["requests"] - stats["ok"] - stats["by_outcome"].get("hang", 0)
-    assert len(failed_attempts) - len(timeouts) == dealt
-    assert late_ok >= 0 and len(timeouts) >= stats["by_outcome"].get("hang", 0) + late_ok
+    # Every failure the server dealt is in a trace, and every good reply it sent is a completed step.
+    # Connection-level races can put a request on one side only: a reply sent just after the client gave
+    # up, or a keep-alive connection closed by a `reset` fault. Over ~600 requests we allow two.
+    assert 0 <= stats["ok"] - completed <= 2
+    assert abs(len(failed_attempts) - (stats["requests"] - stats["ok"])) <= 2
     assert all(a.error and a.latency_s is not None for a in failed_attempts)
     kinds = {k for k in ("InternalServerError 500", "RateLimitError 429", "timed out", "empty completion")
              if any(k in (a.error or "") for a in failed_attempts)}
