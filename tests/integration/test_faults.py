@@ -62,17 +62,20 @@ async def test_200_solves_with_30_percent_faults(server: ScriptedServer, store: 
     await anyio.sleep(2.5)  # abandoned hangs are recorded by the server when they end
     runs = [store.get_run(r) for r in run_ids]
     assert len(runs) == 200 and all(r.status == RunStatus.COMPLETED for r in runs)
-    stats = server.stats(include_calls=False)
-    assert stats["requests"] > 400 and 0.2 < 1 - stats["ok"] / stats["requests"] < 0.4
+    # only this test's requests: a request abandoned by an earlier test may still finish on the shared server
+    mine = [c for c in server.calls() if "Overall task:\nfault task " in c.last_user]
+    ok = sum(1 for c in mine if c.outcome == "ok")
+    hangs = sum(1 for c in mine if c.outcome == "hang")
+    assert len(mine) > 400 and 0.2 < 1 - ok / len(mine) < 0.4
     completed = sum(1 for r in runs for s in r.steps if s.status == StepStatus.COMPLETED)
     ok_attempts = sum(1 for r in runs for s in r.steps for a in s.attempts if a.status == "ok")
     failed_attempts = [a for r in runs for s in r.steps for a in s.attempts if a.status == "error"]
-    assert completed == ok_attempts == 400  # every step completed once, by one good reply
-    # Every failure the server dealt is in a trace, and every good reply it sent is a completed step.
-    # Connection-level races can put a request on one side only: a reply sent just after the client gave
-    # up, or a keep-alive connection closed by a `reset` fault. Over ~600 requests we allow two.
-    assert 0 <= stats["ok"] - completed <= 2
-    assert abs(len(failed_attempts) - (stats["requests"] - stats["ok"])) <= 2
+    assert ok == completed == ok_attempts == 400  # every good reply is a completed step, once
+    # every failure the server dealt is in a trace; a client-side timeout stands for a hang, or for a
+    # request that never reached the server on a loaded machine
+    timeouts = [a for a in failed_attempts if "timed out after" in (a.error or "")]
+    assert len(failed_attempts) - len(timeouts) == len(mine) - ok - hangs
+    assert len(timeouts) >= hangs
     assert all(a.error and a.latency_s is not None for a in failed_attempts)
     kinds = {k for k in ("InternalServerError 500", "RateLimitError 429", "timed out", "empty completion")
              if any(k in (a.error or "") for a in failed_attempts)}

@@ -593,7 +593,13 @@ class ScriptedServer:
             self._record(CallRecord(started, model, prompt_sha, outcome, elapsed, status, stream, last_user))
 
         if latency > 0.0:
-            await anyio.sleep(latency)
+            # a client that gave up during the latency is not served: recording its reply as "ok" would
+            # count a good reply nobody received (and leak into the next test's stats)
+            waited = await self._hang(request.receive, latency)
+            if waited != "elapsed":
+                outcome = "client_gone" if waited == "client_gone" else "stopping"
+                record(None)
+                return Response(status_code=499 if waited == "client_gone" else 503)
         if outcome == "hang":
             ended = await self._hang(request.receive, hang_s)
             if ended == "client_gone":
