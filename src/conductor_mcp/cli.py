@@ -57,11 +57,8 @@ async def _solve(args: argparse.Namespace) -> int:
 def _budget(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
     from .models import Budget
 
-    given = {k: getattr(args, k) for k in ("max_rounds", "max_depth", "max_total_tokens", "max_usd")
-             if getattr(args, k, None) is not None}
-    if base is None and not given:
-        return None
-    return Budget.model_validate({**(base or {}), **given})
+    return Budget.merged(base, **{k: getattr(args, k, None)
+                                  for k in ("max_rounds", "max_depth", "max_total_tokens", "max_usd")})
 
 
 def _report(engine: Any, run: Any, args: argparse.Namespace) -> int:

@@ -85,6 +85,3 @@ class LocalModel:
         future = self._thread.submit(self._chat_blocking, messages, params)
         return await asyncio.wrap_future(future)
 
-    def count_tokens(self, text: str) -> int:
-        with self._lock:
-            return len(self._load().tokenize(text.encode("utf-8"), add_bos=False, special=True))

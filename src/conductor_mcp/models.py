@@ -136,6 +136,14 @@ class Budget(Strict):
     max_rounds: int = Field(default=1, ge=1, le=5, description="review-and-correct rounds (1 = no review)")
     max_depth: int = Field(default=2, ge=0, le=4, description="how deep the conductor may call itself")
 
+    @classmethod
+    def merged(cls, base: dict[str, Any] | None, **given: Any) -> Budget | None:
+        """`base` (a stored budget) with the limits a caller gave; None when there is nothing to set."""
+        changes = {k: v for k, v in given.items() if v is not None}
+        if base is None and not changes:
+            return None
+        return cls.model_validate({**(base or {}), **changes})
+
 
 class RunStatus(enum.StrEnum):
     PLANNED = "planned"

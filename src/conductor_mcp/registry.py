@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import ConfigError
-from .models import CONDUCTOR_WORKER, ConductorSpec, Manifest, WorkerSpec
+from .models import ConductorSpec, Manifest, WorkerSpec
 
 BUNDLED = "bundled"
 BUNDLED_WORKER_ID = "smollm2-135m"
@@ -228,6 +228,3 @@ def load_registry(path: str | Path | None = None, env: Mapping[str, str] | None 
     path = path or env.get("CONDUCTOR_WORKERS")
     return load_manifest(path, env) if path else from_environment(env)
 
-
-def is_reserved(worker_id: str) -> bool:
-    return worker_id == CONDUCTOR_WORKER

@@ -33,7 +33,6 @@ class RunHandle:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     listener: Listener | None = None  # the tool call waiting on this run, if any
-    error: BaseException | None = None
 
 
 class RunManager:
@@ -93,8 +92,7 @@ class RunManager:
             try:
                 with handle.scope:
                     await engine.resume(run_id, sink, budget)
-            except Exception as exc:  # recorded in the store by the engine; kept for the caller
-                handle.error = exc
+            except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
                 handle.done.set()

@@ -43,12 +43,6 @@ UsdArg = Annotated[float | None, Field(gt=0)]
 StrategyArg = Annotated[str, Field(description="conductor, moa, single:<worker>")]
 
 
-def _budget(base: dict[str, Any] | None, **given: Any) -> Budget | None:
-    changes = {k: v for k, v in given.items() if v is not None}
-    if base is None and not changes:
-        return None
-    return Budget.model_validate({**(base or {}), **changes})
-
 
 class StepOut(BaseModel):
     index: int
@@ -193,7 +187,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
         'running' after wait_s (then poll get_run)."""
         try:
-            budget = _budget(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+            budget = Budget.merged(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                              max_usd=max_usd)
             run = await runs.engine.plan(task, workers, max_steps, strategy=strategy, budget=budget)
             launch(run.id)
@@ -244,7 +238,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         try:
             given = dict(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                          max_usd=max_usd)
-            budget = _budget(runs.engine.store.options(run_id).get("budget") or {}, **given) if any(
+            budget = Budget.merged(runs.engine.store.options(run_id).get("budget") or {}, **given) if any(
                 v is not None for v in given.values()) else None
             launch(run_id, budget)
             run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
