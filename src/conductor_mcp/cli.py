@@ -1,4 +1,4 @@
-"""conductor-mcp serve | solve | plan | resume | runs | show | doctor.
+"""conductor-mcp serve | solve | plan | resume | runs | show | rate | eval | calibrate | doctor.
 
 Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
 """
@@ -47,7 +47,8 @@ def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, N
 async def _solve(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
-    run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args))
+    run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
+                            prefer=args.prefer)
     if not args.json:
         sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
     run = await engine.execute(run.id, _progress(args))
@@ -73,7 +74,7 @@ async def _plan(args: argparse.Namespace) -> int:
     from .render import run_summary, workflow_text
 
     run = await _engine(args).plan(args.task, args.use, args.max_steps, strategy=args.strategy,
-                                   budget=_budget(args))
+                                   budget=_budget(args), prefer=args.prefer)
     if args.json:
         emit(json.dumps(run_summary(run), indent=2))
     else:
@@ -87,6 +88,50 @@ async def _resume(args: argparse.Namespace) -> int:
     budget = _budget(args, engine.store.options(args.run_id).get("budget") or {})
     run = await engine.resume(args.run_id, _progress(args), budget)
     return _report(engine, run, args)
+
+
+async def _eval(args: argparse.Namespace) -> int:
+    from .evals import calibration_strategies, parse_strategies, report_json, report_table, run_eval
+    from .grading import load_suite
+
+    tasks = load_suite(args.suite)[: args.limit]
+    engine = _engine(args)
+    strategies = (calibration_strategies(engine) if args.command == "calibrate"
+                  else parse_strategies(args.strategies, engine))
+
+    async def progress(done: int, total: int, r: Any) -> None:
+        mark = "correct" if r.score >= 1 else "wrong"
+        sys.stderr.write(f"[{done}/{total}] {r.strategy} {r.task_id}: {mark} ({r.detail[:60]}); "
+                         f"{r.tokens} tokens, {r.steps} step(s), {r.seconds:.1f}s\n")
+
+    sys.stderr.write(f"{args.command}: {len(tasks)} task(s) x {len(strategies)} strategies "
+                     f"({', '.join(strategies)}); store {engine.store.path}\n")
+    reports = await run_eval(engine, tasks, strategies, args.prefer, progress)
+    emit(json.dumps(report_json(reports, str(args.suite)), indent=2) if args.json else report_table(reports))
+    return 0
+
+
+def _rate(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    store = Store(args.db)
+    store.rate(args.run_id, args.score, args.note, source="user")
+    if args.json:
+        emit(json.dumps({"run_id": args.run_id, "reward": args.score, "note": args.note}))
+    else:
+        emit(f"run {args.run_id}: reward {args.score:g}")
+    return 0
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside 0..1 (0 unusable, 0.5 wrong but well formed, "
+                                         "1 correct)")
+    return value
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -170,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         if json_flag:
             sp.add_argument("--json", action="store_true", help="print one JSON object")
 
+    def prefer(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--prefer", choices=["quality", "balanced", "cost"],
+                        help="what learned outcomes trade off (default: the manifest's, else balanced)")
+
     def budget(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--max-rounds", type=int, help="review-and-correct rounds (default 1: no review)")
         sp.add_argument("--max-depth", type=int, help="how deep the conductor may call itself (default 2)")
@@ -182,8 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--use", action="append", metavar="WORKER", help="only these worker ids (repeatable)")
         sp.add_argument("--max-steps", type=int)
         sp.add_argument("--strategy", default="conductor", help="conductor (default), moa, or single:<worker>")
+        prefer(sp)
         budget(sp)
         common(sp)
+    for name, help_text in (("eval", "run a suite under several strategies, grade and compare them"),
+                            ("calibrate", "seed a new pool's outcomes: eval every worker alone and the conductor")):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("suite", help="JSON Lines: {id, task, check} per line")
+        if name == "eval":
+            sp.add_argument("--strategies", help="comma-separated: conductor, moa, single:<worker> "
+                                                 "(default: conductor, moa and every worker alone)")
+        sp.add_argument("--limit", type=int, help="only the first N tasks")
+        prefer(sp)
+        common(sp)
+    sp = sub.add_parser("rate", help="give a run a reward from 0 to 1; the conductor learns from it")
+    sp.add_argument("run_id")
+    sp.add_argument("score", type=_score, help="0 unusable, 0.5 wrong but well formed, 1 correct")
+    sp.add_argument("--note")
+    common(sp)
     sp = sub.add_parser("resume", help="continue a run from its first unfinished step")
     sp.add_argument("run_id")
     budget(sp)
@@ -208,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
-    "serve": _serve,
+    "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate,
 }
 
 
@@ -219,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     handler = COMMANDS[args.command]
     try:
-        if args.command in ("solve", "plan", "resume"):
+        if args.command in ("solve", "plan", "resume", "eval", "calibrate"):
             result: int = anyio.run(handler, args)
         else:
             result = handler(args)

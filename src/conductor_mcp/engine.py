@@ -24,6 +24,8 @@ from .models import (
     MAX_STEPS_LIMIT,
     Budget,
     PlanInfo,
+    Prefer,
+    Prior,
     Run,
     RunStatus,
     StepRecord,
@@ -32,6 +34,7 @@ from .models import (
     WorkerSpec,
     Workflow,
 )
+from .outcomes import Outcomes
 from .planners import Planner, make_planner
 from .planners.strategies import strategy_planner
 from .registry import Registry
@@ -92,9 +95,12 @@ def worker_messages(task: str, workflow: Workflow, index: int, outputs: dict[int
     for j in workflow.visible(index):
         parts.append(f"Step {j} subtask:\n{workflow.steps[j].instruction}\n\nStep {j} response:\n{outputs[j]}")
     parts.append(f"Your subtask:\n{workflow.steps[index].instruction}")
+    # the paper tells the last worker that its response is the answer, so it answers the whole task
+    role = ("Your response is the final answer to the overall task: make it complete."
+            if index == len(workflow.steps) - 1 else "Your response goes to the next steps, not to the user.")
     return [
         {"role": "system", "content": "You are one member of a team of models solving a task together. "
-                                      "Do your subtask well; your response may be the final answer."},
+                                      f"Do your subtask well. {role}"},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
 
@@ -116,6 +122,7 @@ class Engine:
         self.pool = pool or WorkerPool(registry)
         self.policy = policy or RetryPolicy()
         self.health = WorkerHealth(self.policy)
+        self.learn_before: float | None = None  # learn only from ratings older than this (evals set it)
 
     @property
     def planner(self) -> Planner:
@@ -139,32 +146,43 @@ class Engine:
             raise WorkflowError(f"max_steps: {max_steps}; allowed 1..{MAX_STEPS_LIMIT}")
         return max_steps
 
+    def prior(self, task: str, ids: Sequence[str], prefer: Prefer | None = None,
+              max_steps: int | None = None) -> Prior | None:
+        """What the store's rewarded runs say about `task` over these workers (None: nothing yet)."""
+        outcomes = Outcomes.from_store(self.store, before=self.learn_before)
+        return outcomes.prior(task, self._specs(ids), prefer or self.registry.conductor.prefer,
+                              self._max_steps(max_steps))
+
     async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                   workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None) -> Run:
+                   workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None,
+                   prefer: Prefer | None = None) -> Run:
         """Plan (or take the host's `workflow`) and store the run as `planned`; nothing is spent yet.
 
-        `strategy` is `conductor` (the default), `moa` or `single:<worker>`.
+        `strategy` is `conductor` (the default), `moa` or `single:<worker>`. The conductor plans with
+        what past rewards say (`prefer` trades reward against cost; default the manifest's).
         """
         task = check_task(task)
         ids = self.registry.select(workers)
         steps = self._max_steps(max_steps)
         budget = budget or Budget()
         recursion = budget.max_depth > 0
+        prefer = prefer or self.registry.conductor.prefer
         if workflow is not None:
             wf = validate_workflow(workflow, ids, steps, allow_recursion=recursion)
             info = PlanInfo(source="host", planner="host", attempts=0)
         else:
-            result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion)
+            prior = self.prior(task, ids, prefer, steps) if strategy == "conductor" else None
+            result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior)
             wf, info = result.workflow, result.info
         options = {"workers": ids, "max_steps": steps, "strategy": strategy, "budget": budget.model_dump(),
-                   "kind": "root", "depth": 0}
+                   "kind": "root", "depth": 0, "prefer": prefer}
         run_id = self.store.create_run(task, wf, info, options)
         return self.store.get_run(run_id)
 
     async def solve(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
                     on_event: EventSink | None = None, strategy: str = "conductor",
-                    budget: Budget | None = None) -> Run:
-        run = await self.plan(task, workers, max_steps, strategy=strategy, budget=budget)
+                    budget: Budget | None = None, prefer: Prefer | None = None) -> Run:
+        run = await self.plan(task, workers, max_steps, strategy=strategy, budget=budget, prefer=prefer)
         return await self.execute(run.id, on_event)
 
     # -- execution ------------------------------------------------------------------------------

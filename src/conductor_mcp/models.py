@@ -30,6 +30,10 @@ class Price(Strict):
 class ConductorSpec(Strict):
     gguf: str | None = None  # "bundled" or a path; default when neither gguf nor model is given
     model: str | None = None  # a litellm model string: a remote planner
+    # A GGUF on the Hugging Face Hub, downloaded once into the user's HF cache (`conductor-mcp pull`).
+    hf: str | None = Field(default=None, pattern=r"^[\w.-]+(/[\w.-]+)?$", description="a Hugging Face repo id")
+    file: str | None = Field(default=None, min_length=1, description="with `hf`: a file name or a glob")
+    revision: str | None = Field(default=None, min_length=1, description="with `hf`: branch, tag or commit")
     format: Literal["json", "paper"] = "json"
     n_gpu_layers: int = -1
     n_ctx: int = Field(default=4096, ge=512)
@@ -39,12 +43,21 @@ class ConductorSpec(Strict):
     api_base: str | None = None
     api_key_env: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    prefer: Literal["quality", "balanced", "cost"] = "balanced"  # what learned outcomes trade off
 
     @model_validator(mode="after")
     def _one_source(self) -> ConductorSpec:
+        if self.hf:
+            if self.gguf or self.model:
+                given = "gguf" if self.gguf else "model"
+                raise ValueError(f"field 'hf' excludes field {given!r}: give one conductor source")
+            if not self.file:
+                raise ValueError("field 'hf' needs field 'file': a GGUF file name or a glob such as '*q4_k_m.gguf'")
+        elif self.file or self.revision:
+            raise ValueError(f"field {'file' if self.file else 'revision'!r} only applies with field 'hf'")
         if self.gguf and self.model:
             raise ValueError("give either `gguf` or `model`, not both")
-        if not self.gguf and not self.model:
+        if not self.gguf and not self.model and not self.hf:
             self.gguf = "bundled"
         return self
 
@@ -218,16 +231,44 @@ class StepRecord(BaseModel):
         return self.ended_at - self.started_at
 
 
-class PlanInfo(BaseModel):
-    """How the workflow came to be: which planner, whether it was retried or replaced."""
+Prefer = Literal["quality", "balanced", "cost"]
 
-    source: Literal["conductor", "retry", "fallback", "host", "strategy", "review"]
+
+class WorkerRecord(BaseModel):
+    reward: float = Field(description="similarity-weighted reward estimate, 0..1")
+    outcomes: int = Field(description="rewarded runs whose final step this worker answered")
+    mean_tokens: float
+    mean_cost_usd: float | None = None
+    score: float = Field(description="reward less the cost penalty of `prefer`")
+
+
+class Prior(BaseModel):
+    """What past rewards said for one task, and what the planner did with it (kept in the trace)."""
+
+    prefer: Prefer
+    outcomes: int = Field(description="rewarded runs considered")
+    workers: dict[str, WorkerRecord]
+    untried: list[str] = Field(default_factory=list, description="workers with too few outcomes to judge")
+    final: list[str] = Field(description="workers allowed to answer the final step")
+    one_step_reward: float | None = None
+    several_steps_reward: float | None = None
+    max_steps: int | None = Field(default=None, description="step cap from the outcomes, if any")
+    decided: bool = Field(default=False, description="one step on one worker: the plan needed no model call")
+    changes: list[str] = Field(default_factory=list, description="what the prior changed in the plan")
+
+
+class PlanInfo(BaseModel):
+    """How the workflow came to be: which planner, whether it was retried, repaired or replaced."""
+
+    source: Literal["conductor", "retry", "fallback", "host", "strategy", "review", "prior"]
     planner: str
     attempts: int = 1
     errors: list[str] = Field(default_factory=list)
     latency_s: float | None = None
     usage: Usage = Field(default_factory=Usage)
     raw: str | None = None
+    repairs: list[str] = Field(default_factory=list, description="steps pruned or given access by the checks")
+    prior: Prior | None = None
 
 
 class Run(BaseModel):
@@ -245,6 +286,9 @@ class Run(BaseModel):
     heartbeat_at: float | None = None
     parent_run_id: str | None = None
     parent_step: int | None = None
+    reward: float | None = None  # 0..1: an eval's grade or a host's or user's rating
+    reward_note: str | None = None
+    reward_source: str | None = None  # "eval", "host" or "user"
 
     @property
     def usage(self) -> Usage:

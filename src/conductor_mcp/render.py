@@ -29,6 +29,7 @@ def run_summary(run: Run, usage: Usage | None = None) -> dict[str, Any]:
         "steps": [{"index": s.index, "worker": s.worker, "status": s.status.value,
                    "latency_s": s.latency_s, "attempts": len(s.attempts)} for s in run.steps],
         "usage": usage_dict(usage or run.usage),
+        "reward": run.reward,
     }
 
 
@@ -83,6 +84,9 @@ def run_text(run: Run, full: bool = True, usage: Usage | None = None) -> str:
     ]
     if run.plan.errors:
         lines.append("plan errors: " + " | ".join(run.plan.errors))
+    if run.reward is not None:
+        lines.append(f"reward: {run.reward:g} ({run.reward_source})" + (f": {run.reward_note}" if run.reward_note
+                                                                       else ""))
     if full:
         for s in run.steps:
             lat = f" {s.latency_s:.2f}s" if s.latency_s is not None else ""
@@ -105,12 +109,14 @@ def run_text(run: Run, full: bool = True, usage: Usage | None = None) -> str:
 def runs_table(runs: list[tuple[Run, Usage, str]]) -> str:
     """One line a run: status, calls, tokens, cost and seconds of its whole tree, and its strategy."""
     rows = [f"{'run id':<17} {'status':<15} {'created':<19} {'strategy':<14} {'steps':>5} {'calls':>5} "
-            f"{'tokens':>7} {'cost':>9} {'secs':>6}  task"]
+            f"{'tokens':>7} {'cost':>9} {'secs':>6} {'reward':>6}  task"]
     for r, u, strategy in runs:
         secs = r.updated_at - r.created_at
         task = r.task.replace("\n", " ")
+        reward = "" if r.reward is None else f"{r.reward:g}"
         rows.append(f"{r.id:<17} {r.status.value:<15} {_when(r.created_at):<19} {strategy[:14]:<14} "
-                    f"{len(r.steps):>5} {u.calls:>5} {u.total_tokens:>7} {_cost(u):>9} {secs:>6.1f}  {task[:40]}")
+                    f"{len(r.steps):>5} {u.calls:>5} {u.total_tokens:>7} {_cost(u):>9} {secs:>6.1f} {reward:>6}  "
+                    f"{task[:40]}")
     return "\n".join(rows)
 
 

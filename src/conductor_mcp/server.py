@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
@@ -41,6 +41,7 @@ DepthArg = Annotated[int | None, Field(ge=0, le=4, description="self-call depth"
 TokensArg = Annotated[int | None, Field(ge=1)]
 UsdArg = Annotated[float | None, Field(gt=0)]
 StrategyArg = Annotated[str, Field(description="conductor, moa, single:<worker>")]
+PreferArg = Annotated[Literal["quality", "balanced", "cost"] | None, Field(description="reward vs cost")]
 
 
 
@@ -59,7 +60,14 @@ class RunOut(BaseModel):
     tokens: int
     cost_usd: float | None
     calls: int
+    reward: float | None = None
     trace_uri: str
+
+
+class RatingOut(BaseModel):
+    run_id: str
+    reward: float
+    note: str | None = None
 
 
 class StepIn(BaseModel):
@@ -97,7 +105,8 @@ def _uri(run_id: str) -> str:
 def _run_out(run: Run, u: Usage) -> RunOut:
     return RunOut(run_id=run.id, status=run.status.value, answer=run.answer, error=run.error,
                   steps=[StepOut(index=s.index, worker=s.worker, status=s.status.value) for s in run.steps],
-                  tokens=u.total_tokens, cost_usd=u.cost_usd, calls=u.calls, trace_uri=_uri(run.id))
+                  tokens=u.total_tokens, cost_usd=u.cost_usd, calls=u.calls, reward=run.reward,
+                  trace_uri=_uri(run.id))
 
 
 def _strip_titles(schema: Any) -> Any:
@@ -183,13 +192,13 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
     async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
                     wait_s: WaitArg = 50.0, strategy: StrategyArg = "conductor", max_rounds: RoundsArg = None,
                     max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
-                    ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
+                    prefer: PreferArg = None, ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
         """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
         'running' after wait_s (then poll get_run)."""
         try:
             budget = Budget.merged(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                              max_usd=max_usd)
-            run = await runs.engine.plan(task, workers, max_steps, strategy=strategy, budget=budget)
+            run = await runs.engine.plan(task, workers, max_steps, strategy=strategy, budget=budget, prefer=prefer)
             launch(run.id)
             run = await wait_for(run.id, wait_s, ctx, cancel_on_abort=True)
         except ConductorError as exc:
@@ -255,6 +264,18 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         except ConductorError as exc:
             raise _tool_error(exc) from None
         return _result(out(run), run.id)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True, open_world_hint=False))
+    async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(ge=0, le=1)],
+                       note: Annotated[str | None, Field(max_length=2000)] = None) -> Annotated[CallToolResult,
+                                                                                               RatingOut]:
+        """Rate a run's answer: 1 correct, 0.5 wrong but well formed, 0 unusable. The conductor learns
+        from ratings which workers to trust."""
+        try:
+            runs.engine.store.rate(run_id, score, note, source="host")
+        except ConductorError as exc:
+            raise _tool_error(exc) from None
+        return _result(RatingOut(run_id=run_id, reward=score, note=note), run_id)
 
     register_resources(server, runs)
     return server

@@ -8,6 +8,7 @@ through an append-only list of migrations, so a user's trace database survives e
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -90,6 +91,15 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (run_id, idx, n),
             FOREIGN KEY (run_id, idx) REFERENCES steps(run_id, idx)
         );
+    """),
+    # A run's reward: 0..1 from an eval grader, a host (rate_run) or a user (CLI rate). The planner
+    # learns from these (outcomes.py).
+    ("002_rewards", """
+        ALTER TABLE runs ADD COLUMN reward REAL;
+        ALTER TABLE runs ADD COLUMN reward_note TEXT;
+        ALTER TABLE runs ADD COLUMN reward_source TEXT;
+        ALTER TABLE runs ADD COLUMN rated_at REAL;
+        CREATE INDEX runs_rated ON runs(rated_at) WHERE reward IS NOT NULL;
     """),
 ]
 
@@ -249,6 +259,7 @@ class Store:
             answer=row["answer"], error=row["error"], created_at=row["created_at"],
             updated_at=row["updated_at"], owner=row["owner"], heartbeat_at=row["heartbeat_at"],
             parent_run_id=row["parent_run_id"], parent_step=row["parent_step"],
+            reward=row["reward"], reward_note=row["reward_note"], reward_source=row["reward_source"],
         )
 
     def list_runs(self, limit: int = 50, include_children: bool = False) -> list[Run]:
@@ -319,9 +330,31 @@ class Store:
             db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?,"
                        " owner=NULL WHERE id=?", (status.value, answer, error, time.time(), run_id))
 
-    def set_plan(self, run_id: str, plan: PlanInfo) -> None:
+    def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
+        """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
+        answer is what a user sees; children and rounds are parts of it."""
+        if not 0.0 <= score <= 1.0:
+            raise RunStateError(f"score: {score!r}; a reward is between 0 (unusable) and 1 (correct)")
+        parent = self.parent_of(run_id)
+        if parent is not None:
+            raise RunStateError(f"run {run_id} is part of run {parent}; rate that one")
         with self._tx() as db:
-            db.execute("UPDATE runs SET plan=? WHERE id=?", (plan.model_dump_json(), run_id))
+            db.execute("UPDATE runs SET reward=?, reward_note=?, reward_source=?, rated_at=? WHERE id=?",
+                       (score, note, source, time.time(), run_id))
+
+    def rated_runs(self, before: float | None = None, limit: int = 5000) -> list[sqlite3.Row]:
+        """Rewarded root runs, newest first, with what the planner learns from: the task, the strategy,
+        the final step's worker, the number of steps and the tokens and cost of the run's own steps."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT r.id, r.task, r.options, r.reward, r.workflow,"
+                " (SELECT worker FROM steps s WHERE s.run_id = r.id ORDER BY idx DESC LIMIT 1) AS final_worker,"
+                " (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id) AS n_steps,"
+                " (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM steps s"
+                "  WHERE s.run_id = r.id) AS tokens,"
+                " (SELECT SUM(cost_usd) FROM steps s WHERE s.run_id = r.id) AS cost_usd"
+                " FROM runs r WHERE r.reward IS NOT NULL AND r.parent_run_id IS NULL AND r.rated_at < ?"
+                " ORDER BY r.rated_at DESC LIMIT ?", (before if before is not None else math.inf, limit)).fetchall()
 
     def edit_step(self, run_id: str, index: int, workflow: Workflow) -> None:
         """Record a host's change of a step's instruction or worker (run_step)."""

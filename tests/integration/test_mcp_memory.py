@@ -34,7 +34,7 @@ async def plan(c: Client, task: str = "Two drafts and a merge", workflow: Any = 
 async def test_tools_list_is_small_and_complete(mcp_server: MCPServer[Any]) -> None:
     async with Client(mcp_server, mode="legacy") as c:
         tools = (await c.list_tools()).tools
-        assert {t.name for t in tools} == {"solve", "plan_workflow", "run_step", "resume", "get_run"}
+        assert {t.name for t in tools} == {"solve", "plan_workflow", "run_step", "resume", "get_run", "rate_run"}
         size = len(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]))
         assert size < 8000, size
         assert all(t.output_schema and t.annotations and t.description for t in tools)
@@ -176,3 +176,21 @@ async def test_resources(mcp_server: MCPServer[Any]) -> None:
             with pytest.raises(Exception) as err:
                 await read(bad)
             assert "nope" in str(err.value) or "is not a step" in str(err.value)
+
+
+async def test_rate_run_reaches_the_store_and_every_view(mcp_server: MCPServer[Any]) -> None:
+    async with Client(mcp_server) as c:
+        run_id = await plan(c)
+        r = await c.call_tool("rate_run", {"run_id": run_id, "score": 0.5, "note": "right form, wrong number"})
+        assert not r.is_error, r.content
+        assert r.structured_content == {"run_id": run_id, "reward": 0.5, "note": "right form, wrong number"}
+        got = await c.call_tool("get_run", {"run_id": run_id})
+        assert got.structured_content is not None and got.structured_content["reward"] == 0.5
+        trace = json.loads((await c.read_resource(f"conductor://runs/{run_id}")).contents[0].text)  # type: ignore[union-attr]
+        assert trace["reward"] == 0.5 and trace["reward_source"] == "host"
+        assert trace["reward_note"] == "right form, wrong number"
+        listed = json.loads((await c.read_resource("conductor://runs")).contents[0].text)  # type: ignore[union-attr]
+        assert listed[0]["reward"] == 0.5
+        for bad, field in (({"run_id": run_id, "score": 1.5}, "score"), ({"run_id": "nope", "score": 1}, "nope")):
+            r = await c.call_tool("rate_run", bad)
+            assert r.is_error and field in str(r.content)

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ..errors import WorkflowError
-from ..models import CONDUCTOR_WORKER, PlanInfo, Step, Usage, WorkerSpec, Workflow
+from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, Step, Usage, WorkerSpec, Workflow
 from ..workflows import validate_workflow
+from .checks import check_instructions, repair
 from .parse import parse_json_plan, parse_paper_plan
-from .prompts import planner_messages, review_messages
+from .prompts import EXAMPLE_SUBJECTS, planner_messages, review_messages
 from .schema import workflow_schema
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ class Planner(Protocol):
     name: str
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False) -> PlanResult: ...
+                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
+        """`prior`: what past rewards say about tasks like this one (outcomes.py); a fixed strategy
+        ignores it."""
+        ...
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
                      max_steps: int, allow_recursion: bool = False) -> ReviewResult:
@@ -49,9 +53,10 @@ class Generation:
     usage: Usage
 
 
-def fallback_workflow(task: str, workers: Sequence[WorkerSpec]) -> Workflow:
-    """The safe plan: the whole task to the first (strongest) worker."""
-    return Workflow(steps=[Step(worker=workers[0].id, instruction=task[:8000], access="none")])
+def fallback_workflow(task: str, workers: Sequence[WorkerSpec], prior: Prior | None = None) -> Workflow:
+    """The safe plan: the whole task to the worker the outcomes favour, else the first (strongest)."""
+    worker = prior.final[0] if prior is not None else workers[0].id
+    return Workflow(steps=[Step(worker=worker, instruction=task[:8000], access="none")])
 
 
 class ModelPlanner(ABC):
@@ -66,30 +71,49 @@ class ModelPlanner(ABC):
                        attempt: int) -> Generation:
         """One reply; `constraint` (from `constraint()`) is None in the paper's free format."""
 
-    def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool) -> Any:
-        """What a JSON-format reply is constrained to: the workflow's JSON schema by default."""
+    def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool,
+                   final: Sequence[str] | None = None) -> Any:
+        """What a JSON-format reply is constrained to: the workflow's JSON schema by default (a remote
+        model's final worker is then held to `final` after parsing)."""
         return workflow_schema(names, max_steps, allow_empty=allow_empty)
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
+        if prior is not None and prior.decided:
+            # one step on one worker is all the outcomes allow: nothing is left for the model to decide
+            prior.changes.append(f"one step on {prior.final[0]}: decided by the outcomes, no conductor call")
+            wf = fallback_workflow(task, workers, prior)
+            return PlanResult(wf, PlanInfo(source="prior", planner=self.name, attempts=0, latency_s=0.0,
+                                           prior=prior))
+        if prior is not None and prior.max_steps is not None and prior.max_steps < max_steps:
+            prior.changes.append(f"at most {prior.max_steps} step(s): more steps did not pay on similar tasks")
+            max_steps = prior.max_steps
         messages = planner_messages(task, workers, max_steps, self.fmt, allow_recursion)
-        workflow, info = await self._decide(messages, workers, max_steps, allow_recursion, allow_empty=False)
-        return PlanResult(workflow or fallback_workflow(task, workers), info)
+        final = prior.final if prior is not None else None
+        if prior is not None and set(prior.final) != {w.id for w in workers}:
+            prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
+        workflow, info = await self._decide(messages, task, workers, max_steps, allow_recursion,
+                                            allow_empty=False, final=final)
+        info.prior = prior
+        return PlanResult(workflow or fallback_workflow(task, workers, prior), info)
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
                      max_steps: int, allow_recursion: bool = False) -> ReviewResult:
         messages = review_messages(task, round_text, answer, workers, max_steps, self.fmt, allow_recursion)
-        workflow, info = await self._decide(messages, workers, max_steps, allow_recursion, allow_empty=True)
+        workflow, info = await self._decide(messages, task, workers, max_steps, allow_recursion, allow_empty=True)
         info.source = "review"
         return ReviewResult(workflow, info)  # no workflow: accepted, or no usable correction
 
-    async def _decide(self, messages: list[dict[str, str]], workers: Sequence[WorkerSpec], max_steps: int,
-                      allow_recursion: bool, allow_empty: bool) -> tuple[Workflow | None, PlanInfo]:
+    async def _decide(self, messages: list[dict[str, str]], task: str, workers: Sequence[WorkerSpec],
+                      max_steps: int, allow_recursion: bool, allow_empty: bool,
+                      final: Sequence[str] | None = None) -> tuple[Workflow | None, PlanInfo]:
         """A valid workflow and how it was made; no workflow when it was empty (a review accepting) or
-        when every try failed (info.source says `fallback`)."""
+        when every try failed (info.source says `fallback`). `final`: the workers allowed to answer
+        the last step (the grammar enforces it for a local conductor; a remote one's plan is repaired)."""
         ids = [w.id for w in workers]
         names = ids + ([CONDUCTOR_WORKER] if allow_recursion else [])
-        constraint = self.constraint(names, max_steps, allow_empty) if self.fmt == "json" else None
+        constraint = self.constraint(names, max_steps, allow_empty, final) if self.fmt == "json" else None
+        repairs: list[str] = []
         errors: list[str] = []
         usage = Usage()
         started = time.perf_counter()
@@ -97,7 +121,7 @@ class ModelPlanner(ABC):
 
         def info(source: Any, attempts: int) -> PlanInfo:
             return PlanInfo(source=source, planner=self.name, attempts=attempts, errors=errors,
-                            latency_s=time.perf_counter() - started, usage=usage, raw=raw)
+                            latency_s=time.perf_counter() - started, usage=usage, raw=raw, repairs=repairs)
 
         for attempt in range(1, self.tries + 1):
             try:
@@ -111,9 +135,17 @@ class ModelPlanner(ABC):
                 if allow_empty and isinstance(data, dict) and data.get("steps") == []:
                     return None, info("conductor", attempt)
                 workflow = validate_workflow(data, ids, max_steps, allow_recursion)
+                check_instructions(workflow, task, EXAMPLE_SUBJECTS)
             except WorkflowError as exc:
                 log.info("plan attempt %d rejected: %s", attempt, exc)
                 errors.append(str(exc))
                 continue
+            workflow, fixed = repair(workflow)
+            repairs.extend(fixed)
+            if final and workflow.steps[-1].worker not in final:
+                repairs.append(f"final step moved from {workflow.steps[-1].worker} to {final[0]}, "
+                               "which the outcomes favour")
+                steps = [*workflow.steps[:-1], workflow.steps[-1].model_copy(update={"worker": final[0]})]
+                workflow = Workflow(steps=steps)
             return workflow, info("conductor" if attempt == 1 else "retry", attempt)
         return None, info("fallback", self.tries)

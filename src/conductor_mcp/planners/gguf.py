@@ -24,9 +24,11 @@ class GGUFPlanner(ModelPlanner):
         self.temperature = temperature
         self.params = params or {}
 
-    def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool) -> Any:
-        # a GBNF grammar equivalent to the JSON schema, nested so that llama.cpp tracks one alternative
-        return workflow_grammar(names, max_steps, allow_empty=allow_empty)
+    def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool,
+                   final: Sequence[str] | None = None) -> Any:
+        # a GBNF grammar equivalent to the JSON schema, nested so that llama.cpp tracks one alternative;
+        # the outcomes' choice of final worker is enforced while decoding, where a small model cannot miss
+        return workflow_grammar(names, max_steps, allow_empty=allow_empty, final=final)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
                        attempt: int) -> Generation:

@@ -37,30 +37,39 @@ def describe_workers(workers: Sequence[WorkerSpec], numbered: bool = False) -> s
 
 
 def example_workflows(ids: Sequence[str]) -> list[tuple[str, Workflow]]:
-    """Worked examples in the live registry's ids (the first worker is taken as the strongest)."""
+    """Worked examples in the live registry's ids (the first worker is taken as the strongest).
+
+    Small conductors copy these, so every instruction speaks of "the task" and never of an example's
+    subject: a copied instruction is still a sound instruction for any task.
+    """
     strong = ids[0]
     other = ids[1] if len(ids) > 1 else ids[0]
     third = ids[2] if len(ids) > 2 else other
     return [
         ("What is the capital of Australia?",
-         Workflow(steps=[Step(worker=strong, instruction="Answer with the capital city of Australia.")])),
+         Workflow(steps=[Step(worker=strong, instruction="Answer the task directly and concisely.")])),
         ("Write a Python function that merges two sorted lists, with tests.",
          Workflow(steps=[
-             Step(worker=other, instruction="Describe a linear-time algorithm to merge two sorted lists "
-                  "and the edge cases to test.", access="none"),
-             Step(worker=strong, instruction="Write the Python function and its tests, following the "
-                  "plan; return the final code.", access="all"),
+             Step(worker=other, instruction="Outline an approach to the task and the edge cases to test.",
+                  access="none"),
+             Step(worker=strong, instruction="Write the complete solution to the task, following the "
+                  "outline from step 0.", access=[0]),
          ])),
         ("A train covers 120 km in 1.5 hours, then 80 km in 0.5 hours. What is its average speed?",
          Workflow(steps=[
-             Step(worker=third, instruction="Solve the problem step by step and state the average "
-                  "speed.", access="none"),
-             Step(worker=other, instruction="Solve the problem independently, step by step, and state "
-                  "the average speed.", access="none"),
-             Step(worker=strong, instruction="Compare both solutions, fix any error, and give the final "
-                  "average speed with a one-line justification.", access="all"),
+             Step(worker=third, instruction="Solve the task step by step and state the result.", access="none"),
+             Step(worker=other, instruction="Solve the task independently, step by step, and state the "
+                  "result.", access="none"),
+             Step(worker=strong, instruction="Compare the two solutions above, fix any error, and give the "
+                  "final answer to the task.", access=[0, 1]),
          ])),
     ]
+
+
+# The examples' subjects: an instruction naming one that the task does not was copied (checks.py).
+EXAMPLE_SUBJECTS = frozenset({
+    "capital", "australia", "canberra", "merge", "merges", "merging", "sorted", "lists", "train", "trains",
+    "speed", "average", "hours", "covers"})
 
 
 def render_paper(workflow: Workflow, ids: Sequence[str]) -> str:

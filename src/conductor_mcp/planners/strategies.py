@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import WorkflowError
-from ..models import PlanInfo, Step, WorkerSpec, Workflow
+from ..models import PlanInfo, Prior, Step, WorkerSpec, Workflow
 from .base import PlanResult, ReviewResult
 
 # The aggregate-and-synthesize prompt of togethercomputer/MoA, as the aggregator's instruction.
@@ -38,7 +38,7 @@ class SinglePlanner(FixedPlanner):
         self.name = f"single:{worker}"
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
         if self.worker not in {w.id for w in workers}:
             raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker; "
                                 f"allowed: {', '.join(w.id for w in workers)}")
@@ -53,7 +53,7 @@ class MoAPlanner(FixedPlanner):
         self.proposers = proposers  # distinct workers, as MoA's proposers are distinct models
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
         if max_steps < 2:
             raise WorkflowError("strategy: moa needs max_steps >= 2 (proposers plus an aggregator)")
         ids = [w.id for w in workers]

@@ -1,0 +1,148 @@
+"""Run a suite under several strategies on one pool, grade every answer, and compare side by side.
+
+Each graded answer is stored as its run's reward, so an eval also teaches the conductor (outcomes.py).
+While an eval runs, the conductor learns only from rewards given before it started: its measured
+accuracy never rests on the grades of the same eval's other runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import Engine
+from .errors import ConductorError
+from .grading import SuiteTask, grade_async
+from .models import Prefer, RunStatus
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    strategy: str
+    run_id: str | None
+    status: str
+    score: float
+    detail: str
+    tokens: int
+    calls: int
+    cost_usd: float | None
+    seconds: float
+    steps: int
+    final_worker: str | None
+
+
+@dataclass
+class StrategyReport:
+    name: str
+    results: list[TaskResult] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def correct(self) -> int:
+        return sum(1 for r in self.results if r.score >= 1.0)
+
+    def mean(self, attr: str) -> float:
+        values = [float(getattr(r, attr) or 0.0) for r in self.results]
+        return sum(values) / len(values) if values else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        costs = [r.cost_usd for r in self.results]
+        return {
+            "accuracy": round(self.correct / self.n, 4) if self.n else 0.0,
+            "correct": self.correct, "n": self.n,
+            "mean_reward": round(self.mean("score"), 4),
+            "mean_tokens": round(self.mean("tokens"), 1),
+            "mean_calls": round(self.mean("calls"), 2),
+            "mean_cost_usd": None if any(c is None for c in costs) else round(self.mean("cost_usd"), 6),
+            "mean_seconds": round(self.mean("seconds"), 2),
+            "mean_steps": round(self.mean("steps"), 2),
+        }
+
+
+Progress = Callable[[int, int, TaskResult], Awaitable[None]]
+
+
+def parse_strategies(text: str | None, engine: Engine) -> list[str]:
+    """`conductor,moa,single:W` (default: the conductor, MoA and every available worker alone)."""
+    ids = engine.registry.available_ids()
+    if not text:
+        return ["conductor", *(["moa"] if len(ids) > 1 else []), *[f"single:{i}" for i in ids]]
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for name in names:
+        if name.startswith("single:") and name.removeprefix("single:") not in ids:
+            raise ConductorError(f"--strategies: {name}: no available worker {name.removeprefix('single:')!r}; "
+                                 f"available: {', '.join(ids)}")
+        if name not in ("conductor", "moa") and not name.startswith("single:"):
+            raise ConductorError(f"--strategies: {name!r}; allowed: conductor, moa, single:<worker id>")
+    return names
+
+
+def calibration_strategies(engine: Engine) -> list[str]:
+    """Every available worker alone, then the conductor: what a new pool needs to learn from."""
+    return [*[f"single:{i}" for i in engine.registry.available_ids()], "conductor"]
+
+
+async def run_one(engine: Engine, task: SuiteTask, strategy: str, prefer: Prefer | None) -> TaskResult:
+    started = time.perf_counter()
+    run_id: str | None = None
+    try:
+        run = await engine.solve(task.task, strategy=strategy, prefer=prefer)
+        run_id = run.id
+    except ConductorError as exc:  # a run that cannot even start counts as wrong
+        return TaskResult(task.id, strategy, None, "failed", 0.0, f"not run: {exc}", 0, 0, 0.0,
+                          time.perf_counter() - started, 0, None)
+    seconds = time.perf_counter() - started
+    answer = run.answer if run.status == RunStatus.COMPLETED else None
+    grade = await grade_async(task.check, answer)
+    detail = grade.detail if answer is not None else f"run {run.status.value}: {run.error or 'no answer'}"
+    engine.store.rate(run.id, grade.score, note=f"eval {task.id}: {detail}"[:500], source="eval")
+    usage = engine.store.tree_usage(run.id)
+    return TaskResult(task.id, strategy, run_id, run.status.value, grade.score, detail, usage.total_tokens,
+                      usage.calls, usage.cost_usd, seconds, len(run.steps),
+                      run.steps[-1].worker if run.steps else None)
+
+
+async def run_eval(engine: Engine, tasks: Sequence[SuiteTask], strategies: Sequence[str],
+                   prefer: Prefer | None = None, progress: Progress | None = None) -> dict[str, StrategyReport]:
+    """Every task under every strategy, task by task (so a stopped eval still compares like with like)."""
+    engine.learn_before = time.time()
+    reports = {s: StrategyReport(s) for s in strategies}
+    total, done = len(tasks) * len(strategies), 0
+    for task in tasks:
+        for strategy in strategies:
+            result = await run_one(engine, task, strategy, prefer)
+            reports[strategy].results.append(result)
+            done += 1
+            if progress is not None:
+                await progress(done, total, result)
+    return reports
+
+
+def report_json(reports: dict[str, StrategyReport], suite: str) -> dict[str, Any]:
+    return {
+        "suite": suite,
+        "strategies": {name: r.summary() for name, r in reports.items()},
+        "runs": [{"task_id": t.task_id, "strategy": t.strategy, "run_id": t.run_id, "status": t.status,
+                  "score": t.score, "detail": t.detail, "tokens": t.tokens, "steps": t.steps,
+                  "final_worker": t.final_worker}
+                 for r in reports.values() for t in r.results],
+    }
+
+
+def report_table(reports: dict[str, StrategyReport]) -> str:
+    width = max([len("strategy"), *(len(n) for n in reports)])
+    rows = [f"{'strategy':<{width}}  {'correct':>9} {'accuracy':>8} {'tokens':>8} {'calls':>6} {'steps':>6} "
+            f"{'cost':>10} {'secs':>7}"]
+    for name, r in reports.items():
+        s = r.summary()
+        cost = "n/a" if s["mean_cost_usd"] is None else f"${s['mean_cost_usd']:.5f}"
+        rows.append(f"{name:<{width}}  {f'{r.correct}/{r.n}':>9} {s['accuracy']:>8.0%} {s['mean_tokens']:>8.0f} "
+                    f"{s['mean_calls']:>6.1f} {s['mean_steps']:>6.1f} {cost:>10} {s['mean_seconds']:>7.1f}")
+    rows.append("(tokens, calls, steps, cost and seconds are means per task; tokens include the conductor's own)")
+    return "\n".join(rows)

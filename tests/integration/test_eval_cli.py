@@ -1,0 +1,87 @@
+"""`eval`, `calibrate` and `rate` as a user runs them: real processes, litellm over HTTP, a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..servers.openai_server import ScriptedServer
+from .test_cli import cli
+from .test_learning import right, wrong
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path: Path, server: ScriptedServer) -> dict[str, str]:
+    import os
+
+    server.script(model="scripted-bad", reply=wrong)
+    server.script(model="scripted-good", reply=right)
+    manifest = tmp_path / "workers.yaml"
+    manifest.write_text(f"""
+conductor: {{gguf: bundled, max_steps: 3}}
+workers:
+  - {{id: bad, model: openai/scripted-bad, api_base: "{server.base_url}", description: the strongest}}
+  - {{id: good, model: openai/scripted-good, api_base: "{server.base_url}", description: small}}
+""")
+    base = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "OLLAMA_API_BASE"}
+    return {**base, "CONDUCTOR_DB": str(tmp_path / "t.db"), "CONDUCTOR_WORKERS": str(manifest)}
+
+
+def suite(tmp_path: Path, n: int = 3) -> Path:
+    path = tmp_path / "suite.jsonl"
+    rows = [{"id": f"t{i}", "task": f"A box has {10 + i} red and {5 + i} blue balls. How many balls?",
+             "check": {"type": "number", "answer": 15 + 2 * i}} for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_eval_grades_stores_rewards_and_compares(env: dict[str, str], tmp_path: Path) -> None:
+    proc = cli("eval", str(suite(tmp_path)), "--strategies", "single:bad,single:good", "--json", env=env)
+    report = json.loads(proc.stdout)
+    good, bad = report["strategies"]["single:good"], report["strategies"]["single:bad"]
+    assert (good["correct"], good["n"], good["accuracy"]) == (3, 3, 1.0)
+    assert (bad["correct"], bad["accuracy"]) == (0, 0.0)
+    assert good["mean_tokens"] > 0 and good["mean_calls"] == 1 and good["mean_seconds"] >= 0
+    assert "[6/6]" in proc.stderr  # progress while it runs
+    assert len(report["runs"]) == 6 and all(r["run_id"] for r in report["runs"])
+    run = next(r for r in report["runs"] if r["strategy"] == "single:bad")
+    trace = json.loads(cli("show", run["run_id"], "--json", env=env).stdout)
+    assert trace["reward"] == 0 and trace["reward_source"] == "eval" and "expected 15" in trace["reward_note"]
+    table = cli("eval", str(suite(tmp_path, 1)), "--strategies", "single:good", env=env).stdout
+    assert "single:good" in table and "1/1" in table and "100%" in table
+
+    # a user's rating replaces the grade, and shows in `runs` and `show`
+    assert "reward 1" in cli("rate", run["run_id"], "1", "--note", "actually fine", env=env).stdout
+    assert "reward: 1 (user): actually fine" in cli("show", run["run_id"], env=env).stdout
+    runs = cli("runs", "--json", env=env).stdout
+    assert {r["run_id"]: r["reward"] for r in json.loads(runs)}[run["run_id"]] == 1
+    assert "reward" in cli("runs", env=env).stdout.splitlines()[0]
+
+
+def test_eval_and_rate_errors(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "task": "x", "check": {"type": "number", "answer": 1}}\n'
+                   '{"id": "b", "task": "y", "check": {"type": "number"}}\n')
+    proc = cli("eval", str(bad), env=env, check=False)
+    assert proc.returncode == 2 and "bad.jsonl:2" in proc.stderr and "answer" in proc.stderr
+    proc = cli("eval", str(suite(tmp_path)), "--strategies", "single:ghost", env=env, check=False)
+    assert proc.returncode == 2 and "ghost" in proc.stderr
+    proc = cli("rate", "nope", "1", env=env, check=False)
+    assert proc.returncode == 2 and "no run 'nope'" in proc.stderr
+    proc = cli("rate", "nope", "1.5", env=env, check=False)
+    assert proc.returncode == 2 and "outside 0..1" in proc.stderr
+
+
+def test_calibrate_seeds_outcomes_that_the_next_plan_uses(env: dict[str, str], tmp_path: Path) -> None:
+    proc = cli("calibrate", str(suite(tmp_path, 3)), "--json", env=env)
+    report = json.loads(proc.stdout)
+    assert set(report["strategies"]) == {"single:bad", "single:good", "conductor"}
+    planned = json.loads(cli("plan", "A box has 40 red and 2 blue balls. How many balls?", "--json",
+                             env=env).stdout)
+    assert planned["workflow"]["steps"][-1]["worker"] == "good"
+    trace = json.loads(cli("show", planned["run_id"], "--json", env=env).stdout)
+    assert trace["plan"]["prior"]["final"] == ["good"] and trace["plan"]["prior"]["outcomes"] >= 6
