@@ -1,4 +1,4 @@
-"""conductor-mcp serve | solve | plan | resume | runs | show | rate | eval | calibrate | doctor.
+"""conductor-mcp serve | solve | plan | resume | runs | show | rate | eval | calibrate | pull | doctor.
 
 Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
 """
@@ -177,7 +177,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "workers_source": registry.source,
         "workers": [{"id": s.spec.id, "backend": s.spec.model or str(s.gguf_path), "available": s.available,
                      "reason": s.reason} for s in registry.states],
-        "conductor": {"model": c.model or str(registry.conductor_gguf()), "format": c.format,
+        "conductor": {"model": registry.conductor_label(), "format": c.format,
                       "max_steps": c.max_steps, "n_gpu_layers": c.n_gpu_layers if gpu else 0},
         "llama_cpp_gpu_backend": gpu,
         "store": str(store.path),
@@ -193,6 +193,29 @@ def _doctor(args: argparse.Namespace) -> int:
     lines.append(f"llama.cpp GPU backend: {'yes, all layers offloaded' if gpu else 'no (CPU only)'}")
     lines.append(f"trace store: {store.path}")
     emit("\n".join(lines))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from . import hub
+    from .registry import read_manifest
+
+    path = args.workers or os.environ.get("CONDUCTOR_WORKERS")
+    conductor = read_manifest(path).conductor if path else None  # workers need not be usable to pull
+    ref = hub.HubGGUF.of(conductor) if conductor else None
+    if ref is None:
+        what = (conductor.model or conductor.gguf) if conductor else None
+        emit(f"nothing to pull: the conductor is {what or 'the bundled model'}, not an `hf:` one")
+        return 0
+    local = hub.cached_path(ref)
+    if local is not None:
+        sys.stderr.write(f"{ref.label}: already in the Hugging Face cache\n")
+    else:
+        try:
+            local = hub.download(ref)
+        except ConductorError as exc:
+            raise ConductorError(f"{path}: {exc}") from None
+    emit(str(local))
     return 0
 
 
@@ -261,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp = sub.add_parser("doctor", help="workers and their state, the conductor, the store")
     common(sp)
+    sp = sub.add_parser("pull", help="download the manifest's `hf:` conductor into the Hugging Face cache")
+    sp.add_argument("--workers", help="worker manifest (YAML); default $CONDUCTOR_WORKERS")
+    sp.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     sp = sub.add_parser("serve", help="serve MCP (stdio by default)")
     sp.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
     sp.add_argument("--host", default="127.0.0.1")
@@ -273,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
-    "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate,
+    "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull,
 }
 
 

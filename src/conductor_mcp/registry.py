@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from . import hub
 from .errors import ConfigError
 from .models import ConductorSpec, Manifest, WorkerSpec
 
@@ -117,8 +118,32 @@ class Registry:
     def spec(self, worker_id: str) -> WorkerSpec:
         return self.get(worker_id).spec
 
-    def conductor_gguf(self) -> Path | None:
-        return resolve_gguf(self.conductor.gguf, self.base_dir) if self.conductor.gguf else None
+    def conductor_gguf(self, download: bool = False) -> Path | None:
+        """The conductor's GGUF file, None for a remote one. An `hf` file comes from the Hugging Face cache
+        without a request; when it is not there, it is downloaded only if `download`, else an error."""
+        ref = hub.HubGGUF.of(self.conductor)
+        if ref is None:
+            return resolve_gguf(self.conductor.gguf, self.base_dir) if self.conductor.gguf else None
+        try:
+            path = hub.ensure(ref) if download else hub.cached_path(ref)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+        if path is None:
+            raise ConfigError(f"{self.source}: conductor: field 'hf': {ref.label} is not downloaded yet: "
+                              "run `conductor-mcp pull`")
+        return path
+
+    def conductor_downloaded(self) -> bool:
+        """False only for an `hf` conductor whose file is not in the Hugging Face cache yet."""
+        ref = hub.HubGGUF.of(self.conductor)
+        return ref is None or hub.cached_path(ref) is not None
+
+    def conductor_label(self) -> str:
+        """What doctor shows: the remote model, the GGUF path, or that an `hf` file still needs a pull."""
+        ref = hub.HubGGUF.of(self.conductor)
+        if ref is not None and not self.conductor_downloaded():
+            return f"{ref.label} (not downloaded yet: run `conductor-mcp pull`)"
+        return self.conductor.model or str(self.conductor_gguf())
 
     def select(self, ids: Iterable[str] | None) -> list[str]:
         """The usable worker ids a caller may plan with: a subset of the registry, never a new worker."""
@@ -188,6 +213,12 @@ def build_registry(manifest: Manifest, source: str, base: Path | None = None,
 
 def load_manifest(path: str | Path, env: Mapping[str, str] | None = None) -> Registry:
     path = Path(path).expanduser()
+    return build_registry(read_manifest(path), str(path), path.parent, env)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The validated manifest, without checking its workers' files or keys (`pull` needs only the conductor)."""
+    path = Path(path).expanduser()
     where = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -203,7 +234,7 @@ def load_manifest(path: str | Path, env: Mapping[str, str] | None = None) -> Reg
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, where, raw)) from None
-    return build_registry(manifest, where, path.parent, env)
+    return manifest
 
 
 def from_environment(env: Mapping[str, str] | None = None) -> Registry:

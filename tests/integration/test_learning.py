@@ -98,6 +98,18 @@ async def test_calibration_moves_the_final_step_to_the_worker_that_earns_it(engi
     print(f"\nfinal step before calibration: {dict(before)}; after: {dict(after)}")
 
 
+async def test_the_same_outcomes_reversed_give_the_final_step_to_the_other_worker(
+        engine: Engine, server: ScriptedServer) -> None:
+    # a control: left to itself the bundled model may favour either id; here `bad` earns the rewards
+    server.clear_scripts()
+    server.script(model="scripted-bad", reply=right)
+    server.script(model="scripted-good", reply=wrong)
+    await run_eval(engine, sums(20, seed=1), ["single:bad", "single:good"])
+    engine.learn_before = None
+    after, _ = await final_workers(engine, sums(10, seed=7))
+    assert after["bad"] >= 9, dict(after)
+
+
 async def test_outcomes_decide_one_step_when_more_steps_do_not_pay(engine: Engine) -> None:
     await run_eval(engine, sums(6, seed=2), ["single:bad", "single:good"])
     for t in sums(4, seed=6):  # two-step workflows that earned half marks on similar tasks

