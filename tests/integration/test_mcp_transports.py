@@ -72,7 +72,7 @@ def stop() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 async def exercise(c: Client) -> str:
     tools = {t.name for t in (await c.list_tools()).tools}
-    assert tools == {"solve", "plan_workflow", "run_step", "resume", "get_run"}
+    assert tools == {"solve", "plan_workflow", "run_step", "resume", "get_run", "rate_run"}
     r = await c.call_tool("plan_workflow", {"task": "transport check", "workflow": WORKFLOW})
     assert r.structured_content is not None
     run_id = str(r.structured_content["run_id"])
@@ -187,7 +187,7 @@ def inspector(env: dict[str, str], *args: str) -> Any:
 def test_inspector_cli(env: dict[str, str]) -> None:
     env = {**env, "npm_config_yes": "true", "NO_UPDATE_NOTIFIER": "1"}
     tools = inspector(env, "--method", "tools/list")
-    assert {t["name"] for t in tools["tools"]} == {"solve", "plan_workflow", "run_step", "resume", "get_run"}
+    assert {t["name"] for t in tools["tools"]} == {"solve", "plan_workflow", "run_step", "resume", "get_run", "rate_run"}
     planned = inspector(env, "--method", "tools/call", "--tool-name", "plan_workflow",
                         "--tool-arg", "task=Say yes.\nREPLY: yes", "--tool-arg", "max_steps=2")
     assert planned["structuredContent"]["plan_source"] == "conductor"

@@ -1,7 +1,7 @@
 """Checks and repairs of a conductor's plan that the grammar cannot express.
 
 A small conductor copies its prompt's examples and writes steps nobody reads. So an instruction
-that carries nothing of the task (too short, or naming the subject of an example that this task does
+that carries nothing of the task (no word at all, or naming the subject of an example that this task does
 not share) rejects the plan, which is then retried or replaced; a final step that compares or checks
 earlier work is made to see it; and a step whose output cannot reach the final step, directly or
 through others, is pruned before anything is paid for it. Each repair is recorded in the trace.
@@ -20,11 +20,10 @@ _WORD = re.compile(r"[a-z]+")
 REFERENCES = frozenset({
     "task", "problem", "question", "request", "answer", "answers", "solution", "solutions", "draft", "drafts",
     "result", "results", "previous", "above", "earlier", "step", "steps", "output", "outputs", "response",
-    "responses", "it"})
+    "responses", "final", "it"})
 # a final step that does one of these needs to see the steps it works on
 _VERIFY = re.compile(r"\b(compare|check|verify|review|combine|merge the|both|all (the )?(drafts|answers|solutions)|"
                      r"previous|above|fix|improve|refine|critique|synthesi[sz]e|aggregate)\b", re.IGNORECASE)
-MIN_LETTERS = 8
 
 
 def content_words(text: str) -> set[str]:
@@ -32,14 +31,13 @@ def content_words(text: str) -> set[str]:
 
 
 def check_instructions(workflow: Workflow, task: str, subjects: Iterable[str]) -> None:
-    """Raise WorkflowError for an instruction that carries nothing of the task: too short, naming an
+    """Raise WorkflowError for an instruction that carries nothing of the task: no word, naming an
     example's subject (`subjects`) that the task does not, or sharing no word with it nor referring to it."""
     task_words = content_words(task)
     foreign = set(subjects) - set(_WORD.findall(task.lower()))
     for i, step in enumerate(workflow.steps):
         text = step.instruction
-        letters = sum(c.isalpha() for c in text)
-        if letters < MIN_LETTERS:
+        if not any(len(w) > 1 for w in _WORD.findall(text.lower())):
             raise WorkflowError(f"steps[{i}].instruction: {text!r} says nothing of the task")
         words = content_words(text)
         copied = sorted(set(_WORD.findall(text.lower())) & foreign)

@@ -1,0 +1,60 @@
+"""What the bundled conductor writes on a suite, planning only (nothing is run): steps written and kept,
+instructions rejected, steps pruned, final workers. Prints one JSON object.
+
+    python -m bench.plans [SUITE] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import anyio
+
+from conductor_mcp.grading import load_suite
+from conductor_mcp.models import WorkerSpec
+from conductor_mcp.planners.gguf import GGUFPlanner
+from conductor_mcp.registry import bundled_gguf_path
+
+WORKERS = [WorkerSpec(id="qwen-1.5b", model="openai/a", description="the strongest here, good at code and maths"),
+           WorkerSpec(id="qwen-0.5b", model="openai/b", description="fast, fair at simple code"),
+           WorkerSpec(id="smollm2-135m", model="openai/c", description="tiny, weak at reasoning")]
+
+
+async def measure(suite: Path, limit: int | None) -> dict[str, object]:
+    planner = GGUFPlanner(bundled_gguf_path())
+    kept, written, pruned, sources, finals, rejected, seconds = [], [], 0, Counter[str](), Counter[str](), 0, []
+    for task in load_suite(suite)[:limit]:
+        result = await planner.plan(task.task, WORKERS, 5)
+        info = result.info
+        raw = json.loads(info.raw) if info.raw and info.source != "fallback" else None
+        written.append(len(raw["steps"]) if raw else 0)
+        kept.append(len(result.workflow.steps))
+        pruned += sum(1 for r in info.repairs if r.startswith("pruned"))
+        rejected += sum(1 for e in info.errors if "instruction" in e)
+        sources[info.source] += 1
+        finals[result.workflow.steps[-1].worker] += 1
+        seconds.append(info.latency_s or 0.0)
+    n = len(kept)
+    return {"suite": str(suite), "plans": n, "mean_steps_written": sum(written) / n, "mean_steps_kept": sum(kept) / n,
+            "plans_pruned": pruned, "instructions_rejected": rejected, "sources": dict(sources),
+            "final_workers": dict(finals), "median_plan_s": sorted(seconds)[n // 2]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("suite", nargs="?", default=str(Path(__file__).parent.parent / "evals" / "mixed-24.jsonl"))
+    ap.add_argument("--limit", type=int)
+    args = ap.parse_args()
+    print(json.dumps(anyio.run(measure, Path(args.suite), args.limit), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
