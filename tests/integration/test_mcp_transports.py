@@ -187,7 +187,8 @@ def inspector(env: dict[str, str], *args: str) -> Any:
 def test_inspector_cli(env: dict[str, str]) -> None:
     env = {**env, "npm_config_yes": "true", "NO_UPDATE_NOTIFIER": "1"}
     tools = inspector(env, "--method", "tools/list")
-    assert {t["name"] for t in tools["tools"]} == {"solve", "plan_workflow", "run_step", "resume", "get_run", "rate_run"}
+    names = {t["name"] for t in tools["tools"]}
+    assert names == {"solve", "plan_workflow", "run_step", "resume", "get_run", "rate_run"}
     planned = inspector(env, "--method", "tools/call", "--tool-name", "plan_workflow",
                         "--tool-arg", "task=Say yes.\nREPLY: yes", "--tool-arg", "max_steps=2")
     assert planned["structuredContent"]["plan_source"] == "conductor"
