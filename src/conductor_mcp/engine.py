@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from .budget import BudgetExceeded, BudgetGuard
-from .errors import RunStateError, WorkerError, WorkflowError
+from .errors import LeaseLost, RunStateError, WorkerError, WorkflowError
 from .models import (
     CONDUCTOR_WORKER,
     MAX_STEPS_LIMIT,
@@ -39,7 +40,7 @@ from .planners import Planner, make_planner
 from .planners.strategies import strategy_planner
 from .registry import Registry
 from .resilience import RetryPolicy, WorkerHealth
-from .store import FINAL, HEARTBEAT_S, Store
+from .store import FINAL, Lease, Store, heartbeat_s
 from .workers import WorkerPool
 from .workflows import validate_workflow
 
@@ -67,6 +68,7 @@ class StepEvent:
 
 
 EventSink = Callable[[StepEvent], Awaitable[None]]
+Attempted = tuple[int, float, Usage | None]  # the successful attempt: number, latency, usage
 
 
 @dataclass
@@ -103,6 +105,18 @@ def worker_messages(task: str, workflow: Workflow, index: int, outputs: dict[int
                                       f"Do your subtask well. {role}"},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
+
+
+def lease_lost(exc: BaseException) -> LeaseLost | None:
+    """The LeaseLost inside `exc`, which a task group may have wrapped in exception groups."""
+    if isinstance(exc, LeaseLost):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = lease_lost(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def check_task(task: str) -> str:
@@ -209,35 +223,42 @@ class Engine:
 
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard,
                        opts: dict[str, Any] | None = None) -> Run:
-        run = self.store.claim(run_id)  # refuses a run another live process owns
+        lease, run = self.store.claim(run_id)  # refuses a run another live process owns
         opts = opts if opts is not None else self.store.options(run_id)
         try:
             async with anyio.create_task_group() as outer:
-                outer.start_soon(self._heartbeat, run_id)
-                outcome = await self._schedule(run, opts, on_event, guard)
+                outer.start_soon(self._heartbeat, lease)
+                outcome = await self._schedule(run, lease, opts, on_event, guard)
                 if outcome.status == RunStatus.COMPLETED and opts.get("kind", "root") == "root":
-                    outcome = await self._rounds(run, opts, outcome, on_event, guard)
+                    outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
                 outer.cancel_scope.cancel()
-        except anyio.get_cancelled_exc_class():
-            self._settle_cancelled(run_id)
-            raise
         except BaseException as exc:
-            self.store.finish_run(run_id, RunStatus.FAILED, error=f"internal error: {exc!r}")
+            lost = lease_lost(exc)
+            if lost is not None:  # another process runs it now: write nothing, call nothing
+                log.warning("%s", lost)
+                raise lost from None
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self._settle_cancelled(lease)
+            else:
+                with suppress(LeaseLost):
+                    self.store.finish_run(lease, RunStatus.FAILED, error=f"internal error: {exc!r}")
             raise
-        self.store.finish_run(run_id, outcome.status, answer=outcome.answer, error=outcome.error)
+        self.store.finish_run(lease, outcome.status, answer=outcome.answer, error=outcome.error)
         return self.store.get_run(run_id)
 
-    def _settle_cancelled(self, run_id: str) -> None:
+    def _settle_cancelled(self, lease: Lease) -> None:
         # store calls are synchronous, so cancellation cannot interrupt these writes
-        self.store.cancel_in_flight(run_id)
-        self.store.finish_run(run_id, RunStatus.CANCELLED, error="cancelled by the client")
+        with suppress(LeaseLost):
+            self.store.cancel_in_flight(lease)
+            self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
-    async def _heartbeat(self, run_id: str) -> None:
+    async def _heartbeat(self, lease: Lease) -> None:
+        """Keep the run's heartbeat fresh; a lost lease raises here and stops the run at once."""
         while True:
-            await anyio.sleep(HEARTBEAT_S)
-            self.store.heartbeat([run_id])
+            await anyio.sleep(heartbeat_s())
+            self.store.heartbeat(lease)
 
-    async def _schedule(self, run: Run, opts: dict[str, Any], on_event: EventSink | None,
+    async def _schedule(self, run: Run, lease: Lease, opts: dict[str, Any], on_event: EventSink | None,
                         guard: BudgetGuard) -> Outcome:
         wf = run.workflow
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
@@ -255,13 +276,13 @@ class Engine:
                     await finished[j].wait()
                 failed_inputs = [j for j in wf.visible(i) if j in failures]
                 if failed_inputs:
-                    self.store.step_ended(run.id, i, StepStatus.SKIPPED,
+                    self.store.step_ended(lease, i, StepStatus.SKIPPED,
                                           f"skipped: it sees step(s) {failed_inputs}, which failed")
                     return
                 if failures or stops or any(j not in outputs for j in wf.visible(i)):
                     return  # a step failed or a budget stopped the run: start nothing new, keep what runs
                 messages = worker_messages(run.task, wf, i, outputs, previous_text)
-                outputs[i] = await self._run_step(run, wf, i, messages, opts, on_event, guard)
+                outputs[i] = await self._run_step(run, lease, wf, i, messages, opts, on_event, guard)
             except BudgetExceeded as exc:
                 stops[i] = str(exc)
             except WorkerError as exc:
@@ -281,7 +302,7 @@ class Engine:
             return Outcome(RunStatus.BUDGET_EXCEEDED, best, stops[min(stops)])
         return Outcome(RunStatus.COMPLETED, outputs[len(wf.steps) - 1], None)
 
-    async def _run_step(self, run: Run, wf: Workflow, i: int, messages: list[dict[str, str]],
+    async def _run_step(self, run: Run, lease: Lease, wf: Workflow, i: int, messages: list[dict[str, str]],
                         opts: dict[str, Any], on_event: EventSink | None, guard: BudgetGuard) -> str:
         step = wf.steps[i]
         total = len(wf.steps)
@@ -290,21 +311,21 @@ class Engine:
             if on_event:
                 await on_event(StepEvent(run.id, i, total, step.worker, phase, status, step.instruction))
 
-        self.store.step_started(run.id, i)
+        self.store.step_started(lease, i)
         await emit("start", StepStatus.RUNNING)
         try:
             if step.worker == CONDUCTOR_WORKER:
-                text, usage = await self._run_child(run, wf, i, messages, opts, guard)
+                text, usage, attempt = await self._run_child(run, lease, i, messages, opts, guard)
             else:
-                text, usage = await self._call_with_retries(run.id, i, step.worker, messages, guard)
+                text, usage, attempt = await self._call_with_retries(lease, i, step.worker, messages, guard)
         except BudgetExceeded:
-            self.store.reset_step(run.id, i)
+            self.store.reset_step(lease, i)
             raise
         except WorkerError as exc:
-            self.store.step_ended(run.id, i, StepStatus.FAILED, str(exc))
+            self.store.step_ended(lease, i, StepStatus.FAILED, str(exc))
             await emit("end", StepStatus.FAILED)
             raise
-        self.store.step_completed(run.id, i, text, usage)
+        self.store.step_completed(lease, i, text, usage, attempt)
         await emit("end", StepStatus.COMPLETED)
         return text
 
@@ -318,26 +339,33 @@ class Engine:
             current = self.registry.spec(current).fallback
         return sorted(chain, key=self.health.cooling)  # stable: order kept among equals
 
-    async def _call_with_retries(self, run_id: str, index: int, worker: str, messages: list[dict[str, str]],
-                                 guard: BudgetGuard) -> tuple[str, Usage]:
+    async def _call_with_retries(self, lease: Lease, index: int, worker: str, messages: list[dict[str, str]],
+                                 guard: BudgetGuard) -> tuple[str, Usage, Attempted]:
+        """Call the step's worker (then its fallbacks) until one answers. The successful attempt is
+        returned, not recorded: the step's commit records it with the output, in one transaction."""
         errors: list[str] = []
         for candidate in self._candidates(worker):
             spec = self.registry.spec(candidate)
             for attempt in range(1, self.policy.attempts_per_worker + 1):
                 reservation = guard.reserve(spec, messages)  # raises before anything is spent
-                n = self.store.attempt_started(run_id, index, candidate)
+                try:
+                    n = self.store.attempt_started(lease, index, candidate)  # LeaseLost: make no call
+                except LeaseLost:
+                    guard.settle(reservation, None)
+                    raise
                 started = time.perf_counter()
                 try:
                     done = await self.pool.complete(candidate, messages)
                 except anyio.get_cancelled_exc_class():
                     guard.settle(reservation, None)
-                    self.store.attempt_ended(run_id, index, n, "cancelled", time.perf_counter() - started)
+                    with suppress(LeaseLost):
+                        self.store.attempt_ended(lease, index, n, "cancelled", time.perf_counter() - started)
                     raise
                 except (WorkerError, TimeoutError) as exc:
                     guard.settle(reservation, None)
                     err = exc if isinstance(exc, WorkerError) else WorkerError(
                         f"{candidate}: timed out after {spec.timeout_s:g}s")
-                    self.store.attempt_ended(run_id, index, n, "error", time.perf_counter() - started,
+                    self.store.attempt_ended(lease, index, n, "error", time.perf_counter() - started,
                                              error=str(err))
                     errors.append(str(err))
                     if not err.retryable:
@@ -346,19 +374,18 @@ class Engine:
                         await anyio.sleep(self.policy.delay(attempt, err.retry_after))
                     continue
                 guard.settle(reservation, done.usage)
-                self.store.attempt_ended(run_id, index, n, "ok", done.latency_s, done.usage)
                 self.health.ok(candidate)
-                return done.text, done.usage
+                return done.text, done.usage, (n, done.latency_s, done.usage)
             self.health.failed(candidate)
         raise WorkerError("; ".join(errors[-3:]) or f"{worker}: no attempt made", retryable=False)
 
     # -- recursion and rounds -------------------------------------------------------------------
-    async def _run_child(self, run: Run, wf: Workflow, i: int, messages: list[dict[str, str]],
-                         opts: dict[str, Any], guard: BudgetGuard) -> tuple[str, Usage]:
+    async def _run_child(self, run: Run, lease: Lease, i: int, messages: list[dict[str, str]],
+                         opts: dict[str, Any], guard: BudgetGuard) -> tuple[str, Usage, Attempted]:
         """The conductor plans and runs the subtask as a child workflow; its answer is this step's output.
         Its usage stays on the child run (the tree's total counts it once)."""
         depth = int(opts.get("depth", 0)) + 1
-        n = self.store.attempt_started(run.id, i, CONDUCTOR_WORKER)
+        n = self.store.attempt_started(lease, i, CONDUCTOR_WORKER)
         started = time.perf_counter()
         existing = self.store.children(run.id, step=i)
         try:
@@ -378,22 +405,22 @@ class Engine:
                     guard.add(result.info.usage)
                     child_opts = {**opts, "kind": "recursion", "depth": depth}
                     child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts,
-                                                     parent_run_id=run.id, parent_step=i)
+                                                     parent=lease, parent_step=i)
                 child = await self._execute(child_id, None, guard)
         except anyio.get_cancelled_exc_class():
-            self.store.attempt_ended(run.id, i, n, "cancelled", time.perf_counter() - started)
+            with suppress(LeaseLost):
+                self.store.attempt_ended(lease, i, n, "cancelled", time.perf_counter() - started)
             raise
         if child.status == RunStatus.COMPLETED and child.answer is not None:
-            self.store.attempt_ended(run.id, i, n, "ok", time.perf_counter() - started)
-            return child.answer, Usage()
+            return child.answer, Usage(), (n, time.perf_counter() - started, None)
         error = f"child run {child.id} ended {child.status.value}: {child.error}"
-        self.store.attempt_ended(run.id, i, n, "error", time.perf_counter() - started, error=error)
+        self.store.attempt_ended(lease, i, n, "error", time.perf_counter() - started, error=error)
         if child.status == RunStatus.BUDGET_EXCEEDED:
             raise BudgetExceeded(error)
         raise WorkerError(f"conductor: {error}", retryable=False)
 
-    async def _rounds(self, run: Run, opts: dict[str, Any], outcome: Outcome, on_event: EventSink | None,
-                      guard: BudgetGuard) -> Outcome:
+    async def _rounds(self, run: Run, lease: Lease, opts: dict[str, Any], outcome: Outcome,
+                      on_event: EventSink | None, guard: BudgetGuard) -> Outcome:
         """Review the answer; run corrective rounds until the conductor accepts or max_rounds is reached."""
         if guard.budget.max_rounds <= 1:
             return outcome
@@ -414,12 +441,11 @@ class Engine:
                 guard.add(result.info.usage)
                 reviews.append({"round": current, "accepted": result.workflow is None,
                                 "info": result.info.model_dump(mode="json")})
-                self.store.update_options(run.id, {"reviews": reviews})
+                self.store.update_options(run.id, {"reviews": reviews}, lease)
                 if result.workflow is None:
                     break
                 child_opts = {**opts, "kind": "round", "round": current + 1, "previous": prev_id, "reviews": []}
-                child_id = self.store.create_run(run.task, result.workflow, result.info, child_opts,
-                                                 parent_run_id=run.id)
+                child_id = self.store.create_run(run.task, result.workflow, result.info, child_opts, parent=lease)
             child = await self._execute(child_id, on_event, guard)
             if child.status != RunStatus.COMPLETED or child.answer is None:
                 status = child.status if child.status in FINAL else RunStatus.FAILED
@@ -459,24 +485,24 @@ class Engine:
             wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT,
                                    allow_recursion=budget.max_depth > 0)
             self.store.edit_step(run_id, index, wf)
-        run = self.store.claim(run_id)
+        lease, run = self.store.claim(run_id)
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
         guard = BudgetGuard(budget, self.store.tree_usage(run_id))
         messages = worker_messages(run.task, wf, index, outputs)
         try:
-            await self._run_step(run, wf, index, messages, opts, None, guard)
+            await self._run_step(run, lease, wf, index, messages, opts, None, guard)
         except BudgetExceeded as exc:
-            self.store.finish_run(run_id, RunStatus.BUDGET_EXCEEDED, error=str(exc))
+            self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
         except WorkerError as exc:
-            self.store.finish_run(run_id, RunStatus.FAILED, error=f"step {index} failed: {exc}")
+            self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index} failed: {exc}")
         except anyio.get_cancelled_exc_class():
-            self._settle_cancelled(run_id)
+            self._settle_cancelled(lease)
             raise
         else:
             after = self.store.get_run(run_id)
             if all(s.status == StepStatus.COMPLETED for s in after.steps):
-                self.store.finish_run(run_id, RunStatus.COMPLETED, answer=after.steps[-1].output)
+                self.store.finish_run(lease, RunStatus.COMPLETED, answer=after.steps[-1].output)
             else:
-                self.store.finish_run(run_id, RunStatus.PLANNED)
+                self.store.finish_run(lease, RunStatus.PLANNED)
         final = self.store.get_run(run_id)
         return final.steps[index], final

@@ -21,6 +21,10 @@ class RunStateError(ConductorError):
     """The run cannot do what was asked in its present state (owned elsewhere, not runnable, ...)."""
 
 
+class LeaseLost(RunStateError):
+    """Another process has taken the run over: this one must stop calling workers and writing to it."""
+
+
 class WorkerError(ConductorError):
     """A worker call failed; `retryable` tells whether trying again may help."""
 

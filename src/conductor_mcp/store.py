@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import platformdirs
+import psutil
 
-from .errors import RunNotFound, RunStateError
+from .errors import LeaseLost, RunNotFound, RunStateError
 from .models import (
     Attempt,
     PlanInfo,
@@ -34,8 +36,8 @@ from .models import (
     Workflow,
 )
 
-HEARTBEAT_S = 5.0
-STALE_AFTER_S = 30.0  # a heartbeat older than this means the owner is gone, whatever its pid says
+# Across hosts only a heartbeat tells whether the owner lives: older than this, it is taken for gone.
+STALE_AFTER_S = 30.0
 
 # Append-only: never edit or reorder an entry that has shipped; add a new one.
 MIGRATIONS: list[tuple[str, str]] = [
@@ -101,6 +103,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN rated_at REAL;
         CREATE INDEX runs_rated ON runs(rated_at) WHERE reward IS NOT NULL;
     """),
+    # A lease epoch, raised by every claim: each write that records a step or ends a run names the
+    # epoch it holds, so a process that lost the run (paused, then taken over) can write nothing.
+    ("003_lease", """
+        ALTER TABLE runs ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+    """),
 ]
 
 FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
@@ -113,32 +120,71 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("conductor-mcp", appauthor=False)) / "traces.db"
 
 
+def _host_id() -> str:
+    # containers sharing one database volume have distinct hostnames but may share pids
+    return os.environ.get("CONDUCTOR_HOST_ID") or socket.gethostname()
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def _make_owner() -> str:
+    """Host, pid, the process's start time (so a reused pid is not mistaken for us) and a token."""
+    return f"{_host_id()}:{os.getpid()}:{_start_time(os.getpid()) or 0:.2f}:{secrets.token_hex(4)}"
+
+
+_OWNER = _make_owner()
+
+
 def process_owner() -> str:
-    """Who owns a run: host, pid and a per-process token (so a reused pid is not mistaken for us)."""
+    """Who owns a run this process executes."""
     return _OWNER
 
 
-_OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+def stale_after_s() -> float:
+    """CONDUCTOR_STALE_AFTER_S shortens it (tests); owners beat six times within it."""
+    return float(os.environ.get("CONDUCTOR_STALE_AFTER_S") or STALE_AFTER_S)
+
+
+def heartbeat_s() -> float:
+    return stale_after_s() / 6
 
 
 def owner_alive(owner: str | None, heartbeat_at: float | None, now: float | None = None) -> bool:
+    """Whether the process named by `owner` still runs. On this host the pid and its start time decide
+    (a paused process is alive whatever its heartbeat says); elsewhere only a fresh heartbeat can."""
     if not owner:
         return False
     if owner == _OWNER:
         return True
     now = time.time() if now is None else now
-    if heartbeat_at is None or now - heartbeat_at > STALE_AFTER_S:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host == socket.gethostname() and pid_text.isdigit():
+    parts = owner.rsplit(":", 3)
+    if len(parts) == 4 and parts[0] == _host_id() and parts[1].isdigit():
+        started = _start_time(int(parts[1]))
         try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
+            return started is not None and abs(started - float(parts[2])) < 1.0
+        except ValueError:
             return False
-        except PermissionError:
-            return True
+    fresh = heartbeat_at is not None and now - heartbeat_at <= stale_after_s()
+    if not fresh:
+        return False
+    host, _, rest = owner.partition(":")  # an owner written before start times were recorded
+    pid_text = rest.partition(":")[0]
+    if host == _host_id() and pid_text.isdigit():
+        return bool(psutil.pid_exists(int(pid_text)))
     return True
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This process's hold on a run, from one claim: the run's writes name it."""
+
+    run_id: str
+    epoch: int
 
 
 class Store:
@@ -185,10 +231,14 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------------
     def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: dict[str, Any] | None = None,
-                   parent_run_id: str | None = None, parent_step: int | None = None) -> str:
+                   parent: Lease | None = None, parent_step: int | None = None) -> str:
+        """Store a planned run; a child run (recursion or a round) only under its parent's lease."""
         run_id = secrets.token_hex(12)  # 96 random bits: unguessable, and never starts with "-" on a CLI
+        parent_run_id = parent.run_id if parent else None
         now = time.time()
         with self._tx() as db:
+            if parent is not None:
+                self._hold(db, parent)
             db.execute(
                 "INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at,"
                 " parent_run_id, parent_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -280,8 +330,10 @@ class Store:
         with self._lock:
             return [r[0] for r in self._db.execute(query + " ORDER BY created_at", args)]
 
-    def update_options(self, run_id: str, changes: dict[str, Any]) -> None:
+    def update_options(self, run_id: str, changes: dict[str, Any], lease: Lease | None = None) -> None:
         with self._tx() as db:
+            if lease is not None:
+                self._hold(db, lease)
             row = db.execute("SELECT options FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"run_id: no run {run_id!r}")
@@ -296,39 +348,52 @@ class Store:
             total = total + self.tree_usage(child)
         return total
 
-    def claim(self, run_id: str) -> Run:
-        """Make this process the run's owner; refuse if another live process owns it."""
+    def claim(self, run_id: str) -> tuple[Lease, Run]:
+        """Make this process the run's owner under a new lease epoch; refuse if another live process owns
+        it. Claiming again in this process fences off the earlier claim too."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT status, owner, heartbeat_at FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = db.execute("SELECT status, owner, heartbeat_at, lease FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"run_id: no run {run_id!r}")
             if (row["status"] == RunStatus.RUNNING and row["owner"] != _OWNER
                     and owner_alive(row["owner"], row["heartbeat_at"], now)):
                 raise RunStateError(f"run {run_id} is running in another live process ({row['owner']}); "
                                     "wait for it, or stop that process first")
-            db.execute("UPDATE runs SET status=?, owner=?, heartbeat_at=?, updated_at=?, error=NULL WHERE id=?",
-                       (RunStatus.RUNNING.value, _OWNER, now, now, run_id))
+            lease = Lease(run_id, int(row["lease"]) + 1)
+            db.execute("UPDATE runs SET status=?, owner=?, lease=?, heartbeat_at=?, updated_at=?, error=NULL"
+                       " WHERE id=?", (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now, run_id))
             # a step or attempt left running belonged to a process that is gone
             db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
             db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
                        (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value, StepStatus.FAILED.value,
                         StepStatus.SKIPPED.value))
-        return self.get_run(run_id)
+        return lease, self.get_run(run_id)
 
-    def heartbeat(self, run_ids: list[str]) -> None:
-        if not run_ids:
-            return
-        now = time.time()
+    def _hold(self, db: sqlite3.Connection, lease: Lease) -> None:
+        """Inside a write transaction: raise LeaseLost unless this process still holds the run."""
+        row = db.execute("SELECT owner, lease FROM runs WHERE id=?", (lease.run_id,)).fetchone()
+        if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
+            raise LeaseLost(f"run {lease.run_id}: taken over by {row['owner'] if row else 'nobody'}; "
+                            "this process stops working on it")
+
+    def holds(self, lease: Lease) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT owner, lease FROM runs WHERE id=?", (lease.run_id,)).fetchone()
+        return row is not None and row["owner"] == _OWNER and row["lease"] == lease.epoch
+
+    def heartbeat(self, lease: Lease) -> None:
+        """Tell other hosts the owner lives; raise LeaseLost if the run was taken over."""
         with self._tx() as db:
-            db.executemany("UPDATE runs SET heartbeat_at=? WHERE id=? AND owner=?",
-                           [(now, r, _OWNER) for r in run_ids])
+            self._hold(db, lease)
+            db.execute("UPDATE runs SET heartbeat_at=? WHERE id=?", (time.time(), lease.run_id))
 
-    def finish_run(self, run_id: str, status: RunStatus, answer: str | None = None,
+    def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None,
                    error: str | None = None) -> None:
         with self._tx() as db:
+            self._hold(db, lease)
             db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?,"
-                       " owner=NULL WHERE id=?", (status.value, answer, error, time.time(), run_id))
+                       " owner=NULL WHERE id=?", (status.value, answer, error, time.time(), lease.run_id))
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
@@ -366,54 +431,70 @@ class Store:
                        (step.worker, step.instruction, run_id, index))
 
     # -- steps and attempts ---------------------------------------------------------------------
-    def step_started(self, run_id: str, index: int) -> None:
+    def step_started(self, lease: Lease, index: int) -> None:
         with self._tx() as db:
+            self._hold(db, lease)
             db.execute("UPDATE steps SET status=?, started_at=COALESCE(started_at, ?), error=NULL"
-                       " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, time.time(), run_id, index))
+                       " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, time.time(), lease.run_id, index))
 
-    def attempt_started(self, run_id: str, index: int, worker: str) -> int:
+    def attempt_started(self, lease: Lease, index: int, worker: str) -> int:
+        """Record a call about to be made; LeaseLost here means it must not be made."""
         with self._tx() as db:
+            self._hold(db, lease)
             n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE run_id=? AND idx=?",
-                           (run_id, index)).fetchone()[0]
+                           (lease.run_id, index)).fetchone()[0]
             db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,?,?,?,?,?)",
-                       (run_id, index, n, worker, "running", time.time()))
+                       (lease.run_id, index, n, worker, "running", time.time()))
         return int(n)
 
-    def attempt_ended(self, run_id: str, index: int, n: int, status: str, latency_s: float,
-                      usage: Usage | None = None, error: str | None = None) -> None:
+    def _end_attempt(self, db: sqlite3.Connection, run_id: str, index: int, n: int, status: str, latency_s: float,
+                     usage: Usage | None, error: str | None) -> None:
         u = usage or Usage()
-        with self._tx() as db:
-            db.execute("UPDATE attempts SET status=?, error=?, latency_s=?, prompt_tokens=?, completion_tokens=?,"
-                       " cost_usd=? WHERE run_id=? AND idx=? AND n=?",
-                       (status, error, latency_s, u.prompt_tokens, u.completion_tokens, u.cost_usd,
-                        run_id, index, n))
+        db.execute("UPDATE attempts SET status=?, error=?, latency_s=?, prompt_tokens=?, completion_tokens=?,"
+                   " cost_usd=? WHERE run_id=? AND idx=? AND n=?",
+                   (status, error, latency_s, u.prompt_tokens, u.completion_tokens, u.cost_usd, run_id, index, n))
 
-    def step_completed(self, run_id: str, index: int, output: str, usage: Usage) -> None:
+    def attempt_ended(self, lease: Lease, index: int, n: int, status: str, latency_s: float,
+                      usage: Usage | None = None, error: str | None = None) -> None:
+        with self._tx() as db:
+            self._hold(db, lease)
+            self._end_attempt(db, lease.run_id, index, n, status, latency_s, usage, error)
+
+    def step_completed(self, lease: Lease, index: int, output: str, usage: Usage,
+                       attempt: tuple[int, float, Usage | None] | None = None) -> None:
+        """Commit a step's output, with the successful attempt (n, latency, usage) that produced it, in one
+        transaction: a kill between the two would leave a paid call whose output is lost."""
         now = time.time()
         with self._tx() as db:
+            self._hold(db, lease)
+            if attempt is not None:
+                self._end_attempt(db, lease.run_id, index, attempt[0], "ok", attempt[1], attempt[2], None)
             db.execute("UPDATE steps SET status=?, output=?, error=NULL, prompt_tokens=?, completion_tokens=?,"
                        " cost_usd=?, calls=?, ended_at=? WHERE run_id=? AND idx=?",
                        (StepStatus.COMPLETED.value, output, usage.prompt_tokens, usage.completion_tokens,
-                        usage.cost_usd, usage.calls, now, run_id, index))
-            db.execute("UPDATE runs SET updated_at=? WHERE id=?", (now, run_id))
+                        usage.cost_usd, usage.calls, now, lease.run_id, index))
+            db.execute("UPDATE runs SET updated_at=? WHERE id=?", (now, lease.run_id))
 
-    def step_ended(self, run_id: str, index: int, status: StepStatus, error: str | None,
+    def step_ended(self, lease: Lease, index: int, status: StepStatus, error: str | None,
                    usage: Usage | None = None) -> None:
         u = usage or Usage()
         with self._tx() as db:
+            self._hold(db, lease)
             db.execute("UPDATE steps SET status=?, error=?, prompt_tokens=?, completion_tokens=?, cost_usd=?,"
                        " calls=?, ended_at=? WHERE run_id=? AND idx=?",
                        (status.value, error, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.calls,
-                        time.time(), run_id, index))
+                        time.time(), lease.run_id, index))
 
-    def cancel_in_flight(self, run_id: str) -> None:
+    def cancel_in_flight(self, lease: Lease) -> None:
         """A cancelled run keeps its completed steps; what was in flight goes back to pending."""
         with self._tx() as db:
-            db.execute("UPDATE attempts SET status='cancelled' WHERE run_id=? AND status='running'", (run_id,))
+            self._hold(db, lease)
+            db.execute("UPDATE attempts SET status='cancelled' WHERE run_id=? AND status='running'", (lease.run_id,))
             db.execute("UPDATE steps SET status=? WHERE run_id=? AND status=?",
-                       (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value))
+                       (StepStatus.PENDING.value, lease.run_id, StepStatus.RUNNING.value))
 
-    def reset_step(self, run_id: str, index: int) -> None:
+    def reset_step(self, lease: Lease, index: int) -> None:
         with self._tx() as db:
+            self._hold(db, lease)
             db.execute("UPDATE steps SET status=?, error=NULL WHERE run_id=? AND idx=?",
-                       (StepStatus.PENDING.value, run_id, index))
+                       (StepStatus.PENDING.value, lease.run_id, index))

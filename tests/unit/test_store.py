@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conductor_mcp.errors import RunNotFound, RunStateError
+from conductor_mcp.errors import LeaseLost, RunNotFound, RunStateError
 from conductor_mcp.models import PlanInfo, RunStatus, StepStatus, Usage, Workflow
-from conductor_mcp.store import MIGRATIONS, Store, process_owner
+from conductor_mcp.store import MIGRATIONS, Store, owner_alive, process_owner
 
 WF = Workflow.model_validate({"steps": [{"worker": "a", "instruction": "x"},
                                         {"worker": "a", "instruction": "y", "access": "all"}]})
@@ -40,19 +41,18 @@ def test_lifecycle_and_usage(store: Store) -> None:
     run_id = store.create_run("t", WF, PLAN, {"workers": ["a"]})
     run = store.get_run(run_id)
     assert run.status == RunStatus.PLANNED and [s.status for s in run.steps] == [StepStatus.PENDING] * 2
-    store.claim(run_id)
-    store.step_started(run_id, 0)
-    n = store.attempt_started(run_id, 0, "a")
-    store.attempt_ended(run_id, 0, n, "error", 0.1, error="boom")
-    n2 = store.attempt_started(run_id, 0, "a")
+    lease, _ = store.claim(run_id)
+    store.step_started(lease, 0)
+    n = store.attempt_started(lease, 0, "a")
+    store.attempt_ended(lease, 0, n, "error", 0.1, error="boom")
+    n2 = store.attempt_started(lease, 0, "a")
     u = Usage(prompt_tokens=10, completion_tokens=5, cost_usd=None, calls=1)
-    store.attempt_ended(run_id, 0, n2, "ok", 0.2, u)
-    store.step_completed(run_id, 0, "out", u)
+    store.step_completed(lease, 0, "out", u, (n2, 0.2, u))  # the attempt and the output: one commit
     run = store.get_run(run_id)
     assert run.status == RunStatus.RUNNING
     assert [a.status for a in run.steps[0].attempts] == ["error", "ok"] and run.steps[0].attempts[0].error == "boom"
     assert run.usage.total_tokens == 15 and run.usage.cost_usd is None
-    store.finish_run(run_id, RunStatus.COMPLETED, answer="ans")
+    store.finish_run(lease, RunStatus.COMPLETED, answer="ans")
     assert store.get_run(run_id).answer == "ans"
     assert store.options(run_id) == {"workers": ["a"]}
     with pytest.raises(RunNotFound, match="no run 'nope'"):
@@ -71,7 +71,7 @@ def test_dead_owner_is_interrupted_and_claimable(store: Store) -> None:
         db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,0,1,'a','running',?)",
                    (run_id, time.time()))
     assert store.get_run(run_id).status == RunStatus.INTERRUPTED
-    run = store.claim(run_id)
+    _, run = store.claim(run_id)
     assert run.status == RunStatus.RUNNING and run.steps[0].status == StepStatus.PENDING
     assert run.steps[0].attempts[0].status == "interrupted"
 
@@ -97,3 +97,71 @@ def test_default_path_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert default_db_path() == tmp_path / "x.db"
     monkeypatch.delenv("CONDUCTOR_DB")
     assert default_db_path().name == "traces.db" and "conductor-mcp" in str(default_db_path())
+
+
+def test_a_later_claim_fences_every_write_of_the_earlier_one(store: Store) -> None:
+    run_id = store.create_run("t", WF, PLAN)
+    old, _ = store.claim(run_id)
+    store.step_started(old, 0)
+    n = store.attempt_started(old, 0, "a")
+    new, run = store.claim(run_id)  # a takeover: the in-flight attempt is interrupted, the step pending
+    assert new.epoch == old.epoch + 1 and run.steps[0].status == StepStatus.PENDING
+    u = Usage(prompt_tokens=3, completion_tokens=2, calls=1)
+    for write in (lambda: store.step_completed(old, 0, "late", u, (n, 0.1, u)),
+                  lambda: store.attempt_started(old, 1, "a"), lambda: store.step_started(old, 1),
+                  lambda: store.heartbeat(old), lambda: store.finish_run(old, RunStatus.COMPLETED, "late"),
+                  lambda: store.cancel_in_flight(old), lambda: store.reset_step(old, 0),
+                  lambda: store.create_run("child", WF, PLAN, parent=old)):
+        with pytest.raises(LeaseLost, match="taken over"):
+            write()
+    run = store.get_run(run_id)
+    # nothing of the fenced commit landed, not even the attempt that shared its transaction
+    assert run.steps[0].output is None and [a.status for a in run.steps[0].attempts] == ["interrupted"]
+    assert run.status == RunStatus.RUNNING and run.answer is None and store.children(run_id) == []
+    store.step_completed(new, 0, "out", u, (store.attempt_started(new, 0, "a"), 0.1, u))
+    assert [a.status for a in store.get_run(run_id).steps[0].attempts] == ["interrupted", "ok"]
+
+
+def test_a_paused_owner_on_this_host_stays_alive_whatever_its_heartbeat(store: Store) -> None:
+    """Pid and start time decide on this host: a stopped process with an hour-old heartbeat owns its run,
+    while the same pid with another start time (a reused pid) does not."""
+    run_id = store.create_run("t", WF, PLAN)
+    host, parent = process_owner().split(":")[0], os.getppid()
+    started = psutil.Process(parent).create_time()
+    hour_ago = time.time() - 3600
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET status='running', owner=?, heartbeat_at=? WHERE id=?",
+                   (f"{host}:{parent}:{started:.2f}:beef", hour_ago, run_id))
+    assert store.get_run(run_id).status == RunStatus.RUNNING
+    with pytest.raises(RunStateError, match="another live process"):
+        store.claim(run_id)
+    assert not owner_alive(f"{host}:{parent}:{started - 50:.2f}:beef", time.time())  # pid reused
+    assert owner_alive(f"elsewhere:{parent}:{started - 50:.2f}:beef", time.time())  # another host: heartbeat
+    assert not owner_alive(f"elsewhere:{parent}:{started:.2f}:beef", hour_ago)
+
+
+def test_a_database_of_the_first_schema_opens_and_runs(tmp_path: Path) -> None:
+    """A user's trace database written before any later migration: opened, migrated, read and resumed."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        name, sql = MIGRATIONS[0]
+        db.executescript(sql)
+        db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+        db.execute("INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at, owner,"
+                   " heartbeat_at) VALUES ('r1', 'old task', 'running', ?, ?, '{}', 1.0, 1.0, 'gone:1:ab', 1.0)",
+                   (WF.model_dump_json(), PLAN.model_dump_json()))
+        for i, step in enumerate(WF.steps):
+            db.execute("INSERT INTO steps (run_id, idx, worker, instruction, access, status, output) "
+                       "VALUES ('r1', ?, ?, ?, '\"all\"', ?, ?)",
+                       (i, step.worker, step.instruction, "completed" if i == 0 else "running",
+                        "first" if i == 0 else None))
+    store = Store(path)
+    assert store.applied_migrations() == [n for n, _ in MIGRATIONS]
+    run = store.get_run("r1")
+    assert run.task == "old task" and run.status == RunStatus.INTERRUPTED and run.reward is None
+    assert run.steps[0].output == "first"
+    lease, run = store.claim("r1")
+    assert lease.epoch == 1 and [s.status for s in run.steps] == [StepStatus.COMPLETED, StepStatus.PENDING]
+    store.rate("r1", 1.0)
+    assert store.get_run("r1").reward == 1.0
