@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "installing; the first time this compiles llama.cpp from source (a few minutes, quietly)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -20,6 +21,12 @@ install: $(VENV)/.installed
 demo: install
 	CONDUCTOR_DB=$${CONDUCTOR_DB:-.demo/traces.db} $(VENV)/bin/conductor-mcp solve \
 	  "Write a haiku about a conductor leading an orchestra of small robots." --verbose
+	@echo
+	@echo "That was a check of the pipeline: the bundled 135M conductor is tiny, so its plans are not the point."
+	@echo "The trace is in $${CONDUCTOR_DB:-.demo/traces.db}. Next:"
+	@echo "  CONDUCTOR_DB=$${CONDUCTOR_DB:-.demo/traces.db} $(VENV)/bin/conductor-mcp runs      # this run"
+	@echo "  $(VENV)/bin/conductor-mcp doctor                                   # workers and conductor"
+	@echo "  README: connect a host, add workers, pick a real conductor, measure with eval"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
