@@ -1,4 +1,4 @@
-"""conductor-mcp serve | solve | plan | resume | runs | show | rate | eval | calibrate | pull | doctor.
+"""conductor-mcp serve | solve | plan | resume | runs | show | usage | rate | eval | calibrate | pull | doctor.
 
 Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
 """
@@ -146,6 +146,16 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from .store import Store
+    from .usage_report import parse_since, usage_report, usage_table
+
+    rows = usage_report(Store(args.db), parse_since(args.since), args.by)
+    emit(json.dumps({"since": args.since, "by": args.by, "rows": rows}, indent=2) if args.json
+         else usage_table(rows, args.by, args.since))
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
     from .render import run_text, trace_tree
     from .store import Store
@@ -279,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("runs", help="recent runs, newest first")
     sp.add_argument("--limit", type=int, default=20)
     common(sp)
+    sp = sub.add_parser("usage", help="tokens and cost over the trace store, by worker, strategy or day")
+    sp.add_argument("--since", help="a span such as 7d, 24h, 30m, or a date (default: everything)")
+    sp.add_argument("--by", choices=["worker", "strategy", "day"], default="worker")
+    common(sp)
     sp = sub.add_parser("show", help="one run's whole trace")
     sp.add_argument("run_id")
     common(sp)
@@ -299,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
-    "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull,
+    "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull, "usage": _usage,
 }
 
 

@@ -498,3 +498,16 @@ class Store:
             self._hold(db, lease)
             db.execute("UPDATE steps SET status=?, error=NULL WHERE run_id=? AND idx=?",
                        (StepStatus.PENDING.value, lease.run_id, index))
+
+    def usage_rows(self, since: float) -> list[sqlite3.Row]:
+        """Every run of every tree whose root was created since `since`, with its root's strategy and
+        time, its plan and options (planning and review usage) and each step's worker and usage."""
+        with self._lock:
+            return self._db.execute(
+                "WITH RECURSIVE tree(id, root) AS ("
+                " SELECT id, id FROM runs WHERE parent_run_id IS NULL AND created_at >= ?"
+                " UNION ALL SELECT r.id, t.root FROM runs r JOIN tree t ON r.parent_run_id = t.id)"
+                " SELECT t.root, t.id, root.options AS root_options, root.created_at, r.plan, r.options,"
+                " (SELECT json_group_array(json_array(s.worker, s.prompt_tokens, s.completion_tokens, s.cost_usd,"
+                "  s.calls)) FROM steps s WHERE s.run_id = t.id) AS steps"
+                " FROM tree t JOIN runs r ON r.id = t.id JOIN runs root ON root.id = t.root", (since,)).fetchall()
