@@ -1,5 +1,7 @@
 """What the bundled conductor writes on a suite, planning only (nothing is run): steps written and kept,
-instructions rejected, steps pruned, final workers. Prints one JSON object.
+instructions rejected, steps pruned, final workers; with the workers shown under their ids and under
+neutral names (worker-0, ...), as the paper's conductor saw them. Prints one JSON object and writes it
+to bench/out/plans.json.
 
     python -m bench.plans [SUITE] [--limit N]
 """
@@ -27,8 +29,7 @@ WORKERS = [WorkerSpec(id="qwen-1.5b", model="openai/a", description="the stronge
            WorkerSpec(id="smollm2-135m", model="openai/c", description="tiny, weak at reasoning")]
 
 
-async def measure(suite: Path, limit: int | None) -> dict[str, object]:
-    planner = GGUFPlanner(bundled_gguf_path())
+async def measure(planner: GGUFPlanner, suite: Path, limit: int | None) -> dict[str, object]:
     kept, written, pruned, sources, finals, rejected, seconds = [], [], 0, Counter[str](), Counter[str](), 0, []
     for task in load_suite(suite)[:limit]:
         result = await planner.plan(task.task, WORKERS, 5)
@@ -52,7 +53,15 @@ def main() -> int:
     ap.add_argument("suite", nargs="?", default=str(Path(__file__).parent.parent / "evals" / "mixed-24.jsonl"))
     ap.add_argument("--limit", type=int)
     args = ap.parse_args()
-    print(json.dumps(anyio.run(measure, Path(args.suite), args.limit), indent=2))
+    planner = GGUFPlanner(bundled_gguf_path())
+    report: dict[str, object] = {}
+    for names in ("ids", "neutral"):
+        planner.worker_names = names
+        report[names] = anyio.run(measure, planner, Path(args.suite), args.limit)
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "plans.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -44,6 +44,8 @@ class ConductorSpec(Strict):
     api_key_env: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     prefer: Literal["quality", "balanced", "cost"] = "balanced"  # what learned outcomes trade off
+    # how the conductor sees the workers: their ids, or worker-0, worker-1, ... (the paper's neutral names)
+    worker_names: Literal["ids", "neutral"] = "ids"
 
     @model_validator(mode="after")
     def _one_source(self) -> ConductorSpec:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from conductor_mcp.engine import Engine
-from conductor_mcp.models import Manifest, RunStatus, WorkerSpec
+from conductor_mcp.models import Manifest, Prior, RunStatus, WorkerRecord, WorkerSpec
 from conductor_mcp.planners.gguf import GGUFPlanner
 from conductor_mcp.planners.remote import RemotePlanner
 from conductor_mcp.registry import build_registry, bundled_gguf_path
@@ -108,3 +111,36 @@ async def test_recursion_offered_in_the_grammar(gguf_planner: GGUFPlanner) -> No
                                      allow_recursion=True)
     assert result.info.source == "conductor"
     assert {s.worker for s in result.workflow.steps} <= {*ODD, "conductor"}
+
+
+async def test_neutral_worker_names(server: ScriptedServer, gguf_planner: GGUFPlanner) -> None:
+    """With `worker_names: neutral` the conductor sees worker-0, worker-1, ... (the paper's setting) and its
+    plan comes back in the manifest's ids, with the outcomes' final worker still enforced."""
+    seen: list[str] = []
+
+    def reply(messages: list[dict[str, Any]]) -> str:
+        seen.append(str(messages[0]["content"]))
+        return json.dumps({"steps": [{"worker": "worker-1", "instruction": "Draft an answer to the task"},
+                                     {"worker": "worker-0", "instruction": "Check the draft; answer the task",
+                                      "access": "all"}]})
+
+    server.script(model="neutral-conductor", reply=reply)
+    planner = RemotePlanner("openai/neutral-conductor", api_base=server.base_url)
+    planner.worker_names = "neutral"
+    workers = [WorkerSpec(id="gpt-big", model="openai/a", description="strong"),
+               WorkerSpec(id="tiny-fast", model="openai/b", description="fast")]
+    result = await planner.plan("Explain why the sky is blue.", workers, 5)
+    assert [s.worker for s in result.workflow.steps] == ["tiny-fast", "gpt-big"]
+    assert "worker-0: strong" in seen[0] and "gpt-big" not in seen[0] and "tiny-fast" not in seen[0]
+    record = WorkerRecord(reward=1.0, outcomes=5, mean_tokens=100, score=1.0)
+    prior = Prior(prefer="balanced", outcomes=5, workers={"tiny-fast": record}, final=["tiny-fast"])
+    result = await planner.plan("Explain why the sky is blue.", workers, 5, prior=prior)
+    assert result.workflow.steps[-1].worker == "tiny-fast"  # the outcomes' choice, mapped back
+    # the bundled conductor under neutral names: the grammar holds it to the shown ids, the plan uses ours
+    gguf_planner.worker_names = "neutral"
+    try:
+        planned = await gguf_planner.plan("Write a haiku about autumn.", odd_workers(), 3)
+    finally:
+        gguf_planner.worker_names = "ids"
+    assert planned.info.source == "conductor" and planned.info.raw and "worker-" in planned.info.raw
+    assert all(s.worker in ODD for s in planned.workflow.steps)

@@ -65,6 +65,23 @@ class ModelPlanner(ABC):
     name: str
     fmt: Literal["json", "paper"]
     tries = 2
+    # "neutral": the model sees worker-0, worker-1, ... instead of the manifest's ids, as the paper's
+    # conductor did, so that a name's wording cannot steer it; plans are mapped back to the real ids
+    worker_names: Literal["ids", "neutral"] = "ids"
+
+    def _shown(self, workers: Sequence[WorkerSpec]) -> tuple[list[WorkerSpec], dict[str, str]]:
+        """The workers as the model sees them, and the map from a shown id back to the real one."""
+        if self.worker_names == "ids":
+            return list(workers), {w.id: w.id for w in workers}
+        shown = [w.model_copy(update={"id": f"worker-{i}"}) for i, w in enumerate(workers)]
+        return shown, {s.id: w.id for s, w in zip(shown, workers, strict=True)}
+
+    @staticmethod
+    def _real(workflow: Workflow | None, real: dict[str, str]) -> Workflow | None:
+        if workflow is None:
+            return None
+        return Workflow(steps=[s.model_copy(update={"worker": real.get(s.worker, s.worker)})
+                               for s in workflow.steps])
 
     @abstractmethod
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
@@ -88,21 +105,27 @@ class ModelPlanner(ABC):
         if prior is not None and prior.max_steps is not None and prior.max_steps < max_steps:
             prior.changes.append(f"at most {prior.max_steps} step(s): more steps did not pay on similar tasks")
             max_steps = prior.max_steps
-        messages = planner_messages(task, workers, max_steps, self.fmt, allow_recursion)
-        final = prior.final if prior is not None else None
-        if prior is not None and set(prior.final) != {w.id for w in workers}:
-            prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
-        workflow, info = await self._decide(messages, task, workers, max_steps, allow_recursion,
+        shown, real = self._shown(workers)
+        messages = planner_messages(task, shown, max_steps, self.fmt, allow_recursion)
+        final = None
+        if prior is not None:
+            alias = {r: s for s, r in real.items()}
+            final = [alias[f] for f in prior.final]
+            if set(prior.final) != {w.id for w in workers}:
+                prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
+        workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion,
                                             allow_empty=False, final=final)
+        workflow = self._real(workflow, real)
         info.prior = prior
         return PlanResult(workflow or fallback_workflow(task, workers, prior), info)
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
                      max_steps: int, allow_recursion: bool = False) -> ReviewResult:
-        messages = review_messages(task, round_text, answer, workers, max_steps, self.fmt, allow_recursion)
-        workflow, info = await self._decide(messages, task, workers, max_steps, allow_recursion, allow_empty=True)
+        shown, real = self._shown(workers)
+        messages = review_messages(task, round_text, answer, shown, max_steps, self.fmt, allow_recursion)
+        workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion, allow_empty=True)
         info.source = "review"
-        return ReviewResult(workflow, info)  # no workflow: accepted, or no usable correction
+        return ReviewResult(self._real(workflow, real), info)  # no workflow: accepted, or no usable correction
 
     async def _decide(self, messages: list[dict[str, str]], task: str, workers: Sequence[WorkerSpec],
                       max_steps: int, allow_recursion: bool, allow_empty: bool,

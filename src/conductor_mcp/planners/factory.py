@@ -16,6 +16,12 @@ from .remote import RemotePlanner
 
 
 def make_planner(registry: Registry) -> ModelPlanner:
+    planner = _planner(registry)
+    planner.worker_names = registry.conductor.worker_names
+    return planner
+
+
+def _planner(registry: Registry) -> ModelPlanner:
     spec = registry.conductor
     if spec.model:
         return RemotePlanner(spec.model, fmt=spec.format, api_base=spec.api_base, api_key_env=spec.api_key_env,
@@ -54,6 +60,7 @@ class DownloadingPlanner(ModelPlanner):
         if inner is None:
             inner = await anyio.to_thread.run_sync(self._build_once)
         self.name = inner.name
+        inner.worker_names = self.worker_names
         return inner
 
     async def plan(self, *args: Any, **kwargs: Any) -> PlanResult:
