@@ -6,8 +6,13 @@ PY := $(VENV)/bin/python
 #   make install LLAMA_CMAKE_ARGS="-DGGML_CUDA=on"
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 PYTEST_ARGS ?=
+# Tests run in random order (pytest-randomly), so that none passes only because another ran first. The seed is
+# printed before the run; `make test SEED=N` replays that order.
+ifndef SEED
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
 
-.PHONY: install demo test lint typecheck unit bench bench-quality clean
+.PHONY: install demo test lint typecheck unit bench bench-quality clean node
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,8 +39,23 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: lint typecheck
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+# The MCP Inspector test drives the server with a real third-party client through npx; CI must run it, never skip
+# it. Where npx is missing, a root machine with apt-get (CI's) installs Node.js and npm; anywhere else this fails
+# and says what to install. CONDUCTOR_SKIP_INSPECTOR=1 opts out on purpose (the test then reports a skip).
+node:
+	@if [ "$${CONDUCTOR_SKIP_INSPECTOR:-}" != 1 ] && ! command -v npx >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "npx is missing: installing Debian's nodejs and npm for the MCP Inspector test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  fi; \
+	  command -v npx >/dev/null || { echo "make test: npx (Node.js with npm) is missing, and the MCP Inspector" \
+	    "test needs it. Install Node.js 20 or newer with npm (Debian: apt-get install nodejs npm), or set" \
+	    "CONDUCTOR_SKIP_INSPECTOR=1 to skip that test on purpose." >&2; exit 1; }; \
+	fi
+
+test: lint typecheck node
+	@echo "pytest in random order, seed $(SEED) (make test SEED=$(SEED) replays it)"
+	$(VENV)/bin/pytest -q -p randomly --randomly-seed=$(SEED) $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.run

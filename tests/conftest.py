@@ -13,6 +13,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from conductor_mcp.models import Manifest, WorkerSpec
 from conductor_mcp.registry import Registry, build_registry
 from conductor_mcp.store import Store
+from conductor_mcp.workers import litellm_module
 
 from .servers.openai_server import ScriptedServer
 
@@ -31,6 +32,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture(scope="session")
 def scripted() -> Iterator[ScriptedServer]:
+    # Import litellm before any test talks to the server: the import takes seconds, inside a worker call's
+    # timeout and on the event loop, so a test that times a window (cancel after 1 s) would pass or fail by
+    # whether an earlier test had imported it. (Servers warm it at start-up; test_mcp_transports checks that.)
+    litellm_module()
     with ScriptedServer(latency_s=0.0) as srv:
         yield srv
 
@@ -41,6 +46,7 @@ def server(scripted: ScriptedServer) -> ScriptedServer:
     scripted.clear_scripts()
     scripted.set_faults(rate=0.0, fail_models={})
     scripted.set_latency(latency_s=0.0, model_latency={})
+    scripted.set_api_key(None)
     return scripted
 
 

@@ -1,8 +1,9 @@
 """Budgets: before each worker call, could it take the run past its token or dollar limit?
 
-The check uses the worst case: the prompt as sent plus the worker's max_tokens, priced from the
-manifest or litellm's list. Concurrent steps reserve their worst case, so two calls in parallel cannot
-together overshoot. One guard covers a run and everything it spawns.
+The check uses the worst case: an upper bound of the prompt's tokens plus the completion cap that every
+call is sent with (workers.completion_cap), priced from the manifest or litellm's list. Concurrent calls
+reserve their worst case, so two calls in parallel cannot together overshoot. One guard covers a run and
+everything it spawns, the conductor's planning and review calls included.
 """
 
 from __future__ import annotations
@@ -11,20 +12,28 @@ from dataclasses import dataclass, field
 
 from .errors import ConductorError, WorkerError
 from .models import Budget, Usage, WorkerSpec
-from .workers import known_cost
+from .workers import DEFAULT_MAX_TOKENS, completion_cap, known_cost
 
-DEFAULT_MAX_TOKENS = {"litellm": 4096, "gguf": 512}
+__all__ = ["DEFAULT_MAX_TOKENS", "BudgetExceeded", "BudgetGuard", "estimate_tokens", "prompt_tokens_bound"]
 
 
 class BudgetExceeded(ConductorError):
     """The next call could exceed the budget; the run stops with what it has."""
 
 
+def prompt_tokens_bound(messages: list[dict[str, str]]) -> int:
+    """An upper bound of a prompt's tokens under any tokenizer, for text in any script: its UTF-8 bytes,
+    plus 8 a message for the chat template's markers. A byte-level BPE (GPT, Llama 3, Qwen) never makes
+    more tokens than bytes, nor does SentencePiece with byte fallback (Llama 2, Gemma), whose one extra
+    prefix token a message the 8 cover. Characters/3 was not a bound: CJK takes 1-3 tokens a character,
+    and several tokenizers split digits one by one. Generous for English (about 4 bytes a token), which
+    only makes a limit stop a run sooner, never overshoot."""
+    return sum(len((m.get("content") or "").encode()) for m in messages) + 8 * (len(messages) + 1)
+
+
 def estimate_tokens(spec: WorkerSpec, messages: list[dict[str, str]]) -> tuple[int, int]:
-    """A generous upper bound: about 3 characters a token for the prompt, the worker's max_tokens out."""
-    prompt = sum(len(m.get("content") or "") for m in messages) // 3 + 8 * len(messages)
-    completion = int(spec.params.get("max_tokens") or DEFAULT_MAX_TOKENS[spec.kind])
-    return prompt, completion
+    """The worst case of one call: the prompt's bound, and the completion cap the call is sent with."""
+    return prompt_tokens_bound(messages), completion_cap(spec)
 
 
 @dataclass

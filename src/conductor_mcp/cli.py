@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from . import __version__
-from .errors import ConductorError
+from .errors import ConductorError, internal_message, leaf_error
 
 log = logging.getLogger("conductor_mcp")
 
@@ -51,6 +51,8 @@ async def _solve(args: argparse.Namespace) -> int:
                             prefer=args.prefer)
     if not args.json:
         sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
+        for note in run.plan.notes:
+            sys.stderr.write(f"  note: {note}\n")
     run = await engine.execute(run.id, _progress(args))
     return _report(engine, run, args)
 
@@ -174,12 +176,20 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from .errors import StoreError
     from .local_model import gpu_offload_supported
     from .registry import load_registry
-    from .store import Store
+    from .store import Store, default_db_path
 
     registry = load_registry(args.workers)
-    store = Store(args.db)
+    store_path, store_problem, read_only = str(args.db or default_db_path()), None, None
+    try:
+        store = Store(args.db)
+        store_path, read_only = str(store.path), store.read_only
+        store.check()
+        store.close()
+    except StoreError as exc:
+        store_problem = str(exc)
     c = registry.conductor
     gpu = gpu_offload_supported()
     report: dict[str, Any] = {
@@ -190,20 +200,24 @@ def _doctor(args: argparse.Namespace) -> int:
         "conductor": {"model": registry.conductor_label(), "format": c.format,
                       "max_steps": c.max_steps, "n_gpu_layers": c.n_gpu_layers if gpu else 0},
         "llama_cpp_gpu_backend": gpu,
-        "store": str(store.path),
+        "store": store_path,
+        "store_ok": store_problem is None,
+        "store_problem": store_problem,
+        "store_read_only": read_only,
     }
     if args.json:
         emit(json.dumps(report, indent=2))
-        return 0
+        return 0 if store_problem is None else 1
     lines = [f"conductor-mcp {__version__}", f"workers ({registry.source}):"]
     for w in report["workers"]:
         state = "available" if w["available"] else f"unavailable: {w['reason']}"
         lines.append(f"  {w['id']:<24} {state:<32} {w['backend']}")
     lines.append(f"conductor: {report['conductor']['model']} (format {c.format}, max_steps {c.max_steps})")
     lines.append(f"llama.cpp GPU backend: {'yes, all layers offloaded' if gpu else 'no (CPU only)'}")
-    lines.append(f"trace store: {store.path}")
+    state = f"PROBLEM: {store_problem}" if store_problem else f"read-only: {read_only}" if read_only else "ok"
+    lines.append(f"trace store: {store_path} ({state})")
     emit("\n".join(lines))
-    return 0
+    return 0 if store_problem is None else 1
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -230,8 +244,19 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .store import Store
     from .transports import serve
 
+    # a store that cannot be opened or is damaged stops the server here, in one line naming it, rather
+    # than failing every tool call later
+    store = Store(args.db)
+    try:
+        store.check()
+        if store.read_only:
+            sys.stderr.write(f"conductor-mcp serve: trace store {store.path} is read-only ({store.read_only}): "
+                             "runs can be read, not planned, run or rated\n")
+    finally:
+        store.close()
     serve(args)
     return 0
 
@@ -304,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="serve MCP (stdio by default)")
     sp.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8765)
-    sp.add_argument("--allowed-host", action="append", default=[], help="Host header to accept (repeatable)")
+    sp.add_argument("--port", type=int, default=8765, help="0 picks a free port; the address is printed to stderr")
+    sp.add_argument("--allowed-host", action="append", default=[],
+                    help="a name clients reach this server by, e.g. conductor.lan; accepted in the Host header "
+                         "bare and with the serving port, or with the port given here (repeatable)")
     sp.add_argument("--allowed-origin", action="append", default=[], help="Origin to accept (repeatable)")
     common(sp, json_flag=False)
     return p
@@ -334,6 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; `conductor-mcp resume RUN_ID` continues a run\n")
         return 130
+    except Exception as exc:
+        leaf = leaf_error(exc)
+        if isinstance(leaf, ConductorError):  # raised on purpose inside a task group
+            sys.stderr.write(f"conductor-mcp {args.command}: {leaf}\n")
+            return 2
+        # one line, not a traceback; -v logs the traceback too
+        log.info("traceback of the error below", exc_info=exc)
+        sys.stderr.write(f"conductor-mcp {args.command}: {internal_message(exc)}"
+                         f"{'' if args.verbose else ' (-v shows the traceback)'}\n")
+        return 1
     return result
 
 

@@ -176,6 +176,7 @@ class Engine:
         what past rewards say (`prefer` trades reward against cost; default the manifest's).
         """
         task = check_task(task)
+        self.store.require_writable()  # before the conductor spends anything on a plan that cannot be kept
         ids = self.registry.select(workers)
         steps = self._max_steps(max_steps)
         budget = budget or Budget()
@@ -186,7 +187,9 @@ class Engine:
             info = PlanInfo(source="host", planner="host", attempts=0)
         else:
             prior = self.prior(task, ids, prefer, steps) if strategy == "conductor" else None
-            result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior)
+            # the run's limits cover its conductor calls too (the plan's usage is part of the run's)
+            result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
+                                                            guard=BudgetGuard(budget))
             wf, info = result.workflow, result.info
         options = {"workers": ids, "max_steps": steps, "strategy": strategy, "budget": budget.model_dump(),
                    "kind": "root", "depth": 0, "prefer": prefer}
@@ -203,15 +206,44 @@ class Engine:
     async def resume(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
         """Continue a run from its first unfinished step (a larger `budget` lifts a budget stop);
         a completed run is returned as it is."""
-        run = self.store.get_run(run_id)
+        run = self.check_resumable(run_id)
         if run.status == RunStatus.COMPLETED:
             return run
         return await self.execute(run_id, on_event, budget)
 
+    def check_resumable(self, run_id: str) -> Run:
+        """The run, if it is a root run whose unfinished steps (its unfinished child runs' too) name workers
+        the registry still has; else a clear error, raised before anything is claimed or spent."""
+        run = self.store.get_run(run_id)
+        if run.parent_run_id is not None:
+            raise RunStateError(f"run {run_id} is part of run {run.parent_run_id}; resume that one")
+        if run.status != RunStatus.COMPLETED:
+            self.store.require_writable()
+        pending = [run]
+        while pending:
+            current = pending.pop()
+            if current.status == RunStatus.COMPLETED:
+                continue
+            for step in current.steps:
+                if step.status != StepStatus.COMPLETED:
+                    self._check_worker(current, step.index, step.worker, run_id)
+            pending.extend(self.store.get_run(c) for c in self.store.children(current.id))
+        return run
+
+    def _check_worker(self, run: Run, index: int, worker: str, root: str) -> None:
+        if worker == CONDUCTOR_WORKER or worker in self.registry.ids:
+            return
+        if run.id == root:
+            where, instead = f"step {index}", (f"run that step on another worker with run_step(run_id={root!r}, "
+                                               f"step={index}, worker=...), or ")
+        else:
+            where, instead = f"step {index} of run {run.id} (part of run {root})", ""
+        raise RunStateError(
+            f"{where}: worker {worker!r} is not in the workers of {self.registry.source} any more (they are "
+            f"{', '.join(self.registry.ids)}); add it back to go on, or {instead}plan the task again")
+
     async def execute(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
-        parent = self.store.parent_of(run_id)
-        if parent is not None:
-            raise RunStateError(f"run {run_id} is part of run {parent}; resume that one")
+        self.check_resumable(run_id)
         if budget is not None:
             self.store.update_options(run_id, {"budget": budget.model_dump()})
         opts = self.store.options(run_id)
@@ -375,7 +407,7 @@ class Engine:
                     continue
                 guard.settle(reservation, done.usage)
                 self.health.ok(candidate)
-                return done.text, done.usage, (n, done.latency_s, done.usage)
+                return spec.capped(done.text), done.usage, (n, done.latency_s, done.usage)
             self.health.failed(candidate)
         raise WorkerError("; ".join(errors[-3:]) or f"{worker}: no attempt made", retryable=False)
 
@@ -401,8 +433,7 @@ class Engine:
                     ids = list(opts.get("workers") or self.registry.available_ids())
                     subtask = messages[-1]["content"]
                     result = await self.planner.plan(subtask, self._specs(ids), int(opts.get("max_steps", 5)),
-                                                     depth < guard.budget.max_depth)
-                    guard.add(result.info.usage)
+                                                     depth < guard.budget.max_depth, guard=guard)  # reserved, added
                     child_opts = {**opts, "kind": "recursion", "depth": depth}
                     child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts,
                                                      parent=lease, parent_step=i)
@@ -437,8 +468,7 @@ class Engine:
                 planner = self._planner_for(str(opts.get("strategy", "conductor")))
                 result = await planner.review(run.task, round_text(self.store.get_run(prev_id)), answer,
                                               self._specs(ids), int(opts.get("max_steps", 5)),
-                                              guard.budget.max_depth > 0)
-                guard.add(result.info.usage)
+                                              guard.budget.max_depth > 0, guard=guard)  # reserved and added
                 reviews.append({"round": current, "accepted": result.workflow is None,
                                 "info": result.info.model_dump(mode="json")})
                 self.store.update_options(run.id, {"reviews": reviews}, lease)
@@ -463,6 +493,9 @@ class Engine:
                        worker: str | None = None) -> tuple[StepRecord, Run]:
         """Run one step of a run (optionally changed); refuse when a step it sees is not done."""
         run = self.store.get_run(run_id)
+        if run.parent_run_id is not None:  # its parent's execution drives it: a step run here would be lost
+            raise RunStateError(f"run {run_id} is part of run {run.parent_run_id}; drive that one "
+                                "(resume, or run_step on its steps)")
         if run.status == RunStatus.RUNNING:
             raise RunStateError(f"run {run_id} is running; wait for it (get_run) before driving steps by hand")
         n = len(run.steps)
@@ -485,6 +518,7 @@ class Engine:
             wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT,
                                    allow_recursion=budget.max_depth > 0)
             self.store.edit_step(run_id, index, wf)
+        self._check_worker(run, index, wf.steps[index].worker, run_id)
         lease, run = self.store.claim(run_id)
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
         guard = BudgetGuard(budget, self.store.tree_usage(run_id))

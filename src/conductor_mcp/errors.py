@@ -32,3 +32,25 @@ class WorkerError(ConductorError):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class StoreError(ConductorError):
+    """The trace store cannot be opened, is damaged, or is read-only and was asked to write."""
+
+
+def leaf_error(exc: BaseException) -> BaseException:
+    """The first exception inside task groups' exception groups (`exc` itself when it is none)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def internal_message(exc: BaseException) -> str:
+    """One line for an error nobody raised on purpose: its type and first line, keys masked. The traceback
+    belongs in the log, not in a tool result or a terminal."""
+    from .redact import redact
+
+    leaf = leaf_error(exc)
+    first = (str(leaf).strip().splitlines() or [""])[0][:300]
+    where = " in the trace store (`conductor-mcp doctor` checks it)" if type(leaf).__module__ == "sqlite3" else ""
+    return redact(f"internal error{where}: {type(leaf).__name__}" + (f": {first}" if first else ""))

@@ -79,6 +79,29 @@ class LocalModel:
                           completion_tokens=int(usage.get("completion_tokens", 0)), latency_s=latency,
                           finish_reason=choice.get("finish_reason"))
 
+    def _tokenize_blocking(self, texts: list[str]) -> list[list[int]]:
+        with self._lock:
+            llama = self._load()
+            return [llama.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in texts]
+
+    def _detokenize_blocking(self, tokens: list[int]) -> str:
+        with self._lock:
+            # a cut may fall inside a multi-byte character: drop its stray bytes
+            return bytes(self._load().detokenize(tokens)).decode("utf-8", errors="ignore")
+
+    async def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """The model's own tokens of each text (no BOS), on the instance's thread."""
+        return await asyncio.wrap_future(self._thread.submit(self._tokenize_blocking, texts))
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await asyncio.wrap_future(self._thread.submit(self._detokenize_blocking, tokens))
+
+    async def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens a chat prompt takes: its contents plus an allowance for the chat template's markers
+        (about 5 a message in ChatML; 16 covers templates that add more)."""
+        counts = await self.tokenize([m.get("content") or "" for m in messages])
+        return sum(len(c) for c in counts) + 16 * (len(messages) + 1)
+
     async def chat(self, messages: list[dict[str, str]], **params: Any) -> LocalReply:
         # A cancelled caller returns at once; the call itself ends within its max_tokens, and the
         # single thread keeps the next call from overlapping it.

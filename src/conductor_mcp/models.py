@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 CONDUCTOR_WORKER = "conductor"  # reserved worker id: the conductor itself (recursion)
 MAX_STEPS_LIMIT = 5  # the paper's bound on a workflow's length
+DEFAULT_MAX_OUTPUT_CHARS = 200_000  # about 50,000 tokens: more than any model's usual reply cap
 WorkerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")]
 
 
@@ -43,6 +44,7 @@ class ConductorSpec(Strict):
     api_base: str | None = None
     api_key_env: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    price: Price | None = None  # a remote conductor's, when litellm's list lacks it (budgets under max_usd)
     prefer: Literal["quality", "balanced", "cost"] = "balanced"  # what learned outcomes trade off
     # how the conductor sees the workers: their ids, or worker-0, worker-1, ... (the paper's neutral names)
     worker_names: Literal["ids", "neutral"] = "ids"
@@ -76,6 +78,9 @@ class WorkerSpec(Strict):
     timeout_s: float = Field(default=120.0, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
     price: Price | None = None
+    # a reply longer than this is cut (with a marker) before it is stored or passed on: one runaway
+    # worker must not fill the trace store, the next steps' prompts and every read of the run
+    max_output_chars: int = Field(default=DEFAULT_MAX_OUTPUT_CHARS, ge=100)
 
     @field_validator("id")
     @classmethod
@@ -93,6 +98,13 @@ class WorkerSpec(Strict):
     @property
     def kind(self) -> Literal["litellm", "gguf"]:
         return "gguf" if self.gguf else "litellm"
+
+    def capped(self, text: str) -> str:
+        """`text`, cut to max_output_chars with a marker that says so."""
+        if len(text) <= self.max_output_chars:
+            return text
+        return (text[: self.max_output_chars] + f"\n[... output truncated: {len(text)} characters, the first "
+                f"{self.max_output_chars} kept (max_output_chars of worker {self.id})]")
 
 
 class Manifest(Strict):
@@ -127,9 +139,10 @@ class Workflow(Strict):
             if isinstance(step.access, list):
                 bad = [j for j in step.access if j >= i]
                 if bad:
+                    earlier = f"indices 0..{i - 1}" if i else 'the first step sees none: use "none"'
                     raise ValueError(
                         f"steps[{i}].access refers to step(s) {bad}: a step may only see earlier steps "
-                        f"(indices 0..{i - 1})"
+                        f"({earlier})"
                     )
         return self
 
@@ -270,6 +283,8 @@ class PlanInfo(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     raw: str | None = None
     repairs: list[str] = Field(default_factory=list, description="steps pruned or given access by the checks")
+    notes: list[str] = Field(default_factory=list,
+                             description="what the planner worked around, e.g. a task too long for its context")
     prior: Prior | None = None
 
 

@@ -7,22 +7,33 @@ argument can add a worker, an endpoint or a key.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp_types import CallToolResult, ResourceLink, TextContent, Tool, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+    UnexpectedResourceError,
+    UnexpectedToolError,
+)
+from mcp_types import CallToolResult, InputRequiredResult, ResourceLink, TextContent, Tool, ToolAnnotations
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .errors import ConductorError, RunNotFound, RunStateError
+from .errors import ConductorError, RunNotFound, RunStateError, internal_message
 from .models import MAX_STEPS_LIMIT, Access, Budget, Run, RunStatus, StepStatus, Usage
 from .run_manager import RunManager
+from .workflows import field_problems
+
+log = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
     "A conductor: a small local model plans a workflow of up to 5 steps over a team of worker LLMs "
@@ -34,7 +45,7 @@ MAX_TASK = 100_000
 TaskArg = Annotated[str, Field(min_length=1, max_length=MAX_TASK, description="the task, self-contained")]
 WorkersArg = Annotated[list[str] | None, Field(description="worker ids to use (default all)")]
 MaxStepsArg = Annotated[int | None, Field(ge=1, le=MAX_STEPS_LIMIT, description="at most this many steps")]
-WaitArg = Annotated[float, Field(ge=0, le=3600, description="seconds to wait, then return 'running'")]
+WaitArg = Annotated[float, Field(ge=0, le=3600, description="seconds to wait before 'running'")]
 RunIdArg = Annotated[str, Field(min_length=1, max_length=64)]
 RoundsArg = Annotated[int | None, Field(ge=1, le=5, description="review rounds")]
 DepthArg = Annotated[int | None, Field(ge=0, le=4, description="self-call depth")]
@@ -71,12 +82,16 @@ class RatingOut(BaseModel):
 
 
 class StepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key (`acess`) is an error, never silently dropped
+
     worker: str
     instruction: str
     access: Access = "none"
 
 
 class WorkflowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     steps: list[StepIn]
 
 
@@ -138,6 +153,31 @@ class ConductorServer(MCPServer[RunManager]):
                                      "output_schema": _strip_titles(t.output_schema)})
                 for t in await super().list_tools()]
 
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context[RunManager, Any] | None = None) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            # the SDK would answer only "Error executing tool X": say what broke; the traceback goes to the log
+            cause = exc.__cause__ or exc
+            log.error("tool %s failed", name, exc_info=cause)
+            raise ToolError(f"Error executing tool {name}: {internal_message(cause)}; the server's log has the "
+                            "traceback") from None
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):  # not pydantic's dump with its docs link
+                problems = "; ".join(field_problems(exc.__cause__))
+                raise ToolError(f"Error executing tool {name}: invalid arguments: {problems}") from exc.__cause__
+            raise
+
+    async def read_resource(self, uri: AnyUrl | str, context: Context[RunManager, Any] | None = None
+                            ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        try:
+            return await super().read_resource(uri, context)
+        except UnexpectedResourceError as exc:
+            cause = exc.__cause__ or exc
+            log.error("resource %s failed", uri, exc_info=cause)
+            raise ResourceError(f"{uri}: {internal_message(cause)}; the server's log has the traceback") from None
+
 
 def _result(model: BaseModel, run_id: str, text: str | None = None) -> CallToolResult:
     """Structured content plus a readable text block and a link to the run's trace."""
@@ -153,6 +193,19 @@ def _tool_error(exc: Exception) -> ToolError:
     return ToolError(str(exc))
 
 
+async def warm_litellm(runs: RunManager) -> None:
+    """Import litellm on a thread before serving: its import takes seconds, and done by the first worker call it
+    would hold the event loop (every other request and run) meanwhile. Only for manifests that use it."""
+    try:
+        registry = runs.engine.registry
+    except ConductorError:
+        return  # a bad manifest: the first tool call reports it
+    if registry.conductor.model or any(s.spec.kind == "litellm" for s in registry.states):
+        from .workers import litellm_module
+
+        await anyio.to_thread.run_sync(litellm_module)
+
+
 def build_server(workers: str | Path | None = None, db: str | Path | None = None,
                  manager: RunManager | None = None) -> MCPServer[RunManager]:
     runs = manager or RunManager(workers, db)
@@ -160,6 +213,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
     @asynccontextmanager
     async def lifespan(_: MCPServer[RunManager]) -> AsyncIterator[RunManager]:
         async with runs.running():
+            await warm_litellm(runs)
             yield runs
 
     server = ConductorServer("conductor-mcp", instructions=INSTRUCTIONS, version=__version__,
@@ -205,7 +259,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
                     max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
                     prefer: PreferArg = None, ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
         """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
-        'running' after wait_s (then poll get_run)."""
+        'running' after wait_s (poll get_run)."""
         try:
             budget = Budget.merged(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                              max_usd=max_usd)
@@ -253,9 +307,10 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
     async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0, max_rounds: RoundsArg = None,
                      max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
                      ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
-        """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted, over
-        budget: give a larger one). Completed steps are never re-run."""
+        """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted; over
+        budget: give more). Completed steps are never re-run."""
         try:
+            runs.engine.check_resumable(run_id)  # a child run or a removed worker: say so, start nothing
             given = dict(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                          max_usd=max_usd)
             budget = Budget.merged(runs.engine.store.options(run_id).get("budget") or {}, **given) if any(
@@ -269,7 +324,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
                       ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
-        """Status, per-step status and the answer of a run; waits up to wait_s if it is running."""
+        """Status, per-step status and answer of a run; waits up to wait_s while it runs."""
         try:
             run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=False)
         except ConductorError as exc:
@@ -292,12 +347,15 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
     return server
 
 
+RUNS_PAGE, MAX_RUNS_PAGE = 20, 100
+
+
 def _json(data: Any) -> str:
     return json.dumps(data, indent=1)
 
 
 def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
-    from .render import mermaid, run_summary, run_trace, trace_tree
+    from .render import mermaid, run_trace, trace_tree
 
     def load(run_id: str) -> Run:
         try:
@@ -313,11 +371,30 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
              "model": s.spec.model or Path(str(s.gguf_path)).name, "available": s.available, "reason": s.reason,
              "fallback": s.spec.fallback} for s in reg.states]})
 
-    @server.resource("conductor://runs", mime_type="application/json", description="recent runs, newest first")
+    def runs_page(limit: str | None, cursor: str | None) -> str:
+        # summaries only (a run's answer and steps are in its own resource), a page at a time: the list
+        # is read often, and a store of long runs would otherwise be sent whole on every read
+        size = RUNS_PAGE
+        if limit:
+            if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_RUNS_PAGE):
+                raise ResourceNotFoundError(f"limit: {limit!r}; give a whole number from 1 to {MAX_RUNS_PAGE}")
+            size = int(limit)
+        try:
+            rows, after = runs.engine.store.run_page(size, cursor or None)
+        except RunNotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        return _json({"runs": [{**r, "trace_uri": _uri(r["run_id"])} for r in rows], "next_cursor": after,
+                      "next_uri": f"conductor://runs?limit={size}&cursor={after}" if after else None})
+
+    @server.resource("conductor://runs", mime_type="application/json",
+                     description=f"the newest {RUNS_PAGE} runs as summaries; next_uri reads the next page")
     def runs_resource() -> str:
-        store = runs.engine.store
-        return _json([{**run_summary(r, store.tree_usage(r.id)), "trace_uri": _uri(r.id)}
-                      for r in store.list_runs(50)])
+        return runs_page(None, None)
+
+    @server.resource("conductor://runs{?limit,cursor}", mime_type="application/json",
+                     description=f"a page of runs, newest first: limit 1..{MAX_RUNS_PAGE}, cursor from next_cursor")
+    def runs_page_resource(limit: str | None = None, cursor: str | None = None) -> str:
+        return runs_page(limit, cursor)
 
     @server.resource("conductor://runs/{run_id}", mime_type="application/json", description="a run's whole trace")
     def run_resource(run_id: str) -> str:
@@ -328,7 +405,7 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
                      description="one step of a run")
     def step_resource(run_id: str, index: str) -> str:
         run = load(run_id)
-        if not index.isdigit() or int(index) >= len(run.steps):
+        if not (index.isascii() and index.isdigit()) or int(index) >= len(run.steps):  # "²".isdigit() is True
             raise ResourceNotFoundError(f"index: {index!r} is not a step of run {run_id} "
                                         f"(steps 0..{len(run.steps) - 1})")
         return _json(run_trace(run)["steps"][int(index)])

@@ -24,7 +24,7 @@ from typing import Any
 import platformdirs
 import psutil
 
-from .errors import LeaseLost, RunNotFound, RunStateError
+from .errors import LeaseLost, RunNotFound, RunStateError, StoreError
 from .models import (
     Attempt,
     PlanInfo,
@@ -35,6 +35,7 @@ from .models import (
     Usage,
     Workflow,
 )
+from .redact import redact, redact_optional
 
 # Across hosts only a heartbeat tells whether the owner lives: older than this, it is taken for gone.
 STALE_AFTER_S = 30.0
@@ -187,25 +188,95 @@ class Lease:
     epoch: int
 
 
+def _writable(path: Path) -> bool:
+    # the mode bits too: root may write anywhere, but a store its user made 0444 is meant to be read-only
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def _read_only_reason(path: Path) -> str | None:
+    """Why this process should not write the store at `path` (None: it may). WAL needs the folder writable
+    too, unless the -wal and -shm files are already there and writable."""
+    if path.exists() and not _writable(path):
+        return f"the file is not writable (mode {path.stat().st_mode & 0o777:o})"
+    folder = path.parent
+    if folder.is_dir() and not _writable(folder):
+        sidecars = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+        if not path.exists():
+            return None  # cannot be created: connect() says so
+        if not all(p.exists() and _writable(p) for p in sidecars):
+            return f"its folder {folder} is not writable"
+    return None
+
+
+def store_problem(path: Path, exc: BaseException) -> StoreError:
+    """One line that names the store and what is wrong with it, and what to do."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename or path}"
+    hint = ("move it aside (a new store is created in its place) or set CONDUCTOR_DB / --db to another file"
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+            else "check the path and its permissions, or set CONDUCTOR_DB / --db to another file")
+    return StoreError(f"trace store {path}: {text}; {hint}")
+
+
 class Store:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path).expanduser() if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        if self.path.is_dir():
+            raise StoreError(f"trace store {self.path}: a folder, not a file; set CONDUCTOR_DB / --db to a file "
+                             f"path such as {self.path / 'traces.db'}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.read_only = _read_only_reason(self.path)  # reads work; every write is refused, with this
+            self._db = self._connect()
+            self._db.row_factory = sqlite3.Row
+            if self.read_only is None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise store_problem(self.path, exc) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only is None:
+            return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:  # WAL with no -shm and a read-only folder: read it as immutable
+            db.close()
+            return sqlite3.connect(f"{uri}&immutable=1", uri=True, check_same_thread=False,
+                                   isolation_level=None, timeout=10)
+
+    def check(self) -> None:
+        """A full read of the store's structure (`PRAGMA quick_check`): serve and doctor run it at start,
+        so a damaged file is named there, not met by every later call."""
+        try:
+            with self._lock:
+                problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            raise store_problem(self.path, exc) from exc
+        if problems != ["ok"]:
+            raise store_problem(self.path, sqlite3.DatabaseError(f"damaged: {'; '.join(problems)}"))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # -- plumbing -------------------------------------------------------------------------------
+    def require_writable(self) -> None:
+        """Raise the read-only store's StoreError: before a write, or before work that will need one."""
+        if self.read_only is not None:
+            raise StoreError(f"trace store {self.path} is read-only ({self.read_only}): runs can be read, "
+                             "not planned, run or rated; make it writable or set CONDUCTOR_DB / --db to another file")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.require_writable()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -216,6 +287,16 @@ class Store:
             self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        if self.read_only is not None:
+            with self._lock:
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                done = {r[0] for r in self._db.execute("SELECT name FROM _migrations")} if (
+                    "_migrations" in tables) else set()
+            missing = [name for name, _ in MIGRATIONS if name not in done]
+            if missing:  # an older schema cannot be read by this version, nor upgraded without writing
+                raise StoreError(f"trace store {self.path} is read-only ({self.read_only}) and needs upgrading "
+                                 f"({', '.join(missing)}): make it writable once")
+            return
         with self._tx() as db:
             db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
             done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
@@ -242,7 +323,7 @@ class Store:
             db.execute(
                 "INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at,"
                 " parent_run_id, parent_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), plan.model_dump_json(),
+                (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), redact(plan.model_dump_json()),
                  json.dumps(options or {}), now, now, parent_run_id, parent_step),
             )
             self._write_steps(db, run_id, workflow, 0)
@@ -319,6 +400,47 @@ class Store:
                 f"SELECT id FROM runs {where} ORDER BY created_at DESC LIMIT ?", (limit,))]
         return [self.get_run(i) for i in ids]
 
+    def run_page(self, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Root runs, newest first, as summaries read in SQL (no step output, the task cut to 200 characters):
+        at most `limit` after the run `cursor` names, and the next page's cursor (None: no more)."""
+        where, args = "parent_run_id IS NULL", []
+        with self._lock:
+            if cursor is not None:
+                row = self._db.execute("SELECT created_at FROM runs WHERE id=? AND parent_run_id IS NULL",
+                                       (cursor,)).fetchone()
+                if row is None:
+                    raise RunNotFound(f"cursor: {cursor!r} is not a run id from a page of runs")
+                where += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+                args = [row[0], row[0], cursor]
+            rows = self._db.execute(
+                "SELECT id, status, owner, heartbeat_at, substr(task, 1, 200) AS task, length(task) AS task_chars,"
+                " json_extract(options, '$.strategy') AS strategy, created_at, reward"
+                f" FROM runs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            page = rows[:limit]
+            # what tree_usage counts, summed in SQL over each run's tree: plans, steps and reviews
+            tokens = dict(self._db.execute(
+                "WITH RECURSIVE tree(id, root) AS ("
+                f" SELECT id, id FROM runs WHERE id IN ({','.join('?' * len(page))})"
+                " UNION ALL SELECT r.id, t.root FROM runs r JOIN tree t ON r.parent_run_id = t.id)"
+                " SELECT t.root, SUM("
+                "  COALESCE((SELECT SUM(s.prompt_tokens + s.completion_tokens) FROM steps s WHERE s.run_id = t.id), 0)"
+                "  + COALESCE(json_extract(r.plan, '$.usage.prompt_tokens'), 0)"
+                "  + COALESCE(json_extract(r.plan, '$.usage.completion_tokens'), 0)"
+                "  + COALESCE((SELECT SUM(COALESCE(json_extract(v.value, '$.info.usage.prompt_tokens'), 0)"
+                "    + COALESCE(json_extract(v.value, '$.info.usage.completion_tokens'), 0))"
+                "    FROM json_each(r.options, '$.reviews') v), 0))"
+                " FROM tree t JOIN runs r ON r.id = t.id GROUP BY t.root", [r["id"] for r in page]).fetchall())
+        out = []
+        for r in page:
+            status = RunStatus(r["status"])
+            if status == RunStatus.RUNNING and not owner_alive(r["owner"], r["heartbeat_at"]):
+                status = RunStatus.INTERRUPTED
+            out.append({"run_id": r["id"], "status": status.value, "strategy": r["strategy"] or "conductor",
+                        "task": r["task"] + ("..." if r["task_chars"] > 200 else ""), "task_chars": r["task_chars"],
+                        "tokens": int(tokens.get(r["id"]) or 0), "created_at": r["created_at"],
+                        "reward": r["reward"]})
+        return out, (page[-1]["id"] if len(rows) > limit else None)
+
     def children(self, run_id: str, step: int | None = None, rounds: bool = False) -> list[str]:
         """Child runs, oldest first: all, those of one `conductor` step, or the correction rounds."""
         query = "SELECT id FROM runs WHERE parent_run_id=?"
@@ -393,7 +515,8 @@ class Store:
         with self._tx() as db:
             self._hold(db, lease)
             db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?,"
-                       " owner=NULL WHERE id=?", (status.value, answer, error, time.time(), lease.run_id))
+                       " owner=NULL WHERE id=?",
+                       (status.value, answer, redact_optional(error), time.time(), lease.run_id))
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
@@ -452,7 +575,8 @@ class Store:
         u = usage or Usage()
         db.execute("UPDATE attempts SET status=?, error=?, latency_s=?, prompt_tokens=?, completion_tokens=?,"
                    " cost_usd=? WHERE run_id=? AND idx=? AND n=?",
-                   (status, error, latency_s, u.prompt_tokens, u.completion_tokens, u.cost_usd, run_id, index, n))
+                   (status, redact_optional(error), latency_s, u.prompt_tokens, u.completion_tokens, u.cost_usd,
+                    run_id, index, n))
 
     def attempt_ended(self, lease: Lease, index: int, n: int, status: str, latency_s: float,
                       usage: Usage | None = None, error: str | None = None) -> None:
@@ -482,8 +606,8 @@ class Store:
             self._hold(db, lease)
             db.execute("UPDATE steps SET status=?, error=?, prompt_tokens=?, completion_tokens=?, cost_usd=?,"
                        " calls=?, ended_at=? WHERE run_id=? AND idx=?",
-                       (status.value, error, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.calls,
-                        time.time(), lease.run_id, index))
+                       (status.value, redact_optional(error), u.prompt_tokens, u.completion_tokens, u.cost_usd,
+                        u.calls, time.time(), lease.run_id, index))
 
     def cancel_in_flight(self, lease: Lease) -> None:
         """A cancelled run keeps its completed steps; what was in flight goes back to pending."""

@@ -1,7 +1,7 @@
 """Serve the MCP server over stdio, SSE or streamable HTTP.
 
 HTTP transports check Host and Origin on every bind address (the SDK only does so by itself for
-loopback), and off loopback they require a bearer token from CONDUCTOR_TOKEN: the SDK's own auth
+loopback), and off loopback they require a strong bearer token from CONDUCTOR_TOKEN: the SDK's own auth
 settings are for OAuth, so a plain token is a small ASGI layer around its apps.
 """
 
@@ -13,6 +13,8 @@ import ipaddress
 import json
 import logging
 import os
+import re
+import socket
 import sys
 from typing import Any
 
@@ -55,9 +57,37 @@ class BearerToken:
         await self.app(scope, receive, send)
 
 
+# 32 characters of token_urlsafe or hex carry 128 bits or more; a short or repetitive token on an open bind is
+# guessable, which is worse than none because it looks like protection.
+MIN_TOKEN_CHARS = 32
+MIN_TOKEN_DISTINCT = 8
+TOKEN_HOWTO = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def check_token(token: str) -> None:
+    if len(token) < MIN_TOKEN_CHARS or len(set(token)) < MIN_TOKEN_DISTINCT:
+        raise ConfigError(f"CONDUCTOR_TOKEN is too weak ({len(token)} characters, {len(set(token))} distinct): "
+                          f"use at least {MIN_TOKEN_CHARS} random characters (128 bits or more), for example "
+                          f"from `{TOKEN_HOWTO}`")
+
+
+def host_forms(name: str, port: int) -> set[str]:
+    """The Host headers that reach us for `name`: a client sends `name:port` (RFC 9110), a proxy on the scheme's
+    default port sends the bare name. A name given with its own port or a `:*` wildcard is kept as it is."""
+    try:
+        if ipaddress.ip_address(name).version == 6:
+            name = f"[{name}]"  # Host headers bracket IPv6 addresses
+    except ValueError:
+        pass
+    if re.search(r"(^[^:\[\]]+|\]):(\d+|\*)$", name):
+        return {name}
+    return {name, f"{name}:{port}"}
+
+
 def security_settings(host: str, port: int, allowed_hosts: list[str],
                       allowed_origins: list[str]) -> TransportSecuritySettings:
-    hosts = {f"{host}:{port}", host, *allowed_hosts}
+    """`port` must be the bound one: with `--port 0` the OS picks it, and clients send it in Host."""
+    hosts = host_forms(host, port).union(*(host_forms(h, port) for h in allowed_hosts))
     origins = set(allowed_origins)
     if is_loopback(host) or host in ("0.0.0.0", "::"):
         for name in ("127.0.0.1", "localhost", "[::1]"):
@@ -78,6 +108,21 @@ def http_app(manager: RunManager, transport: str, host: str, port: int, allowed_
     return BearerToken(app, token) if token else app
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before building the app, so that the Host check and the printed address carry the real port. uvicorn
+    listens on it once start-up is done, so a connection that succeeds is one that will be served."""
+    address = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    if os.name != "nt":  # on Windows SO_REUSEADDR would let another process take the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(args: argparse.Namespace) -> None:
     manager = RunManager(args.workers, args.db)
     if args.transport == "stdio":
@@ -92,16 +137,22 @@ def serve(args: argparse.Namespace) -> None:
     token = os.environ.get("CONDUCTOR_TOKEN") or None
     if not is_loopback(args.host) and not token:
         raise ConfigError(f"--host {args.host} is not loopback: set CONDUCTOR_TOKEN so that clients must send "
-                          "`Authorization: Bearer <token>`, or bind to 127.0.0.1")
+                          f"`Authorization: Bearer <token>` (make one with `{TOKEN_HOWTO}`), or bind to 127.0.0.1")
+    if token:
+        check_token(token)
     import uvicorn
 
-    app = http_app(manager, args.transport, args.host, args.port, args.allowed_host, args.allowed_origin, token)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    sock = bind(args.host, args.port)
+    port = int(sock.getsockname()[1])
+    app = http_app(manager, args.transport, args.host, port, args.allowed_host, args.allowed_origin, token)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level="warning", lifespan="on")
     path = "/mcp" if args.transport == "http" else "/sse"
-    sys.stderr.write(f"conductor-mcp: serving {args.transport} on http://{args.host}:{args.port}{path}\n")
+    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+    sys.stderr.write(f"conductor-mcp: serving {args.transport} on http://{shown}:{port}{path}\n")
+    sys.stderr.flush()
 
     async def run_http() -> None:
         async with manager.running():
-            await uvicorn.Server(config).serve()
+            await uvicorn.Server(config).serve(sockets=[sock])
 
     anyio.run(run_http)

@@ -14,14 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 from .errors import WorkerError
 from .local_model import LocalModel
 from .models import Price, Usage, WorkerSpec
+from .redact import RedactFilter, redact, register_key_envs
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 _litellm: Any = None
+# The completion cap sent when a worker's params set none; the budget reserves the same number.
+DEFAULT_MAX_TOKENS = {"litellm": 4096, "gguf": 512}
+
+
+def completion_cap(spec: WorkerSpec) -> int:
+    """The most completion tokens one call to this worker may return: its params' cap, else the default.
+    Every call is sent with it, so the budget's reservation is a real bound."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = spec.params.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return DEFAULT_MAX_TOKENS[spec.kind]
 
 
 def litellm_module() -> Any:
@@ -34,6 +48,8 @@ def litellm_module() -> Any:
         litellm.suppress_debug_info = True  # else a "Give Feedback" banner reaches stdout on errors
         litellm.drop_params = True
         litellm.telemetry = False
+        for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # its logs may quote a request's key
+            logging.getLogger(name).addFilter(RedactFilter())
         _litellm = litellm
     return _litellm
 
@@ -63,15 +79,51 @@ def known_cost(spec: WorkerSpec, prompt_tokens: int, completion_tokens: int) -> 
         return None
 
 
-def _classify(exc: Exception, worker_id: str) -> WorkerError:
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or during (litellm wraps openai, which wraps httpx)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _quota_exhausted(chain: list[BaseException]) -> bool:
+    """A 429 for an exhausted quota or credit, which waiting does not fix (OpenAI's `insufficient_quota`)."""
+    for e in chain:
+        body = getattr(e, "body", None)
+        if isinstance(body, dict) and "insufficient_quota" in (body.get("code"), body.get("type")):
+            return True
+        if getattr(e, "code", None) == "insufficient_quota":
+            return True
+    return "insufficient_quota" in str(chain[0]) or "exceeded your current quota" in str(chain[0])
+
+
+def _classify(exc: Exception, worker_id: str, api_base: str | None = None) -> WorkerError:
+    """A worker's failure as one line with no key in it, and whether another try may help."""
+    chain = _chain(exc)
+    where = api_base or "the provider"
+    # litellm reports a connection that failed as an InternalServerError 500, which misleads: nothing answered
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return WorkerError(redact(f"{worker_id}: connection refused at {where}"), retryable=True)
+    broken = next((e for e in chain if isinstance(e, httpx.TransportError)
+                   and not isinstance(e, httpx.TimeoutException)), None)
+    if broken is not None:
+        detail = str(broken).splitlines()[0][:200] if str(broken) else ""
+        return WorkerError(redact(f"{worker_id}: connection failed at {where}: {type(broken).__name__}"
+                                  f"{f' ({detail})' if detail else ''}"), retryable=True)
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
     text = str(exc).splitlines()[0][:300] if str(exc) else name
     permanent = status in (400, 401, 403, 404, 422) or name in (
         "AuthenticationError", "BadRequestError", "NotFoundError", "PermissionDeniedError",
         "ContextWindowExceededError", "ContentPolicyViolationError", "UnsupportedParamsError")
-    return WorkerError(f"{worker_id}: {name}{f' {status}' if status else ''}: {text}",
-                       retryable=not permanent, retry_after=_retry_after(exc))
+    if status == 429 and _quota_exhausted(chain):
+        permanent = True
+        text = f"insufficient_quota: {text}"
+    return WorkerError(redact(f"{worker_id}: {name}{f' {status}' if status else ''}: {text}"),
+                       retryable=not permanent, retry_after=None if permanent else _retry_after(exc))
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -98,6 +150,7 @@ class WorkerPool:
         self.registry = registry
         self._limiters = {s.spec.id: anyio.CapacityLimiter(s.spec.max_concurrency) for s in registry.states}
         self._local: dict[Path, LocalModel] = {}
+        register_key_envs(s.spec.api_key_env for s in registry.states)  # their values never reach a trace
 
     def local_model(self, path: Path) -> LocalModel:
         if path not in self._local:
@@ -121,7 +174,7 @@ class WorkerPool:
                 except WorkerError:
                     raise
                 except Exception as exc:
-                    raise _classify(exc, worker_id) from exc
+                    raise _classify(exc, worker_id, state.spec.api_base) from exc
             completion.latency_s = time.perf_counter() - started
         if not completion.text.strip():
             raise WorkerError(f"{worker_id}: empty completion", retryable=True)
@@ -130,6 +183,8 @@ class WorkerPool:
     async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]]) -> Completion:
         litellm = litellm_module()
         kwargs: dict[str, Any] = dict(spec.params)
+        if "max_completion_tokens" not in kwargs:
+            kwargs["max_tokens"] = completion_cap(spec)  # the cap the budget reserved, sent on every call
         if spec.api_base:
             kwargs["api_base"] = spec.api_base
         if spec.api_key_env:
@@ -151,7 +206,7 @@ class WorkerPool:
                                       calls=1), 0.0)
 
     async def _local_call(self, spec: WorkerSpec, path: Path, messages: list[dict[str, str]]) -> Completion:
-        params = {"max_tokens": 512, "temperature": 0.2, **spec.params}
+        params = {"temperature": 0.2, **spec.params, "max_tokens": completion_cap(spec)}
         reply = await self.local_model(path).chat(messages, **params)
         return Completion(reply.text, Usage(prompt_tokens=reply.prompt_tokens,
                                             completion_tokens=reply.completion_tokens,

@@ -18,6 +18,12 @@ def _loc(loc: Sequence[int | str]) -> str:
     return out
 
 
+def field_problems(exc: ValidationError, whole: str = "arguments") -> list[str]:
+    """Each of pydantic's errors as `field.path[0]: problem`, without the input echoed or a docs link;
+    `whole` names an error of the value as a whole."""
+    return [f"{_loc(e['loc']) or whole}: {e['msg']}" for e in exc.errors()]
+
+
 def validate_workflow(data: Any, allowed: Sequence[str], max_steps: int,
                       allow_recursion: bool = False) -> Workflow:
     """A Workflow from a dict, JSON text or Workflow, or a WorkflowError naming each problem."""
@@ -29,8 +35,7 @@ def validate_workflow(data: Any, allowed: Sequence[str], max_steps: int,
         else:
             workflow = Workflow.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_loc(e['loc']) or 'workflow'}: {e['msg']}" for e in exc.errors()]
-        raise WorkflowError("invalid workflow: " + "; ".join(problems)) from None
+        raise WorkflowError("invalid workflow: " + "; ".join(field_problems(exc, "workflow"))) from None
     problems = []
     if len(workflow.steps) > max_steps:
         problems.append(f"steps: {len(workflow.steps)} steps, at most {max_steps} allowed")

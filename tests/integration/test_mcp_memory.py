@@ -155,14 +155,14 @@ async def test_resources(mcp_server: MCPServer[Any]) -> None:
         assert {"conductor://workers", "conductor://runs"} <= listed
         templates = {t.uri_template for t in (await c.list_resource_templates()).resource_templates}
         assert templates == {"conductor://runs/{run_id}", "conductor://runs/{run_id}/steps/{index}",
-                             "conductor://runs/{run_id}/diagram"}
+                             "conductor://runs/{run_id}/diagram", "conductor://runs{?limit,cursor}"}
 
         async def read(uri: str) -> str:
             return (await c.read_resource(uri)).contents[0].text  # type: ignore[union-attr]
 
         workers = json.loads(await read("conductor://workers"))
         assert [w["id"] for w in workers["workers"]] == ["strong", "fast", "slow"]
-        assert json.loads(await read("conductor://runs"))[0]["run_id"] == run_id
+        assert json.loads(await read("conductor://runs"))["runs"][0]["run_id"] == run_id
         trace = json.loads(await read(f"conductor://runs/{run_id}"))
         assert trace["status"] == "completed" and trace["steps"][2]["output"] == trace["answer"]
         assert {"worker", "instruction", "access", "status", "output", "error", "usage", "attempts",
@@ -190,7 +190,7 @@ async def test_rate_run_reaches_the_store_and_every_view(mcp_server: MCPServer[A
         assert trace["reward"] == 0.5 and trace["reward_source"] == "host"
         assert trace["reward_note"] == "right form, wrong number"
         listed = json.loads((await c.read_resource("conductor://runs")).contents[0].text)  # type: ignore[union-attr]
-        assert listed[0]["reward"] == 0.5
+        assert listed["runs"][0]["reward"] == 0.5
         for bad, field in (({"run_id": run_id, "score": 1.5}, "score"), ({"run_id": "nope", "score": 1}, "nope")):
             r = await c.call_tool("rate_run", bad)
             assert r.is_error and field in str(r.content)

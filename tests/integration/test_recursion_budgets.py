@@ -101,9 +101,10 @@ async def test_token_budget_stops_then_resume_with_more(server: ScriptedServer, 
     eng = make_engine(server, store)
     wf = {"steps": [{"worker": "a", "instruction": "Budget step one"},
                     {"worker": "b", "instruction": "Budget step two", "access": "all"}]}
-    run = await eng.plan("budgeted", workflow=wf, budget=Budget(max_total_tokens=500))
+    # step one's worst case (its prompt's UTF-8 bytes plus max_tokens 300) fits; step two's, seeing step one, not
+    run = await eng.plan("budgeted", workflow=wf, budget=Budget(max_total_tokens=1000))
     run = await eng.execute(run.id)
-    assert run.status == RunStatus.BUDGET_EXCEEDED and "max_total_tokens 500" in (run.error or "")
+    assert run.status == RunStatus.BUDGET_EXCEEDED and "max_total_tokens 1000" in (run.error or "")
     assert [s.status for s in run.steps] == [StepStatus.COMPLETED, StepStatus.PENDING]
     assert run.answer == run.steps[0].output  # the best answer so far
     run = await eng.resume(run.id, budget=Budget(max_total_tokens=5000))

@@ -3,8 +3,13 @@
 Tests and load benchmarks talk to this real HTTP server (starlette + uvicorn) instead of a cloud
 provider, so they exercise the real client stack (httpx, litellm, retries, timeouts) while staying
 offline, deterministic and cheap.  Replies depend only on (model, messages); latency and faults
-(429, 500, hangs, connection resets, malformed JSON, empty content) can be injected on demand, and
-every request is recorded so tests can assert how often a step was really called.
+(429, 500, hangs, connection resets, malformed JSON, empty content) and the refusals real providers
+send (401 echoing the key, 404 unknown model, context length exceeded, insufficient_quota) can be
+injected on demand, and every request is recorded (with its Authorization header and max_tokens) so
+tests can assert how often a step was really called and what it sent.  ``max_tokens`` is honoured:
+a reply is cut to that many tokens (finish_reason ``length``).  With ``api_key`` set, a request whose
+``Authorization`` is not ``Bearer <api_key>`` gets a 401 that quotes the header it sent, as some
+OpenAI-compatible servers and proxies do.
 
 In-process use::
 
@@ -61,7 +66,9 @@ __all__ = [
 Message = Mapping[str, Any]
 ReplyFn = Callable[[list[dict[str, Any]]], str]
 
-FAULT_KINDS: frozenset[str] = frozenset({"429", "500", "hang", "reset", "malformed", "empty"})
+FAULT_KINDS: frozenset[str] = frozenset(
+    {"429", "500", "hang", "reset", "malformed", "empty", "401", "404", "context_length", "quota"}
+)
 """Fault kinds the server can inject; see :meth:`ScriptedServer.set_faults`."""
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -97,6 +104,14 @@ def count_tokens(text: str) -> int:
     Exposed so tests can recompute ``usage`` independently of the server.
     """
     return len(_TOKEN_RE.findall(text))
+
+
+def truncate_tokens(text: str, limit: int) -> str:
+    """The start of ``text`` holding at most ``limit`` tokens (as :func:`count_tokens` counts them)."""
+    for i, match in enumerate(_TOKEN_RE.finditer(text)):
+        if i == limit:
+            return text[: match.start()].rstrip()
+    return text
 
 
 def message_text(content: Any) -> str:
@@ -162,6 +177,8 @@ class CallRecord:
     status: int | None
     stream: bool
     last_user: str
+    authorization: str | None = None
+    max_tokens: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly view; the full prompt is left out to keep stats small."""
@@ -174,6 +191,7 @@ class CallRecord:
             "latency_s": self.latency_s,
             "status": self.status,
             "stream": self.stream,
+            "max_tokens": self.max_tokens,
         }
 
 
@@ -198,6 +216,30 @@ class _BadRequest(Exception):
 def _error_body(message: str, err_type: str, code: str | None = None) -> bytes:
     payload = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
     return json.dumps(payload, separators=_JSON_SEPARATORS).encode()
+
+
+# What real providers answer when they refuse: outcome -> (status, message, type, code). The 401 quotes the
+# Authorization header it got, as some OpenAI-compatible servers and proxies do (OpenAI itself masks it).
+_REFUSALS: dict[str, tuple[int, str, str, str]] = {
+    "unauthorized": (401, "Incorrect API key provided: {auth}.", "invalid_request_error", "invalid_api_key"),
+    "401": (401, "Incorrect API key provided: {auth}.", "invalid_request_error", "invalid_api_key"),
+    "404": (404, "The model `{model}` does not exist or you do not have access to it.", "invalid_request_error",
+            "model_not_found"),
+    "context_length": (400, "This model's maximum context length is 16 tokens. However, your messages resulted in "
+                       "{tokens} tokens. Please reduce the length of the messages.", "invalid_request_error",
+                       "context_length_exceeded"),
+    "quota": (429, "You exceeded your current quota, please check your plan and billing details.",
+              "insufficient_quota", "insufficient_quota"),
+}
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    """The completion cap a request asked for (``max_completion_tokens`` is the newer name)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _bad_request(message: str) -> Response:
@@ -249,6 +291,7 @@ class ScriptedServer:
         fail_models: Mapping[str, str] | None = None,
         models: Sequence[str] = ("scripted-a", "scripted-b"),
         backlog: int = 2048,
+        api_key: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -263,6 +306,7 @@ class ScriptedServer:
         self._retry_after = 0.0
         self._hang_s = 0.0
         self._fail_models: dict[str, str] = {}
+        self._api_key = api_key
         self._rules: list[_Rule] = []
         self._calls: list[CallRecord] = []
         self._in_flight = 0
@@ -346,6 +390,12 @@ class ScriptedServer:
             if fail_models is not None:
                 self._fail_models = dict(fail_models)
             return self._fault_plan_locked()
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Require ``Authorization: Bearer <api_key>`` (None accepts any); a mismatch gets a 401 that
+        echoes the header received, as some OpenAI-compatible servers and proxies do."""
+        with self._lock:
+            self._api_key = api_key
 
     def set_latency(
         self, latency_s: float | None = None, model_latency: Mapping[str, float] | None = None
@@ -586,11 +636,18 @@ class ScriptedServer:
         stream = bool(body.get("stream"))
         last_user = _last_user_text(messages)
         prompt_sha = hashlib.sha256(last_user.encode()).hexdigest()
+        authorization = request.headers.get("authorization")
+        max_tokens = _max_tokens(body)
         outcome, latency, hang_s, retry_after = self._plan(model, request.headers.get("x-latency-ms"))
+        with self._lock:
+            expected = self._api_key
+        if expected is not None and authorization != f"Bearer {expected}":
+            outcome = "unauthorized"
 
         def record(status: int | None) -> None:
             elapsed = time.perf_counter() - t0
-            self._record(CallRecord(started, model, prompt_sha, outcome, elapsed, status, stream, last_user))
+            self._record(CallRecord(started, model, prompt_sha, outcome, elapsed, status, stream, last_user,
+                                    authorization, max_tokens))
 
         if latency > 0.0:
             # a client that gave up during the latency is not served: recording its reply as "ok" would
@@ -629,6 +686,11 @@ class ScriptedServer:
             record(500)
             err = _error_body("The server had an error while processing your request.", "server_error")
             return Response(err, 500, media_type="application/json")
+        elif outcome in _REFUSALS:
+            status, message, err_type, code = _REFUSALS[outcome]
+            record(status)
+            text = message.format(auth=authorization or "(none)", model=model, tokens=_prompt_tokens(messages))
+            return Response(_error_body(text, err_type, code), status, media_type="application/json")
         elif outcome == "malformed":
             record(200)
             bad = b'data: {"id": "chatcmpl-broken", "choices": [\n\n' if stream else b'{"id": "chatcmpl-bro'
@@ -640,6 +702,9 @@ class ScriptedServer:
             outcome = "script_error"  # a scripted reply callable raised: the client gets a 500
             record(500)
             raise
+        finish = "stop"
+        if max_tokens is not None and count_tokens(content) > max_tokens:
+            content, finish = truncate_tokens(content, max_tokens), "length"  # as a provider cuts at the cap
         prompt_tokens = _prompt_tokens(messages)
         completion_tokens = count_tokens(content)
         usage = {
@@ -653,7 +718,7 @@ class ScriptedServer:
         if stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            chunks = _sse_chunks(completion_id, created, model, content, usage if include_usage else None)
+            chunks = _sse_chunks(completion_id, created, model, content, usage if include_usage else None, finish)
             return StreamingResponse(chunks, media_type="text/event-stream")
         return _json_response(
             {
@@ -666,7 +731,7 @@ class ScriptedServer:
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
                     }
                 ],
                 "usage": usage,
@@ -727,7 +792,7 @@ def _sse_event(payload: Mapping[str, Any]) -> bytes:
 
 
 async def _sse_chunks(
-    completion_id: str, created: int, model: str, content: str, usage: dict[str, int] | None
+    completion_id: str, created: int, model: str, content: str, usage: dict[str, int] | None, finish: str = "stop"
 ) -> AsyncIterator[bytes]:
     """Yield an OpenAI-style SSE stream: role chunk, content chunks, stop chunk, usage, [DONE]."""
     include_usage = usage is not None
@@ -749,7 +814,7 @@ async def _sse_chunks(
     pieces = _CHUNK_SPLIT_RE.split(content) if content else []
     for i in range(0, len(pieces), 4):
         yield chunk({"content": "".join(pieces[i : i + 4])}, None)
-    yield chunk({}, "stop")
+    yield chunk({}, finish)
     if usage is not None:
         final = {
             "id": completion_id,

@@ -295,3 +295,29 @@ def test_cli_subprocess_prints_ready_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_max_tokens_is_honoured_and_recorded(srv: ScriptedServer, client: httpx.AsyncClient) -> None:
+    srv.script(reply="one two three four five six")
+    body = (await client.post("/chat/completions", json=chat("cap me", max_tokens=4))).json()
+    assert body["choices"][0]["message"]["content"] == "one two three four"
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 4
+    newer = (await client.post("/chat/completions", json=chat("cap me", max_completion_tokens=2))).json()
+    assert newer["choices"][0]["message"]["content"] == "one two"
+    assert [c.max_tokens for c in srv.calls()] == [4, 2]
+
+
+async def test_refusals_as_real_providers_send_them(srv: ScriptedServer, client: httpx.AsyncClient) -> None:
+    srv.set_api_key("sk-right-key-000000000000")
+    wrong = await client.post("/chat/completions", json=chat("hi"), headers={"Authorization": "Bearer sk-wrong"})
+    assert wrong.status_code == 401 and "Bearer sk-wrong" in wrong.json()["error"]["message"]  # echoed, as proxies do
+    right = await client.post("/chat/completions", json=chat("hi"),
+                              headers={"Authorization": "Bearer sk-right-key-000000000000"})
+    assert right.status_code == 200
+    assert [c.authorization for c in srv.calls()] == ["Bearer sk-wrong", "Bearer sk-right-key-000000000000"]
+    srv.set_api_key(None)
+    srv.set_faults(fail_models={"m404": "404", "long": "context_length", "broke": "quota"})
+    for model, status, code in (("m404", 404, "model_not_found"), ("long", 400, "context_length_exceeded"),
+                                ("broke", 429, "insufficient_quota")):
+        resp = await client.post("/chat/completions", json=chat("hi", model=model))
+        assert resp.status_code == status and resp.json()["error"]["code"] == code

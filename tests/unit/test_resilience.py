@@ -50,11 +50,11 @@ def test_litellm_errors_classified() -> None:
 def test_budget_guard_reserves_worst_case() -> None:
     spec = WorkerSpec(id="w", model="openai/x", params={"max_tokens": 100},
                       price={"input_per_mtok": 1.0, "output_per_mtok": 1.0})  # type: ignore[arg-type]
-    messages = [{"role": "user", "content": "x" * 300}]
-    assert estimate_tokens(spec, messages) == (108, 100)
+    messages = [{"role": "user", "content": "x" * 100}]
+    assert estimate_tokens(spec, messages) == (116, 100)  # UTF-8 bytes plus the template's markers
     guard = BudgetGuard(Budget(max_total_tokens=500))
     first = guard.reserve(spec, messages)
-    guard.reserve(spec, messages)  # two in flight: 416 reserved
+    guard.reserve(spec, messages)  # two in flight: 432 reserved
     try:
         guard.reserve(spec, messages)
         raise AssertionError("a third concurrent call would overshoot")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ..errors import WorkflowError
+from ..budget import BudgetExceeded, BudgetGuard
+from ..errors import WorkerError, WorkflowError
 from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, Step, Usage, WorkerSpec, Workflow
 from ..workflows import validate_workflow
 from .checks import check_instructions, repair
@@ -30,13 +31,15 @@ class Planner(Protocol):
     name: str
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None,
+                   guard: BudgetGuard | None = None) -> PlanResult:
         """`prior`: what past rewards say about tasks like this one (outcomes.py); a fixed strategy
-        ignores it."""
+        ignores it. `guard`: the run's budget; each model call is reserved on it and its usage added."""
         ...
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
-                     max_steps: int, allow_recursion: bool = False) -> ReviewResult:
+                     max_steps: int, allow_recursion: bool = False,
+                     guard: BudgetGuard | None = None) -> ReviewResult:
         """No workflow accepts the answer; else a corrective workflow."""
         ...
 
@@ -83,6 +86,12 @@ class ModelPlanner(ABC):
         return Workflow(steps=[s.model_copy(update={"worker": real.get(s.worker, s.worker)})
                                for s in workflow.steps])
 
+    async def fit(self, task: str, build: Callable[[str], list[dict[str, str]]],
+                  max_steps: int) -> tuple[list[dict[str, str]] | None, list[str]]:
+        """The prompt `build` makes for `task`, and notes for the trace. A conductor with a small context (a
+        local GGUF) plans from a shortened view of a task too long for it; None when not even that fits."""
+        return build(task), []
+
     @abstractmethod
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
                        attempt: int) -> Generation:
@@ -94,8 +103,14 @@ class ModelPlanner(ABC):
         model's final worker is then held to `final` after parsing)."""
         return workflow_schema(names, max_steps, allow_empty=allow_empty)
 
+    def call_spec(self, constraint: Any, max_steps: int) -> WorkerSpec | None:
+        """One `generate` call as a budget sees it (model, price, completion cap); None for a planner that
+        only delegates to another one."""
+        return None
+
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None,
+                   guard: BudgetGuard | None = None) -> PlanResult:
         if prior is not None and prior.decided:
             # one step on one worker is all the outcomes allow: nothing is left for the model to decide
             prior.changes.append(f"one step on {prior.final[0]}: decided by the outcomes, no conductor call")
@@ -106,7 +121,13 @@ class ModelPlanner(ABC):
             prior.changes.append(f"at most {prior.max_steps} step(s): more steps did not pay on similar tasks")
             max_steps = prior.max_steps
         shown, real = self._shown(workers)
-        messages = planner_messages(task, shown, max_steps, self.fmt, allow_recursion)
+        messages, notes = await self.fit(
+            task, lambda view: planner_messages(view, shown, max_steps, self.fmt, allow_recursion), max_steps)
+        if messages is None:
+            notes[-1] += "; planned the whole task as one step instead"
+            return PlanResult(fallback_workflow(task, workers, prior),
+                              PlanInfo(source="fallback", planner=self.name, attempts=0, errors=list(notes),
+                                       notes=notes, latency_s=0.0, prior=prior))
         final = None
         if prior is not None:
             alias = {r: s for s, r in real.items()}
@@ -114,25 +135,38 @@ class ModelPlanner(ABC):
             if set(prior.final) != {w.id for w in workers}:
                 prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion,
-                                            allow_empty=False, final=final)
+                                            allow_empty=False, final=final, guard=guard)
         workflow = self._real(workflow, real)
         info.prior = prior
+        info.notes.extend(notes)
         return PlanResult(workflow or fallback_workflow(task, workers, prior), info)
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
-                     max_steps: int, allow_recursion: bool = False) -> ReviewResult:
+                     max_steps: int, allow_recursion: bool = False,
+                     guard: BudgetGuard | None = None) -> ReviewResult:
         shown, real = self._shown(workers)
-        messages = review_messages(task, round_text, answer, shown, max_steps, self.fmt, allow_recursion)
-        workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion, allow_empty=True)
+        messages, notes = await self.fit(
+            task, lambda view: review_messages(view, round_text, answer, shown, max_steps, self.fmt,
+                                               allow_recursion), max_steps)
+        if messages is None:
+            notes[-1] += "; no review: the answer stands"
+            return ReviewResult(None, PlanInfo(source="review", planner=self.name, attempts=0, errors=list(notes),
+                                               notes=notes, latency_s=0.0))
+        workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion, allow_empty=True,
+                                            guard=guard)
         info.source = "review"
+        info.notes.extend(notes)
         return ReviewResult(self._real(workflow, real), info)  # no workflow: accepted, or no usable correction
 
     async def _decide(self, messages: list[dict[str, str]], task: str, workers: Sequence[WorkerSpec],
                       max_steps: int, allow_recursion: bool, allow_empty: bool,
-                      final: Sequence[str] | None = None) -> tuple[Workflow | None, PlanInfo]:
+                      final: Sequence[str] | None = None,
+                      guard: BudgetGuard | None = None) -> tuple[Workflow | None, PlanInfo]:
         """A valid workflow and how it was made; no workflow when it was empty (a review accepting) or
         when every try failed (info.source says `fallback`). `final`: the workers allowed to answer
-        the last step (the grammar enforces it for a local conductor; a remote one's plan is repaired)."""
+        the last step (the grammar enforces it for a local conductor; a remote one's plan is repaired).
+        Under a `guard`, each call's worst case is reserved first; a call the budget cannot afford is not
+        made, and the plan falls back (a review accepts) with the reason in `errors`."""
         ids = [w.id for w in workers]
         names = ids + ([CONDUCTOR_WORKER] if allow_recursion else [])
         constraint = self.constraint(names, max_steps, allow_empty, final) if self.fmt == "json" else None
@@ -146,12 +180,27 @@ class ModelPlanner(ABC):
             return PlanInfo(source=source, planner=self.name, attempts=attempts, errors=errors,
                             latency_s=time.perf_counter() - started, usage=usage, raw=raw, repairs=repairs)
 
+        spec = self.call_spec(constraint, max_steps) if guard is not None else None
         for attempt in range(1, self.tries + 1):
+            reservation = None
+            if guard is not None and spec is not None:
+                try:
+                    reservation = guard.reserve(spec, messages)
+                except (BudgetExceeded, WorkerError) as exc:  # over budget, or unpriced under max_usd
+                    errors.append(str(exc))
+                    break
+            spent: Usage | None = None
             try:
                 gen = await self.generate(messages, constraint, max_steps, attempt)
+                spent = gen.usage
             except WorkflowError as exc:
                 errors.append(str(exc))
                 continue
+            finally:  # the guard counts what the call really used
+                if guard is not None and reservation is not None:
+                    guard.settle(reservation, spent)
+                elif guard is not None and spent is not None:
+                    guard.add(spent)
             usage, raw = usage + gen.usage, gen.text
             try:
                 data = parse_json_plan(gen.text) if self.fmt == "json" else parse_paper_plan(gen.text, names)

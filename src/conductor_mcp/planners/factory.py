@@ -25,7 +25,7 @@ def _planner(registry: Registry) -> ModelPlanner:
     spec = registry.conductor
     if spec.model:
         return RemotePlanner(spec.model, fmt=spec.format, api_base=spec.api_base, api_key_env=spec.api_key_env,
-                             temperature=spec.temperature, params=spec.params)
+                             temperature=spec.temperature, params=spec.params, price=spec.price)
 
     def gguf_planner(path: Path | None) -> GGUFPlanner:
         assert path is not None  # ConductorSpec guarantees gguf, hf or model

@@ -80,6 +80,13 @@ def render_paper(workflow: Workflow, ids: Sequence[str]) -> str:
     return f"model_id = {model_id}\nsubtasks = {json.dumps(subtasks)}\naccess_list = {json.dumps(access)}"
 
 
+def task_view(head: str, tail: str, omitted_chars: int) -> str:
+    """A long task as the conductor sees it: its start and its end, with a marker where text was left out
+    (the workers get the whole task)."""
+    return (f"{head}\n[... {omitted_chars} characters of the task left out here: too long for the "
+            f"conductor; the workers see the whole task ...]\n{tail}")
+
+
 REVIEW = """Task: {task}
 A workflow was run for this task:
 {steps}

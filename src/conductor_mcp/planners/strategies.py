@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..budget import BudgetGuard
 from ..errors import WorkflowError
 from ..models import PlanInfo, Prior, Step, WorkerSpec, Workflow
 from .base import PlanResult, ReviewResult
@@ -28,7 +29,8 @@ class FixedPlanner:
     name: str
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
-                     max_steps: int, allow_recursion: bool = False) -> ReviewResult:
+                     max_steps: int, allow_recursion: bool = False,
+                     guard: BudgetGuard | None = None) -> ReviewResult:
         return ReviewResult(None, PlanInfo(source="strategy", planner=self.name, attempts=0))
 
 
@@ -38,7 +40,8 @@ class SinglePlanner(FixedPlanner):
         self.name = f"single:{worker}"
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None,
+                   guard: BudgetGuard | None = None) -> PlanResult:
         if self.worker not in {w.id for w in workers}:
             raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker; "
                                 f"allowed: {', '.join(w.id for w in workers)}")
@@ -53,7 +56,8 @@ class MoAPlanner(FixedPlanner):
         self.proposers = proposers  # distinct workers, as MoA's proposers are distinct models
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False, prior: Prior | None = None) -> PlanResult:
+                   allow_recursion: bool = False, prior: Prior | None = None,
+                   guard: BudgetGuard | None = None) -> PlanResult:
         if max_steps < 2:
             raise WorkflowError("strategy: moa needs max_steps >= 2 (proposers plus an aggregator)")
         ids = [w.id for w in workers]
