@@ -52,10 +52,12 @@ def start(env: dict[str, str], run_id: str, **extra: str) -> subprocess.Popen[st
                             env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop_after_first_step(proc: subprocess.Popen[str], store: Store, run_id: str) -> None:
-    """SIGSTOP the owner as soon as step 0 is committed: it is then inside step 1's call."""
+def stop_after_first_step(proc: subprocess.Popen[str], store: Store, run_id: str,
+                          server: ScriptedServer) -> None:
+    """SIGSTOP the owner once step 0 is committed and step 1's request has reached the server."""
     deadline = time.monotonic() + 60
-    while store.get_run(run_id).steps[0].status != StepStatus.COMPLETED:
+    while (store.get_run(run_id).steps[0].status != StepStatus.COMPLETED
+           or server.stats(include_calls=False)["in_flight"] == 0):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "step 0 never completed"
         time.sleep(0.02)
@@ -72,7 +74,7 @@ def test_a_paused_owner_on_this_host_is_not_taken_over(tmp_path: Path, server: S
     fast_stale = {"CONDUCTOR_STALE_AFTER_S": "1"}  # a heartbeat is stale after 1 s: only the pid can tell
     a = start(env, run_id, **fast_stale)
     try:
-        stop_after_first_step(a, store, run_id)
+        stop_after_first_step(a, store, run_id, server)
         time.sleep(2.5)  # A's heartbeat is now well past stale
         assert time.time() - (store.get_run(run_id).heartbeat_at or 0) > 1
         b = start(env, run_id, **fast_stale)
@@ -95,7 +97,7 @@ def test_an_owner_taken_over_across_hosts_is_fenced(tmp_path: Path, server: Scri
     stale = {"CONDUCTOR_STALE_AFTER_S": "2"}
     a = start(env, run_id, CONDUCTOR_HOST_ID="host-a", **stale)
     try:
-        stop_after_first_step(a, store, run_id)
+        stop_after_first_step(a, store, run_id, server)
         time.sleep(3.0)  # past stale: from another host, A looks gone
         b = start(env, run_id, CONDUCTOR_HOST_ID="host-b", **stale)
         _, err_b = b.communicate(timeout=60)
