@@ -17,6 +17,7 @@ import anyio
 
 from . import __version__
 from .errors import ConductorError, internal_message, leaf_error
+from .redact import RedactingFormatter
 
 log = logging.getLogger("conductor_mcp")
 
@@ -347,7 +348,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[stream])
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     handler = COMMANDS[args.command]
     try:

@@ -61,3 +61,11 @@ class RedactFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Masks keys in everything a handler writes, tracebacks included: an exception's text may quote a key
+    that no filter saw (a provider's 401 raised, then logged with its traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
-from conductor_mcp.redact import RedactFilter, redact, register_key_envs
+from conductor_mcp.redact import RedactFilter, RedactingFormatter, redact, register_key_envs
 
 
 def test_values_of_key_variables_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,3 +32,15 @@ def test_log_filter_masks_the_formatted_message(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("OTHER_API_KEY", "value-of-the-key-42")
     record = logging.LogRecord("LiteLLM", logging.ERROR, __file__, 1, "sent %s", ("value-of-the-key-42",), None)
     assert RedactFilter().filter(record) and record.getMessage() == "sent [REDACTED]"
+
+
+def test_the_cli_log_format_masks_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the message is clean; the key is only in the exception's text, which a filter on the message never sees
+    monkeypatch.setenv("OTHER_API_KEY", "value-of-the-key-42")
+    try:
+        raise RuntimeError("401: invalid key value-of-the-key-42, Authorization: Bearer tok-abcdefgh123")
+    except RuntimeError:
+        record = logging.LogRecord("conductor_mcp", logging.ERROR, __file__, 1, "worker failed", (), sys.exc_info())
+    out = RedactingFormatter("%(message)s").format(record)
+    assert "Traceback" in out and "RuntimeError: 401: invalid key [REDACTED]" in out
+    assert "value-of-the-key-42" not in out and "tok-abcdefgh123" not in out
