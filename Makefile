@@ -12,7 +12,7 @@ ifndef SEED
 SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 endif
 
-.PHONY: install demo test lint typecheck unit bench bench-quality clean node
+.PHONY: install demo test test-each lint typecheck unit bench bench-quality clean node
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,13 @@ node:
 test: lint typecheck node
 	@echo "pytest in random order, seed $(SEED) (make test SEED=$(SEED) replays it)"
 	$(VENV)/bin/pytest -q -p randomly --randomly-seed=$(SEED) $(PYTEST_ARGS)
+
+# Each test file alone, in its own process: a test that passes only because another file ran first fails here.
+test-each: install node
+	@failed=""; for f in $$(find tests -name 'test_*.py' | sort); do \
+	  $(VENV)/bin/pytest -q -p no:randomly $$f >/tmp/test-each.log 2>&1 && echo "ok      $$f" \
+	    || { echo "FAILED  $$f"; tail -20 /tmp/test-each.log; failed="$$failed $$f"; }; \
+	done; [ -z "$$failed" ] || { echo "failed alone:$$failed"; exit 1; }
 
 bench: install
 	$(PY) -m bench.run
