@@ -177,48 +177,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .errors import StoreError
-    from .local_model import gpu_offload_supported
-    from .registry import load_registry
-    from .store import Store, default_db_path
+    from .doctor import doctor
 
-    registry = load_registry(args.workers)
-    store_path, store_problem, read_only = str(args.db or default_db_path()), None, None
-    try:
-        store = Store(args.db)
-        store_path, read_only = str(store.path), store.read_only
-        store.check()
-        store.close()
-    except StoreError as exc:
-        store_problem = str(exc)
-    c = registry.conductor
-    gpu = gpu_offload_supported()
-    report: dict[str, Any] = {
-        "version": __version__,
-        "workers_source": registry.source,
-        "workers": [{"id": s.spec.id, "backend": s.spec.model or str(s.gguf_path), "available": s.available,
-                     "reason": s.reason} for s in registry.states],
-        "conductor": {"model": registry.conductor_label(), "format": c.format,
-                      "max_steps": c.max_steps, "n_gpu_layers": c.n_gpu_layers if gpu else 0},
-        "llama_cpp_gpu_backend": gpu,
-        "store": store_path,
-        "store_ok": store_problem is None,
-        "store_problem": store_problem,
-        "store_read_only": read_only,
-    }
-    if args.json:
-        emit(json.dumps(report, indent=2))
-        return 0 if store_problem is None else 1
-    lines = [f"conductor-mcp {__version__}", f"workers ({registry.source}):"]
-    for w in report["workers"]:
-        state = "available" if w["available"] else f"unavailable: {w['reason']}"
-        lines.append(f"  {w['id']:<24} {state:<32} {w['backend']}")
-    lines.append(f"conductor: {report['conductor']['model']} (format {c.format}, max_steps {c.max_steps})")
-    lines.append(f"llama.cpp GPU backend: {'yes, all layers offloaded' if gpu else 'no (CPU only)'}")
-    state = f"PROBLEM: {store_problem}" if store_problem else f"read-only: {read_only}" if read_only else "ok"
-    lines.append(f"trace store: {store_path} ({state})")
-    emit("\n".join(lines))
-    return 0 if store_problem is None else 1
+    return doctor(args)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .doctor import schema
+
+    return schema(args)
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -323,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     common(sp)
     sp = sub.add_parser("doctor", help="workers and their state, the conductor, the store")
+    sp.add_argument("--check", action="store_true",
+                    help="call each available worker once (1 token, concurrently); exit 1 when one fails")
+    sp.add_argument("--timeout", type=float, default=15.0, help="seconds each --check call may take (default 15)")
     common(sp)
+    sp = sub.add_parser("schema", help="print the worker manifest's JSON Schema (for editors)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     sp = sub.add_parser("pull", help="download the manifest's `hf:` conductor into the Hugging Face cache")
     sp.add_argument("--workers", help="worker manifest (YAML); default $CONDUCTOR_WORKERS")
     sp.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
@@ -342,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
     "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull, "usage": _usage,
+    "schema": _schema,
 }
 
 

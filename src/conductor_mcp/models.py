@@ -29,25 +29,38 @@ class Price(Strict):
 
 
 class ConductorSpec(Strict):
-    gguf: str | None = None  # "bundled" or a path; default when neither gguf nor model is given
-    model: str | None = None  # a litellm model string: a remote planner
+    """The model that plans workflows: the bundled GGUF by default, another GGUF, an `hf:` GGUF or a remote model."""
+
+    gguf: str | None = Field(default=None, description='"bundled" (the default) or the path of a local .gguf file '
+                                                      "(relative to the manifest)")
+    model: str | None = Field(default=None, description="a litellm model string such as openai/gpt-5: a remote "
+                                                        "conductor (excludes gguf and hf)")
     # A GGUF on the Hugging Face Hub, downloaded once into the user's HF cache (`conductor-mcp pull`).
-    hf: str | None = Field(default=None, pattern=r"^[\w.-]+(/[\w.-]+)?$", description="a Hugging Face repo id")
+    hf: str | None = Field(default=None, pattern=r"^[\w.-]+(/[\w.-]+)?$",
+                           description="a Hugging Face repo id holding a GGUF conductor (`conductor-mcp pull`)")
     file: str | None = Field(default=None, min_length=1, description="with `hf`: a file name or a glob")
     revision: str | None = Field(default=None, min_length=1, description="with `hf`: branch, tag or commit")
-    format: Literal["json", "paper"] = "json"
-    n_gpu_layers: int = -1
-    n_ctx: int = Field(default=4096, ge=512)
-    n_threads: int | None = Field(default=None, ge=1)
-    max_steps: int = Field(default=MAX_STEPS_LIMIT, ge=1, le=MAX_STEPS_LIMIT)
-    temperature: float = Field(default=0.0, ge=0)
-    api_base: str | None = None
-    api_key_env: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    price: Price | None = None  # a remote conductor's, when litellm's list lacks it (budgets under max_usd)
-    prefer: Literal["quality", "balanced", "cost"] = "balanced"  # what learned outcomes trade off
-    # how the conductor sees the workers: their ids, or worker-0, worker-1, ... (the paper's neutral names)
-    worker_names: Literal["ids", "neutral"] = "ids"
+    format: Literal["json", "paper"] = Field(
+        default="json", description="json: decoding constrained to the workflow schema; paper: the paper's three "
+                                    "Python lists (model_id indexes `workers` in this file's order)")
+    n_gpu_layers: int = Field(default=-1, description="layers offloaded to the GPU (-1: all) when llama.cpp has a "
+                                                      "GPU backend")
+    n_ctx: int = Field(default=4096, ge=512, description="a local conductor's context window in tokens")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads of a local conductor (default: "
+                                                                  "every core)")
+    max_steps: int = Field(default=MAX_STEPS_LIMIT, ge=1, le=MAX_STEPS_LIMIT, description="most steps in a workflow")
+    temperature: float = Field(default=0.0, ge=0, description="sampling temperature of the first plan attempt")
+    api_base: str | None = Field(default=None, description="a remote conductor's OpenAI-compatible endpoint")
+    api_key_env: str | None = Field(default=None, description="the environment variable holding a remote "
+                                                              "conductor's API key (never the key itself)")
+    params: dict[str, Any] = Field(default_factory=dict, description="extra litellm or llama.cpp call parameters")
+    price: Price | None = Field(default=None, description="a remote conductor's price, when litellm's list lacks it "
+                                                          "(needed under max_usd)")
+    prefer: Literal["quality", "balanced", "cost"] = Field(
+        default="balanced", description="what learned outcomes trade off: reward, or reward against tokens or cost")
+    worker_names: Literal["ids", "neutral"] = Field(
+        default="ids", description="how the conductor sees the workers: their ids, or worker-0, worker-1, ... "
+                                   "(the paper's neutral names)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ConductorSpec:
@@ -67,20 +80,29 @@ class ConductorSpec(Strict):
 
 
 class WorkerSpec(Strict):
-    id: WorkerId
-    model: str | None = None  # a litellm model string
-    gguf: str | None = None  # "bundled" or a path: an in-process llama.cpp worker
-    description: str = ""
-    api_key_env: str | None = None
-    api_base: str | None = None
-    fallback: str | None = None
-    max_concurrency: int = Field(default=8, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0)
-    params: dict[str, Any] = Field(default_factory=dict)
-    price: Price | None = None
+    """One worker LLM: a litellm model string or an in-process GGUF."""
+
+    id: WorkerId = Field(description="the name plans use for this worker; `conductor` is reserved")
+    model: str | None = Field(default=None, description="a litellm model string, e.g. openai/gpt-5, "
+                                                        "anthropic/claude-sonnet-4-5, ollama_chat/qwen2.5:7b")
+    gguf: str | None = Field(default=None, description='"bundled" or the path of a .gguf file: an in-process '
+                                                       "llama.cpp worker (excludes model)")
+    description: str = Field(default="", description="what this worker is good at, as the conductor reads it")
+    api_key_env: str | None = Field(default=None, description="the environment variable holding the API key "
+                                                              "(never the key itself); unset: worker unavailable")
+    api_base: str | None = Field(default=None, description="an OpenAI-compatible endpoint, e.g. "
+                                                           "http://127.0.0.1:8080/v1")
+    fallback: str | None = Field(default=None, description="another worker's id, called when this one keeps "
+                                                           "failing")
+    max_concurrency: int = Field(default=8, ge=1, description="calls in flight at once")
+    timeout_s: float = Field(default=120.0, gt=0, description="seconds one call may take")
+    params: dict[str, Any] = Field(default_factory=dict, description="call parameters such as temperature and "
+                                                                     "max_tokens")
+    price: Price | None = Field(default=None, description="USD per million tokens; else litellm's price list")
     # a reply longer than this is cut (with a marker) before it is stored or passed on: one runaway
     # worker must not fill the trace store, the next steps' prompts and every read of the run
-    max_output_chars: int = Field(default=DEFAULT_MAX_OUTPUT_CHARS, ge=100)
+    max_output_chars: int = Field(default=DEFAULT_MAX_OUTPUT_CHARS, ge=100,
+                                  description="a longer reply is cut, with a marker, before it is stored or used")
 
     @field_validator("id")
     @classmethod
@@ -108,8 +130,12 @@ class WorkerSpec(Strict):
 
 
 class Manifest(Strict):
-    conductor: ConductorSpec = Field(default_factory=ConductorSpec)
-    workers: list[WorkerSpec] = Field(min_length=1)
+    """A worker manifest (CONDUCTOR_WORKERS or --workers): the conductor and its team of workers."""
+
+    conductor: ConductorSpec = Field(default_factory=ConductorSpec,
+                                     description="the planning model (default: the bundled GGUF)")
+    workers: list[WorkerSpec] = Field(min_length=1, description="the workers, strongest first: the conductor's "
+                                                                "prompt says so, and paper format indexes them")
 
 
 Access = Literal["all", "none"] | list[Annotated[int, Field(ge=0)]]

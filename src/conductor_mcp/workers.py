@@ -180,7 +180,27 @@ class WorkerPool:
             raise WorkerError(f"{worker_id}: empty completion", retryable=True)
         return completion
 
-    async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]]) -> Completion:
+    async def probe(self, spec: WorkerSpec, gguf_path: Path | None, timeout_s: float) -> Completion:
+        """One call capped at one completion token, through the same client code as a step (`doctor --check`):
+        no retry, no fallback, and an empty reply counts as an answer (a reasoning model may spend its one token
+        thinking). Failures are WorkerErrors with no key in them; a timeout is TimeoutError."""
+        params = {k: v for k, v in spec.params.items() if k != "max_completion_tokens"}
+        spec = spec.model_copy(update={"params": {**params, "max_tokens": 1}})
+        with anyio.fail_after(timeout_s):
+            try:
+                if gguf_path is not None:
+                    return await self._local_call(spec, gguf_path, [{"role": "user", "content": "Say OK."}])
+                return await self._litellm_call(spec, [{"role": "user", "content": "Say OK."}],
+                                                timeout_s=timeout_s)
+            except WorkerError as exc:
+                if "has no text content" in str(exc):  # content null: the provider answered
+                    return Completion("", Usage(calls=1), 0.0)
+                raise
+            except Exception as exc:
+                raise _classify(exc, spec.id, spec.api_base) from exc
+
+    async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]],
+                            timeout_s: float | None = None) -> Completion:
         litellm = litellm_module()
         kwargs: dict[str, Any] = dict(spec.params)
         if "max_completion_tokens" not in kwargs:
@@ -191,7 +211,7 @@ class WorkerPool:
             kwargs["api_key"] = os.environ.get(spec.api_key_env)
         elif spec.api_base:
             kwargs["api_key"] = "none"  # local OpenAI-compatible servers want some key, never a real one
-        response = await litellm.acompletion(model=spec.model, messages=messages, timeout=spec.timeout_s,
+        response = await litellm.acompletion(model=spec.model, messages=messages, timeout=timeout_s or spec.timeout_s,
                                              max_retries=0, num_retries=0, **kwargs)
         try:
             text = response.choices[0].message.content
