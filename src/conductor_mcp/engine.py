@@ -37,6 +37,7 @@ from .models import (
 )
 from .outcomes import Outcomes
 from .planners import Planner, make_planner
+from .planners.base import PlanSink
 from .planners.strategies import strategy_planner
 from .registry import Registry
 from .resilience import RetryPolicy, WorkerHealth
@@ -69,6 +70,18 @@ class StepEvent:
 
 EventSink = Callable[[StepEvent], Awaitable[None]]
 Attempted = tuple[int, float, Usage | None]  # the successful attempt: number, latency, usage
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A plan's arguments once Engine.check_plan has passed them."""
+
+    task: str
+    workers: list[str]
+    max_steps: int
+    strategy: str
+    budget: Budget
+    prefer: Prefer
 
 
 @dataclass
@@ -167,21 +180,38 @@ class Engine:
         return outcomes.prior(task, self._specs(ids), prefer or self.registry.conductor.prefer,
                               self._max_steps(max_steps))
 
-    async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                   workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None,
-                   prefer: Prefer | None = None) -> Run:
-        """Plan (or take the host's `workflow`) and store the run as `planned`; nothing is spent yet.
-
-        `strategy` is `conductor` (the default), `moa` or `single:<worker>`. The conductor plans with
-        what past rewards say (`prefer` trades reward against cost; default the manifest's).
-        """
+    def check_plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
+                   strategy: str = "conductor", budget: Budget | None = None,
+                   prefer: Prefer | None = None) -> PlanRequest:
+        """A plan's arguments, checked (a clear error for the first bad one) before anything is spent."""
         task = check_task(task)
         self.store.require_writable()  # before the conductor spends anything on a plan that cannot be kept
         ids = self.registry.select(workers)
         steps = self._max_steps(max_steps)
-        budget = budget or Budget()
+        fixed = strategy_planner(strategy)
+        if fixed is not None:
+            fixed.check(ids, steps)
+        return PlanRequest(task, ids, steps, strategy, budget or Budget(), prefer or self.registry.conductor.prefer)
+
+    async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
+                   workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None,
+                   prefer: Prefer | None = None, *, on_plan: PlanSink | None = None,
+                   run_id: str | None = None) -> Run:
+        """Plan (or take the host's `workflow`) and store the run as `planned`; nothing is spent yet.
+
+        `strategy` is `conductor` (the default), `moa` or `single:<worker>`. The conductor plans with
+        what past rewards say (`prefer` trades reward against cost; default the manifest's). `on_plan`
+        hears how planning goes; `run_id`: the id to store the run under (one from store.new_run_id()).
+        """
+        request = self.check_plan(task, workers, max_steps, strategy, budget, prefer)
+        return await self.plan_checked(request, workflow, on_plan=on_plan, run_id=run_id)
+
+    async def plan_checked(self, request: PlanRequest, workflow: Any = None, *, on_plan: PlanSink | None = None,
+                           run_id: str | None = None) -> Run:
+        """`plan` for arguments that check_plan has passed."""
+        task, ids, steps, strategy, budget, prefer = (request.task, request.workers, request.max_steps,
+                                                      request.strategy, request.budget, request.prefer)
         recursion = budget.max_depth > 0
-        prefer = prefer or self.registry.conductor.prefer
         if workflow is not None:
             wf = validate_workflow(workflow, ids, steps, allow_recursion=recursion)
             info = PlanInfo(source="host", planner="host", attempts=0)
@@ -189,11 +219,11 @@ class Engine:
             prior = self.prior(task, ids, prefer, steps) if strategy == "conductor" else None
             # the run's limits cover its conductor calls too (the plan's usage is part of the run's)
             result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
-                                                            guard=BudgetGuard(budget))
+                                                            guard=BudgetGuard(budget), progress=on_plan)
             wf, info = result.workflow, result.info
         options = {"workers": ids, "max_steps": steps, "strategy": strategy, "budget": budget.model_dump(),
                    "kind": "root", "depth": 0, "prefer": prefer}
-        run_id = self.store.create_run(task, wf, info, options)
+        run_id = self.store.create_run(task, wf, info, options, run_id=run_id)
         return self.store.get_run(run_id)
 
     async def solve(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,

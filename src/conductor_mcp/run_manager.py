@@ -1,30 +1,34 @@
 """Runs that outlive a tool call: started in the server's task group, awaited for up to wait_s.
 
 Hosts cut long tool calls off, so a run belongs to the server process, not to the call that started
-it; a later `get_run` or `resume` picks it up by id. The engine is built on first use, so start-up
-imports nothing heavy.
+it; a later `get_run` or `resume` picks it up by id. `solve` hands out the run's id before the
+conductor has planned, so planning counts against the caller's wait like the steps do. The engine is
+built on first use, so start-up imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import RunStateError
-from .models import Budget, Run
+from .errors import ConductorError, RunNotFound, RunStateError, internal_message
+from .models import Budget, Prefer, Run
+from .planners.base import PlanEvent
 
 if TYPE_CHECKING:
     from .engine import Engine, StepEvent
 
 log = logging.getLogger(__name__)
-Listener = Callable[["StepEvent"], Awaitable[None]]
+Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
+Listener = Callable[[Progress], Awaitable[None]]
 
 
 @dataclass
@@ -33,6 +37,16 @@ class RunHandle:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     listener: Listener | None = None  # the tool call waiting on this run, if any
+    planning: bool = False  # the conductor is still writing the workflow: the store has no run yet
+    error: str | None = None  # why a run ended before it was stored (planning failed or was cancelled)
+
+
+def fallback_reason(run: Run) -> str | None:
+    """Why the conductor's plan was replaced by the one-step fallback, if it was."""
+    if run.plan.source != "fallback":
+        return None
+    reasons = run.plan.notes or run.plan.errors
+    return reasons[-1] if reasons else None
 
 
 class RunManager:
@@ -71,22 +85,31 @@ class RunManager:
         handle = self.handles.get(run_id)
         return handle if handle is not None and not handle.done.is_set() else None
 
-    def start(self, run_id: str, budget: Budget | None = None) -> RunHandle:
-        """Execute (or resume) a run in the background; one execution per run at a time."""
+    def _task_group(self) -> TaskGroup:
         if self._tg is None:
-            raise RuntimeError("RunManager.start needs `async with manager.running()`")
-        if self.active(run_id):
-            raise RunStateError(f"run {run_id} is already running in this server; use get_run to wait for it")
-        handle = RunHandle(run_id)
-        self.handles[run_id] = handle
-        engine = self.engine
+            raise RuntimeError("RunManager needs `async with manager.running()` to start runs")
+        return self._tg
 
-        async def sink(event: StepEvent) -> None:
+    @staticmethod
+    def _sink(handle: RunHandle) -> Callable[[Progress], Awaitable[None]]:
+        async def sink(event: Progress) -> None:
             if handle.listener is not None:
                 try:
                     await handle.listener(event)
                 except Exception:  # a client gone away must not fail the run
                     handle.listener = None
+
+        return sink
+
+    def start(self, run_id: str, budget: Budget | None = None) -> RunHandle:
+        """Execute (or resume) a stored run in the background; one execution per run at a time."""
+        tg = self._task_group()
+        if self.active(run_id):
+            raise RunStateError(f"run {run_id} is already running in this server; use get_run to wait for it")
+        handle = RunHandle(run_id)
+        self.handles[run_id] = handle
+        engine = self.engine
+        sink = self._sink(handle)
 
         async def body() -> None:
             try:
@@ -97,7 +120,57 @@ class RunManager:
             finally:
                 handle.done.set()
 
-        self._tg.start_soon(body)
+        tg.start_soon(body)
+        return handle
+
+    async def solve(self, task: str, *, workers: Sequence[str] | None = None, max_steps: int | None = None,
+                    strategy: str = "conductor", budget: Budget | None = None, prefer: Prefer | None = None,
+                    listener: Listener | None = None) -> RunHandle:
+        """Plan and run a task in the background; returns at once with the run's id.
+
+        Bad arguments raise ConductorError here, before anything starts. Then the conductor plans
+        (`handle.planning` is true, and `get` answers RunNotFound until the plan is stored) and the run
+        executes. `listener` hears PlanEvents while the conductor writes, then a StepEvent as each step
+        starts and ends. Wait with `wait(handle, s)`, read with `get(handle.run_id)`, stop with `cancel`;
+        a run that ended before it was stored (planning cancelled or failed) has `handle.error`.
+        """
+        tg = self._task_group()
+        engine = self.engine
+        request = engine.check_plan(task, workers, max_steps, strategy, budget, prefer)
+        from .store import new_run_id
+
+        handle = RunHandle(new_run_id(), listener=listener, planning=True)
+        self.handles[handle.run_id] = handle
+        sink = self._sink(handle)
+
+        async def on_plan(event: PlanEvent) -> None:
+            await sink(replace(event, run_id=handle.run_id))
+
+        async def body() -> None:
+            stored = False
+            try:
+                with handle.scope:
+                    started = time.perf_counter()
+                    try:
+                        run = await engine.plan_checked(request, on_plan=on_plan, run_id=handle.run_id)
+                        stored = True
+                    finally:
+                        handle.planning = False
+                    await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
+                                            steps=len(run.workflow.steps), source=run.plan.source,
+                                            note=fallback_reason(run)))
+                    await engine.resume(run.id, sink)
+            except Exception as exc:  # a run already stored has its error recorded by the engine
+                log.warning("run %s ended with %r", handle.run_id, exc)
+                if not stored:
+                    handle.error = ("planning failed: " + (str(exc) if isinstance(exc, ConductorError)
+                                                           else internal_message(exc)))
+            finally:
+                if not stored and handle.error is None:
+                    handle.error = "cancelled while the conductor was planning; nothing was stored"
+                handle.done.set()
+
+        tg.start_soon(body)
         return handle
 
     async def wait(self, handle: RunHandle, wait_s: float) -> bool:
@@ -111,4 +184,15 @@ class RunManager:
             await handle.done.wait()
 
     def get(self, run_id: str) -> Run:
-        return self.engine.store.get_run(run_id)
+        """The stored run; for a run that `solve` started and that ended before its plan was stored, a
+        RunStateError saying why (RunNotFound while it is still planning)."""
+        try:
+            return self.engine.store.get_run(run_id)
+        except RunNotFound:
+            handle = self.handles.get(run_id)
+            if handle is not None and handle.error is not None:
+                raise RunStateError(f"run {run_id}: {handle.error}") from None
+            if handle is not None and handle.planning:
+                raise RunNotFound(f"run {run_id} is being planned; it is stored once the conductor has "
+                                  "written its workflow") from None
+            raise

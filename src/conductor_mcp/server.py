@@ -30,7 +30,8 @@ from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError
 from . import __version__
 from .errors import ConductorError, RunNotFound, RunStateError, internal_message
 from .models import MAX_STEPS_LIMIT, Access, Budget, Run, RunStatus, StepStatus, Usage
-from .run_manager import RunManager
+from .planners.base import PlanEvent
+from .run_manager import Progress, RunManager
 from .workflows import field_problems
 
 log = logging.getLogger(__name__)
@@ -219,18 +220,24 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
     server = ConductorServer("conductor-mcp", instructions=INSTRUCTIONS, version=__version__,
                              lifespan=lifespan)
 
-    async def wait_for(run_id: str, wait_s: float, ctx: Context | None, cancel_on_abort: bool) -> Run:
+    async def wait_for(run_id: str, wait_s: float, ctx: Context | None, cancel_on_abort: bool) -> RunOut:
         """Wait up to wait_s, sending progress; a cancelled call cancels the run it started."""
         handle = runs.active(run_id)
         if handle is None:
-            return runs.get(run_id)
-        count = 0
+            return out(runs.get(run_id))
+        count = planning = 0
 
-        async def progress(event: Any) -> None:
-            nonlocal count
+        async def progress(event: Progress) -> None:
+            # one unit per event: planning's count is unknown ahead, then each step starts and ends
+            nonlocal count, planning
             count += 1
-            if ctx is not None:
-                await ctx.report_progress(count, total=2 * event.total, message=event.message)
+            if ctx is None:
+                return
+            if isinstance(event, PlanEvent):
+                planning = count
+                await ctx.report_progress(count, message=event.message)
+            else:
+                await ctx.report_progress(count, total=planning + 2 * event.total, message=event.message)
 
         handle.listener = progress
         try:
@@ -241,9 +248,14 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             raise
         finally:
             handle.listener = None
-        return runs.get(run_id)
+        if handle.planning:  # no run in the store yet: the plan is still being written
+            return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
+                          calls=0, trace_uri=_uri(run_id))
+        return out(runs.get(run_id))
 
     def launch(run_id: str, budget: Budget | None = None) -> None:
+        if runs.active(run_id) is not None:
+            return  # planning or running here already: the caller waits for it
         run = runs.get(run_id)
         if run.status == RunStatus.RUNNING and runs.active(run_id) is None:
             raise RunStateError(f"run {run_id} is running in another process; wait for it with get_run")
@@ -252,6 +264,16 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
 
     def out(run: Run) -> RunOut:
         return _run_out(run, runs.engine.store.tree_usage(run.id))
+
+    def run_result(result: RunOut) -> CallToolResult:
+        if result.status == RunStatus.COMPLETED:
+            text = result.answer
+        elif result.status == RunStatus.RUNNING and not result.steps:
+            text = (f"run {result.run_id}: the conductor is still planning; wait for it with "
+                    f"get_run(run_id={result.run_id!r}, wait_s=...)")
+        else:
+            text = None
+        return _result(result, result.run_id, text)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
     async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
@@ -262,13 +284,13 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         'running' after wait_s (poll get_run)."""
         try:
             budget = Budget.merged(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
-                             max_usd=max_usd)
-            run = await runs.engine.plan(task, workers, max_steps, strategy=strategy, budget=budget, prefer=prefer)
-            launch(run.id)
-            run = await wait_for(run.id, wait_s, ctx, cancel_on_abort=True)
+                                   max_usd=max_usd)
+            handle = await runs.solve(task, workers=workers, max_steps=max_steps, strategy=strategy, budget=budget,
+                                      prefer=prefer)
+            result = await wait_for(handle.run_id, wait_s, ctx, cancel_on_abort=True)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        return _result(out(run), run.id, run.answer if run.status == RunStatus.COMPLETED else None)
+        return run_result(result)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
     async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
@@ -310,26 +332,27 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted; over
         budget: give more). Completed steps are never re-run."""
         try:
-            runs.engine.check_resumable(run_id)  # a child run or a removed worker: say so, start nothing
+            if runs.active(run_id) is None:  # a run this server is planning or running is waited for
+                runs.engine.check_resumable(run_id)  # a child run or a removed worker: say so, start nothing
             given = dict(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                          max_usd=max_usd)
             budget = Budget.merged(runs.engine.store.options(run_id).get("budget") or {}, **given) if any(
                 v is not None for v in given.values()) else None
             launch(run_id, budget)
-            run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
+            result = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        return _result(out(run), run.id, run.answer if run.status == RunStatus.COMPLETED else None)
+        return run_result(result)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
                       ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
         """Status, per-step status and answer of a run; waits up to wait_s while it runs."""
         try:
-            run = await wait_for(run_id, wait_s, ctx, cancel_on_abort=False)
+            result = await wait_for(run_id, wait_s, ctx, cancel_on_abort=False)
         except ConductorError as exc:
             raise _tool_error(exc) from None
-        return _result(out(run), run.id)
+        return run_result(result) if result.status == RunStatus.RUNNING else _result(result, result.run_id)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True, open_world_hint=False))
     async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(ge=0, le=1)],

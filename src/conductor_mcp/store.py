@@ -114,6 +114,10 @@ MIGRATIONS: list[tuple[str, str]] = [
 FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
 
 
+def new_run_id() -> str:
+    return secrets.token_hex(12)  # 96 random bits: unguessable, and never starts with "-" on a CLI
+
+
 def default_db_path() -> Path:
     env = os.environ.get("CONDUCTOR_DB")
     if env:
@@ -312,9 +316,10 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------------
     def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: dict[str, Any] | None = None,
-                   parent: Lease | None = None, parent_step: int | None = None) -> str:
-        """Store a planned run; a child run (recursion or a round) only under its parent's lease."""
-        run_id = secrets.token_hex(12)  # 96 random bits: unguessable, and never starts with "-" on a CLI
+                   parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> str:
+        """Store a planned run; a child run (recursion or a round) only under its parent's lease. `run_id`: an id
+        from new_run_id() handed out before the plan was written (a run being planned in the background)."""
+        run_id = run_id or new_run_id()
         parent_run_id = parent.run_id if parent else None
         now = time.time()
         with self._tx() as db:

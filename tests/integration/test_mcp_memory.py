@@ -49,15 +49,20 @@ async def test_solve_plans_with_the_bundled_conductor(mcp_server: MCPServer[Any]
         messages.append(message or "")
 
     async with Client(mcp_server) as c:
-        r = await c.call_tool("solve", {"task": "What is 6 times 7?\nREPLY: 42"}, progress_callback=progress)
+        r = await c.call_tool("solve", {"task": "What is 6 times 7?\nREPLY: 42", "wait_s": 600},
+                              progress_callback=progress)
         assert not r.is_error, r.content
         out = r.structured_content
         assert out is not None and out["status"] == "completed" and out["answer"] == "42"
         assert out["calls"] == len(out["steps"]) + 1 and out["trace_uri"] == f"conductor://runs/{out['run_id']}"
         links = [b for b in r.content if b.type == "resource_link"]
         assert links and str(links[0].uri) == out["trace_uri"]
-        assert len(messages) == 2 * len(out["steps"]) and messages[0].startswith(f"step 1/{len(out['steps'])} ")
-        assert messages[-1].endswith("[completed]")
+        n = len(out["steps"])
+        planned = next(i for i, m in enumerate(messages) if m.startswith(f"planned {n} step(s)"))
+        assert messages[0].startswith("planning with gguf:") and planned > 0
+        steps = messages[planned + 1:]
+        assert len(steps) == 2 * n and steps[0].startswith(f"step 1/{n} ")
+        assert steps[-1].endswith("[completed]")
 
 
 async def test_wait_s_returns_running_then_get_run_finishes(mcp_server: MCPServer[Any],

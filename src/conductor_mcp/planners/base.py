@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -27,14 +27,46 @@ class PlanResult:
     info: PlanInfo
 
 
+@dataclass(frozen=True)
+class PlanEvent:
+    """Planning began, is going on (a tick while the conductor writes), or ended: hosts show these as
+    progress, since a small conductor on a busy CPU can take longer than a host waits for a tool call."""
+
+    planner: str
+    phase: Literal["start", "writing", "planned"]
+    elapsed_s: float
+    attempt: int = 1
+    tokens: int = 0  # generated so far in this attempt (0 where the planner cannot tell)
+    max_tokens: int | None = None
+    steps: int | None = None  # "planned": the workflow's length
+    source: str | None = None  # "planned": how the workflow came to be (PlanInfo.source)
+    note: str | None = None  # "planned": why it fell back, if it did
+    run_id: str | None = None  # filled in by whoever knows the run (RunManager)
+
+    @property
+    def message(self) -> str:
+        if self.phase == "start":
+            return f"planning with {self.planner}"
+        if self.phase == "planned":
+            tail = f": {self.note}" if self.note else ""
+            return f"planned {self.steps} step(s) in {self.elapsed_s:.0f} s ({self.source}){tail}"
+        written = f"{self.tokens} of at most {self.max_tokens} tokens" if self.max_tokens else "waiting for a reply"
+        again = f", attempt {self.attempt}" if self.attempt > 1 else ""
+        return f"planning with {self.planner}: {written}{again}, {self.elapsed_s:.0f} s"
+
+
+PlanSink = Callable[[PlanEvent], Awaitable[None]]
+
+
 class Planner(Protocol):
     name: str
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
                    allow_recursion: bool = False, prior: Prior | None = None,
-                   guard: BudgetGuard | None = None) -> PlanResult:
+                   guard: BudgetGuard | None = None, progress: PlanSink | None = None) -> PlanResult:
         """`prior`: what past rewards say about tasks like this one (outcomes.py); a fixed strategy
-        ignores it. `guard`: the run's budget; each model call is reserved on it and its usage added."""
+        ignores it. `guard`: the run's budget; each model call is reserved on it and its usage added.
+        `progress`: told while a model plans (a fixed strategy, which plans at once, tells nothing)."""
         ...
 
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
@@ -110,7 +142,7 @@ class ModelPlanner(ABC):
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
                    allow_recursion: bool = False, prior: Prior | None = None,
-                   guard: BudgetGuard | None = None) -> PlanResult:
+                   guard: BudgetGuard | None = None, progress: PlanSink | None = None) -> PlanResult:
         if prior is not None and prior.decided:
             # one step on one worker is all the outcomes allow: nothing is left for the model to decide
             prior.changes.append(f"one step on {prior.final[0]}: decided by the outcomes, no conductor call")
@@ -134,6 +166,8 @@ class ModelPlanner(ABC):
             final = [alias[f] for f in prior.final]
             if set(prior.final) != {w.id for w in workers}:
                 prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
+        if progress is not None:
+            await progress(PlanEvent(self.name, "start", 0.0))
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion,
                                             allow_empty=False, final=final, guard=guard)
         workflow = self._real(workflow, real)

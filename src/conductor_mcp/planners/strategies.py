@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ..budget import BudgetGuard
 from ..errors import WorkflowError
 from ..models import PlanInfo, Prior, Step, WorkerSpec, Workflow
-from .base import PlanResult, ReviewResult
+from .base import PlanResult, PlanSink, ReviewResult
 
 # The aggregate-and-synthesize prompt of togethercomputer/MoA, as the aggregator's instruction.
 MOA_AGGREGATE = (
@@ -28,6 +28,9 @@ class FixedPlanner:
 
     name: str
 
+    def check(self, ids: Sequence[str], max_steps: int) -> None:
+        """Raise WorkflowError when this strategy cannot plan over these workers and steps."""
+
     async def review(self, task: str, round_text: str, answer: str, workers: Sequence[WorkerSpec],
                      max_steps: int, allow_recursion: bool = False,
                      guard: BudgetGuard | None = None) -> ReviewResult:
@@ -39,12 +42,15 @@ class SinglePlanner(FixedPlanner):
         self.worker = worker
         self.name = f"single:{worker}"
 
+    def check(self, ids: Sequence[str], max_steps: int) -> None:
+        if self.worker not in ids:
+            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker; "
+                                f"allowed: {', '.join(ids)}")
+
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
                    allow_recursion: bool = False, prior: Prior | None = None,
-                   guard: BudgetGuard | None = None) -> PlanResult:
-        if self.worker not in {w.id for w in workers}:
-            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker; "
-                                f"allowed: {', '.join(w.id for w in workers)}")
+                   guard: BudgetGuard | None = None, progress: PlanSink | None = None) -> PlanResult:
+        self.check([w.id for w in workers], max_steps)
         wf = Workflow(steps=[Step(worker=self.worker, instruction=task[:8000])])
         return PlanResult(wf, PlanInfo(source="strategy", planner=self.name, attempts=0))
 
@@ -55,11 +61,14 @@ class MoAPlanner(FixedPlanner):
     def __init__(self, proposers: int = 4) -> None:
         self.proposers = proposers  # distinct workers, as MoA's proposers are distinct models
 
-    async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False, prior: Prior | None = None,
-                   guard: BudgetGuard | None = None) -> PlanResult:
+    def check(self, ids: Sequence[str], max_steps: int) -> None:
         if max_steps < 2:
             raise WorkflowError("strategy: moa needs max_steps >= 2 (proposers plus an aggregator)")
+
+    async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
+                   allow_recursion: bool = False, prior: Prior | None = None,
+                   guard: BudgetGuard | None = None, progress: PlanSink | None = None) -> PlanResult:
+        self.check([w.id for w in workers], max_steps)
         ids = [w.id for w in workers]
         k = min(self.proposers, max_steps - 1, len(ids))
         steps = [Step(worker=ids[i], instruction=task[:8000], access="none") for i in range(k)]
