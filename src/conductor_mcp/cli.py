@@ -1,4 +1,4 @@
-"""conductor-mcp serve | solve | plan | resume | runs | show | usage | rate | eval | calibrate | pull | doctor.
+"""conductor-mcp serve | ui | solve | plan | resume | runs | show | usage | rate | eval | calibrate | pull | doctor.
 
 Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
 """
@@ -299,21 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("pull", help="download the manifest's `hf:` conductor into the Hugging Face cache")
     sp.add_argument("--workers", help="worker manifest (YAML); default $CONDUCTOR_WORKERS")
     sp.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
-    sp = sub.add_parser("serve", help="serve MCP (stdio by default)")
-    sp.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8765, help="0 picks a free port; the address is printed to stderr")
-    sp.add_argument("--allowed-host", action="append", default=[],
-                    help="a name clients reach this server by, e.g. conductor.lan; accepted in the Host header "
-                         "bare and with the serving port, or with the port given here (repeatable)")
-    sp.add_argument("--allowed-origin", action="append", default=[], help="Origin to accept (repeatable)")
-    common(sp, json_flag=False)
+    for name, help_text in (("serve", "serve MCP (stdio by default)"),
+                            ("ui", "serve MCP over HTTP with the web view of runs, and print the view's address")):
+        sp = sub.add_parser(name, help=help_text)
+        if name == "serve":
+            sp.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
+        else:
+            sp.set_defaults(transport="http")
+            sp.add_argument("--open", action="store_true", help="also open the address in a web browser")
+        sp.add_argument("--host", default="127.0.0.1")
+        sp.add_argument("--port", type=int, default=8765, help="0 picks a free port; the address is printed")
+        sp.add_argument("--allowed-host", action="append", default=[],
+                        help="a name clients reach this server by, e.g. conductor.lan; accepted in the Host header "
+                             "bare and with the serving port, or with the port given here (repeatable)")
+        sp.add_argument("--allowed-origin", action="append", default=[], help="Origin to accept (repeatable)")
+        common(sp, json_flag=False)
     return p
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
-    "serve": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull, "usage": _usage,
+    "serve": _serve, "ui": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull, "usage": _usage,
     "schema": _schema,
 }
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .errors import ConfigError
 from .run_manager import RunManager
 from .server import build_server
+from .web import announce, with_web_ui
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ def http_app(manager: RunManager, transport: str, host: str, port: int, allowed_
         app: Any = server.streamable_http_app(transport_security=security, host=host)
     else:
         app = server.sse_app(transport_security=security, host=host)
-    return BearerToken(app, token) if token else app
+    app = BearerToken(app, token) if token else app
+    # the web view of runs (web/) on `/` and `/ui/...`: outside BearerToken, with a sign-in of its own
+    return with_web_ui(app, manager, security, token)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -150,6 +153,8 @@ def serve(args: argparse.Namespace) -> None:
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
     sys.stderr.write(f"conductor-mcp: serving {args.transport} on http://{shown}:{port}{path}\n")
     sys.stderr.flush()
+    announce(args.host, port, token=token is not None, to_stdout=getattr(args, "command", None) == "ui",
+             open_browser=bool(getattr(args, "open", False)))
 
     async def run_http() -> None:
         async with manager.running():

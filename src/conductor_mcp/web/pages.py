@@ -1,0 +1,370 @@
+"""The web view's HTML, rendered on the server: the list of runs and a run's page.
+
+Every value from the store goes through `text()`: keys masked (redact.py), then HTML-escaped, so a worker
+output holding `<script>` shows as text. The page's dynamic parts (summary, steps, related runs, diagram)
+are separate fragments, so that the live-progress poll can send them again as the run goes on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..models import Run, RunStatus, StepRecord, Usage
+from ..redact import redact
+from ..render import mermaid
+
+# a run in one of these may still change (a planned run may be started, an interrupted one resumed)
+LIVE = frozenset({RunStatus.PLANNED, RunStatus.RUNNING})
+STATIC = f"/ui/static/{{}}?v={__version__}"
+
+
+def text(value: object) -> str:
+    """A value from the store, safe to put in HTML (element content or a quoted attribute)."""
+    return html.escape(redact("" if value is None else str(value)), quote=True)
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cost(usd: float | None) -> str:
+    if usd is None:
+        return "n/a"
+    return f"${usd:.4f}" if usd < 100 else f"${usd:,.2f}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
+
+
+def reward(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def status_badge(status: str) -> str:
+    return f'<span class="badge s-{text(status)}">{text(status.replace("_", " "))}</span>'
+
+
+def run_seconds(run: Run, now: float | None = None) -> float:
+    end = (now or time.time()) if run.status in LIVE else run.updated_at
+    return max(0.0, end - run.created_at)
+
+
+def layout(title: str, body: str, *, scripts: tuple[str, ...] = (), signed_in: bool = False) -> str:
+    """A whole page. `signed_in`: show the sign-out button (only where a token is in use)."""
+    tags = "".join(f'<script src="{STATIC.format(s)}" defer></script>' for s in scripts)
+    signout = ('<form method="post" action="/ui/logout" class="signout"><button type="submit">Sign out</button>'
+               "</form>") if signed_in else ""
+    return ("<!doctype html>\n"
+            f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, '
+            f'initial-scale=1"><link rel="icon" href="data:,"><title>{text(title)} · conductor-mcp</title>'
+            f'<link rel="stylesheet" href="{STATIC.format("ui.css")}">{tags}</head>'
+            f'<body><header class="top"><a class="brand" href="/ui/">conductor-mcp</a>'
+            f'<nav><a href="/ui/">Runs</a></nav>{signout}</header><main>{body}</main></body></html>\n')
+
+
+# -- the list of runs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ListRow:
+    run_id: str
+    status: str
+    strategy: str
+    task: str
+    created_at: float
+    steps: int
+    usage: Usage
+    seconds: float
+    reward: float | None
+
+
+def runs_page(rows: list[ListRow], next_cursor: str | None, first_page: bool, limit: int,
+              signed_in: bool) -> str:
+    if rows:
+        body_rows = "".join(
+            f'<tr><td class="id"><a href="/ui/runs/{text(r.run_id)}">{text(r.run_id)}</a></td>'
+            f"<td>{status_badge(r.status)}</td><td>{text(r.strategy)}</td>"
+            f'<td class="task"><a href="/ui/runs/{text(r.run_id)}">{text(r.task)}</a></td>'
+            f'<td class="num">{r.steps}</td><td class="num">{r.usage.total_tokens:,}</td>'
+            f'<td class="num">{cost(r.usage.cost_usd)}</td><td class="num">{seconds(r.seconds)}</td>'
+            f'<td class="num">{reward(r.reward)}</td><td class="when">{when(r.created_at)}</td></tr>'
+            for r in rows)
+        table = ('<table class="runs"><thead><tr><th>Run</th><th>Status</th><th>Strategy</th><th>Task</th>'
+                 '<th class="num">Steps</th><th class="num">Tokens</th><th class="num">Cost</th>'
+                 '<th class="num">Time</th><th class="num">Reward</th><th>Created</th></tr></thead>'
+                 f"<tbody>{body_rows}</tbody></table>")
+    else:
+        table = ('<p class="empty">No runs yet. Start one from an MCP host (the <code>solve</code> tool) or with '
+                 "<code>conductor-mcp solve \"TASK\"</code> on this store.</p>" if first_page
+                 else '<p class="empty">No older runs.</p>')
+    pager = []
+    if not first_page:
+        pager.append(f'<a href="/ui/?limit={limit}">« Newest</a>')
+    if next_cursor:
+        pager.append(f'<a rel="next" href="/ui/?limit={limit}&amp;cursor={text(next_cursor)}">Older »</a>')
+    body = (f'<h1>Runs</h1><p class="lede">Newest first; a run\'s tokens, cost and time count its planning, '
+            f"child runs and review rounds.</p>{table}"
+            f'<nav class="pager">{"".join(pager)}</nav>')
+    return layout("Runs", body, signed_in=signed_in)
+
+
+# -- a run's page -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunView:
+    """Everything a run's page shows, read from the store in one go."""
+
+    run: Run
+    strategy: str
+    tree_usage: Usage
+    children: list[Run] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    rounds: dict[str, int] = field(default_factory=dict)  # child run id -> its round number
+    parent: Run | None = None
+
+
+def _fact(label: str, value: str, cls: str = "") -> str:
+    return f'<div class="fact {cls}"><dt>{label}</dt><dd>{value}</dd></div>'
+
+
+def summary_fragment(view: RunView, now: float | None = None) -> str:
+    run, u = view.run, view.tree_usage
+    own = run.usage
+    facts = [
+        _fact("Status", status_badge(run.status.value)),
+        _fact("Strategy", text(view.strategy)),
+        _fact("Planned by", f"{text(run.plan.source)} · {text(run.plan.planner)}"),
+        _fact("Created", text(when(run.created_at))),
+        _fact("Time", seconds(run_seconds(run, now))),
+        _fact("Tokens", f"{u.total_tokens:,} <small>({u.prompt_tokens:,} in, {u.completion_tokens:,} out)</small>"),
+        _fact("Calls", str(u.calls)),
+        _fact("Cost", cost(u.cost_usd)),
+        _fact("Reward", (f"{reward(run.reward)} <small>({text(run.reward_source)})</small>"
+                         if run.reward is not None else '<span class="muted">not rated</span>'), "reward"),
+    ]
+    note = ""
+    if u.calls != own.calls:
+        note = (f'<p class="muted small">This run alone: {own.total_tokens:,} tokens, {own.calls} calls, '
+                f"{cost(own.cost_usd)}; the figures above add its child runs and reviews.</p>")
+    out = [f'<dl class="facts">{"".join(facts)}</dl>{note}']
+    if run.reward_note:
+        out.append(f'<p class="reward-note">Rating note: {text(run.reward_note)}</p>')
+    if run.error:
+        out.append(f'<div class="error"><strong>Error</strong><pre>{text(run.error)}</pre></div>')
+    if run.answer is not None:
+        out.append(f'<div class="answer"><h2>Answer</h2><pre>{text(run.answer)}</pre></div>')
+    elif run.status == RunStatus.PLANNED:
+        out.append('<p class="muted">Planned, not started: run it with the <code>resume</code> tool or '
+                   f"<code>conductor-mcp resume {text(run.id)}</code>.</p>")
+    return "".join(out)
+
+
+def _access(step: StepRecord) -> str:
+    if step.access == "all":
+        return "all earlier steps" if step.index else "nothing (first step)"
+    if step.access == "none" or not step.access:
+        return "only the task"
+    return "steps " + ", ".join(str(i) for i in sorted(set(step.access)))
+
+
+def _attempts(step: StepRecord) -> str:
+    if not step.attempts:
+        return ""
+    rows = "".join(
+        f'<tr><td class="num">{a.n}</td><td>{text(a.worker)}</td><td>{status_badge(a.status)}</td>'
+        f'<td class="num">{seconds(a.latency_s)}</td><td class="num">{a.usage.total_tokens:,}</td>'
+        f'<td class="num">{cost(a.usage.cost_usd) if a.usage.total_tokens else ""}</td>'
+        f'<td class="err">{text(a.error or "")}</td></tr>' for a in step.attempts)
+    return ('<table class="attempts"><thead><tr><th class="num">#</th><th>Worker</th><th>Status</th>'
+            '<th class="num">Time</th><th class="num">Tokens</th><th class="num">Cost</th><th>Error</th></tr>'
+            f"</thead><tbody>{rows}</tbody></table>")
+
+
+def step_card(run: Run, step: StepRecord, children: list[Run], now: float | None = None) -> str:
+    u = step.usage
+    latency = step.latency_s
+    if latency is None and step.started_at is not None and step.status.value == "running":
+        latency = (now or time.time()) - step.started_at
+    meta = [status_badge(step.status.value)]
+    if latency is not None:
+        meta.append(seconds(latency))
+    if u.calls:
+        meta.append(f"{u.total_tokens:,} tokens ({u.prompt_tokens:,} in, {u.completion_tokens:,} out)")
+        meta.append(cost(u.cost_usd))
+    n_attempts = len(step.attempts)
+    meta.append(f"{n_attempts} attempt{'s' if n_attempts != 1 else ''}")
+    if step.edited:
+        meta.append("edited by the host")
+    child_links = "".join(
+        f'<p class="child">Child run of this step: <a href="/ui/runs/{text(c.id)}">{text(c.id)}</a> '
+        f"{status_badge(c.status.value)}</p>" for c in children if c.parent_step == step.index)
+    body = []
+    if step.output is not None:
+        body.append(f'<details class="output" id="out-{run.id}-{step.index}" open><summary>Output '
+                    f'<small>({len(step.output):,} characters)</small></summary><pre>{text(step.output)}</pre>'
+                    "</details>")
+    if step.error:
+        body.append(f'<div class="error"><strong>Error</strong><pre>{text(step.error)}</pre></div>')
+    attempts = _attempts(step)
+    if attempts:
+        body.append(f'<details class="attempts-box" id="att-{run.id}-{step.index}"'
+                    f'{" open" if any(a.status != "ok" for a in step.attempts) else ""}>'
+                    f"<summary>Attempts</summary>{attempts}</details>")
+    return (f'<article class="step st-{text(step.status.value)}" id="step-{step.index}">'
+            f'<header><h3><span class="idx">{step.index}</span> <span class="worker">{text(step.worker)}</span>'
+            f'</h3><p class="meta">{" · ".join(meta)}</p></header>'
+            f'<p class="instruction">{text(step.instruction)}</p>'
+            f'<p class="access">Sees: {_access(step)}</p>{child_links}{"".join(body)}</article>')
+
+
+def steps_fragment(view: RunView, now: float | None = None) -> str:
+    return "".join(step_card(view.run, s, view.children, now) for s in view.run.steps)
+
+
+def related_fragment(view: RunView) -> str:
+    run = view.run
+    parts = []
+    if view.children:
+        items = []
+        for c in view.children:
+            if c.parent_step is not None:
+                kind = f"recursion: step {c.parent_step} handed to the conductor"
+            else:
+                kind = f"review round {view.rounds.get(c.id, '?')}"
+            items.append(f'<li><a href="/ui/runs/{text(c.id)}">{text(c.id)}</a> {status_badge(c.status.value)} '
+                         f'<span class="muted">{text(kind)}</span> · {len(c.steps)} step'
+                         f'{"s" if len(c.steps) != 1 else ""}</li>')
+        parts.append(f'<h2>Child runs</h2><ul class="related">{"".join(items)}</ul>')
+    if view.reviews:
+        items = []
+        by_round = {n: cid for cid, n in view.rounds.items()}
+        for r in view.reviews:
+            n = int(r.get("round", 0))
+            info = r.get("info") or {}
+            usage = info.get("usage") or {}
+            tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+            if r.get("accepted"):
+                verdict = "accepted the answer"
+            else:
+                nxt = by_round.get(n + 1)
+                link = f' <a href="/ui/runs/{text(nxt)}">round {n + 1}</a>' if nxt else f" round {n + 1}"
+                verdict = f"asked for a correction:{link}"
+            items.append(f"<li>Review of round {n}: {verdict} <span class=\"muted\">({tokens:,} tokens, "
+                         f"{text(info.get('planner', ''))})</span></li>")
+        parts.append(f'<h2>Review rounds</h2><ul class="related">{"".join(items)}</ul>')
+    if not parts and run.parent_run_id is None:
+        return ""
+    return "".join(parts)
+
+
+def _mermaid_safe(value: str) -> str:
+    """A label for Mermaid that stays text: `<`, `>` and `&` as Mermaid's numeric entity codes."""
+    return value.replace("&", "#38;").replace("<", "#60;").replace(">", "#62;")
+
+
+def diagram_source(view: RunView) -> str:
+    """render.mermaid's flowchart of the run, its labels turned to text (Mermaid renders HTML in labels)."""
+
+    def safe(run: Run) -> Run:
+        return run.model_copy(update={
+            "task": _mermaid_safe(redact(run.task)),
+            "steps": [s.model_copy(update={"worker": _mermaid_safe(s.worker),
+                                           "instruction": _mermaid_safe(redact(s.instruction))})
+                      for s in run.steps]})
+
+    return mermaid(safe(view.run), [safe(c) for c in view.children])
+
+
+def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None = None) -> str:
+    run = view.run
+    title = run.task.strip().splitlines()[0] if run.task.strip() else run.id
+    short = title if len(title) <= 120 else title[:117] + "..."
+    crumbs = [f'<a href="/ui/">Runs</a> / run <code>{text(run.id)}</code>']
+    if view.parent is not None:
+        part = (f"step {run.parent_step}" if run.parent_step is not None
+                else f"review round {view.rounds.get(run.id, '')}".rstrip())
+        crumbs.append(f' · part of <a href="/ui/runs/{text(view.parent.id)}">run {text(view.parent.id)}</a> '
+                      f"({text(part)})")
+    live = run.status in LIVE
+    rating = ""
+    if run.parent_run_id is None:
+        current = run.reward
+        options = "".join(
+            f'<label class="choice"><input type="radio" name="score" value="{v}"'
+            f'{" checked" if current is not None and abs(current - float(v)) < 1e-9 else ""} required> '
+            f"<strong>{v}</strong> {label}</label>"
+            for v, label in (("1", "correct"), ("0.5", "wrong but well formed"), ("0", "unusable")))
+        rating = (f'<section class="rate" id="rate"><h2>Rate this run</h2>'
+                  f'<p class="muted">The same reward as the <code>rate_run</code> tool; the conductor learns from '
+                  f"it when it plans similar tasks. A new rating replaces the last one.</p>"
+                  f'<form method="post" action="/ui/runs/{text(run.id)}/rate">'
+                  f'<div class="choices">{options}</div>'
+                  f'<label class="note">Note <small>(optional)</small><textarea name="note" maxlength="2000" '
+                  f'rows="2">{text(run.reward_note or "")}</textarea></label>'
+                  f'<button type="submit">Save rating</button></form></section>')
+    plan = run.plan
+    plan_bits = [f"<p>{text(plan.source)} by {text(plan.planner)}, {plan.attempts} attempt"
+                 f"{'s' if plan.attempts != 1 else ''}"
+                 + (f", {seconds(plan.latency_s)}" if plan.latency_s is not None else "")
+                 + f", {plan.usage.total_tokens:,} tokens</p>"]
+    for label, items in (("Errors", plan.errors), ("Repairs", plan.repairs), ("Notes", plan.notes)):
+        if items:
+            plan_bits.append(f"<p>{label}:</p><ul>{''.join(f'<li>{text(i)}</li>' for i in items)}</ul>")
+    if plan.raw:
+        plan_bits.append(f"<details><summary>Raw plan</summary><pre>{text(plan.raw)}</pre></details>")
+    flash_html = f'<p class="flash" role="status">{text(flash)}</p>' if flash else ""
+    body = (f'<p class="crumbs">{"".join(crumbs)}</p>{flash_html}'
+            f'<h1 class="task-title">{text(short)}</h1>'
+            f'<div id="run" data-run="{text(run.id)}" data-live="{"1" if live else "0"}">'
+            f'<section id="summary" class="summary">{summary_fragment(view, now)}</section>'
+            f'<details class="task"><summary>Task <small>({len(run.task):,} characters)</small></summary>'
+            f"<pre>{text(run.task)}</pre></details>"
+            f'<section class="workflow"><h2>Workflow <span class="live-dot" id="live" '
+            f'title="updating live"{"" if live else " hidden"}>live</span></h2>'
+            f'<div id="diagram" class="diagram" aria-label="workflow diagram"></div>'
+            f'<pre id="diagram-src" class="diagram-src" hidden>{html.escape(diagram_source(view))}</pre></section>'
+            f'<section class="steps"><h2>Steps</h2><div id="steps">{steps_fragment(view, now)}</div></section>'
+            f'<section id="related">{related_fragment(view)}</section>'
+            f"{rating}"
+            f'<section class="plan"><details><summary>How it was planned</summary>{"".join(plan_bits)}</details>'
+            "</section></div>")
+    return layout(f"run {run.id}", body, scripts=("mermaid.min.js", "ui.js"), signed_in=signed_in)
+
+
+def run_state(view: RunView, now: float | None = None) -> dict[str, Any]:
+    """What the live poll gets: the page's dynamic fragments, and whether to keep polling."""
+    return {"status": view.run.status.value, "live": view.run.status in LIVE,
+            "summary": summary_fragment(view, now), "steps": steps_fragment(view, now),
+            "related": related_fragment(view), "diagram": diagram_source(view)}
+
+
+def login_page(next_path: str, error: str = "", secure_hint: bool = False) -> str:
+    err = f'<p class="error" role="alert">{text(error)}</p>' if error else ""
+    hint = ('<p class="muted small">This server is reached over plain HTTP: the token and the session cookie '
+            "cross the network unencrypted. Put it behind HTTPS (a reverse proxy) off a trusted network.</p>"
+            if secure_hint else "")
+    body = (f'<section class="login"><h1>Sign in</h1>{err}'
+            '<p>This server needs its token (the <code>CONDUCTOR_TOKEN</code> it was started with). Signing in '
+            "keeps a session cookie in this browser for 30 days; the token never goes in an address.</p>"
+            '<form method="post" action="/ui/login">'
+            '<input type="text" name="username" value="conductor-mcp" autocomplete="username" hidden>'
+            '<label>Token <input type="password" name="token" autocomplete="current-password" required autofocus>'
+            "</label>"
+            f'<input type="hidden" name="next" value="{text(next_path)}">'
+            f'<button type="submit">Sign in</button></form>{hint}</section>')
+    return layout("Sign in", body)
+
+
+def message_page(title: str, message: str) -> str:
+    return layout(title, f'<h1>{text(title)}</h1><p>{text(message)}</p><p><a href="/ui/">All runs</a></p>')
