@@ -12,7 +12,7 @@ ifndef SEED
 SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 endif
 
-.PHONY: install demo test test-each lint typecheck unit bench bench-quality clean node
+.PHONY: install demo test test-each lint typecheck unit bench bench-quality clean node browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,12 +53,31 @@ node:
 	    "CONDUCTOR_SKIP_INSPECTOR=1 to skip that test on purpose." >&2; exit 1; }; \
 	fi
 
-test: lint typecheck node
+# The web view's tests drive a real headless Chromium through its chromedriver (Selenium, given both paths: nothing
+# downloads a browser). Where either is missing, a root machine with apt-get (CI's) installs Debian's chromium and
+# chromium-driver; anywhere else this fails and says what to install. CONDUCTOR_SKIP_BROWSER=1 opts out on purpose
+# (those tests then report skips). TMPDIR=/var/tmp: apt's signature check writes there as its own user.
+CHROMIUM ?= $(or $(CONDUCTOR_CHROMIUM),$(shell command -v chromium),/usr/bin/chromium)
+CHROMEDRIVER ?= $(or $(CONDUCTOR_CHROMEDRIVER),$(shell command -v chromedriver),/usr/bin/chromedriver)
+browser:
+	@if [ "$${CONDUCTOR_SKIP_BROWSER:-}" != 1 ] && ! { [ -x "$(CHROMIUM)" ] && [ -x "$(CHROMEDRIVER)" ]; }; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "chromium or chromedriver is missing: installing Debian's chromium and chromium-driver for the web view's tests"; \
+	    TMPDIR=/var/tmp apt-get update -qq && TMPDIR=/var/tmp DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  fi; \
+	  { [ -x "$(CHROMIUM)" ] && [ -x "$(CHROMEDRIVER)" ]; } || { \
+	    echo "make test: Chromium and its chromedriver are missing, and the web view's browser tests need them." \
+	    "Install them (Debian: apt-get install chromium chromium-driver), point CONDUCTOR_CHROMIUM and" \
+	    "CONDUCTOR_CHROMEDRIVER at them, or set CONDUCTOR_SKIP_BROWSER=1 to skip those tests on purpose." >&2; exit 1; }; \
+	fi
+
+test: lint typecheck node browser
 	@echo "pytest in random order, seed $(SEED) (make test SEED=$(SEED) replays it)"
 	$(VENV)/bin/pytest -q -p randomly --randomly-seed=$(SEED) $(PYTEST_ARGS)
 
 # Each test file alone, in its own process: a test that passes only because another file ran first fails here.
-test-each: install node
+test-each: install node browser
 	@failed=""; for f in $$(find tests -name 'test_*.py' | sort); do \
 	  $(VENV)/bin/pytest -q -p no:randomly $$f >/tmp/test-each.log 2>&1 && echo "ok      $$f" \
 	    || { echo "FAILED  $$f"; tail -20 /tmp/test-each.log; failed="$$failed $$f"; }; \
