@@ -65,7 +65,8 @@ class StepEvent:
     def message(self) -> str:
         what = self.instruction if len(self.instruction) <= 60 else self.instruction[:57] + "..."
         tail = "" if self.phase == "start" else f" [{self.status.value}]"
-        return f"step {self.index + 1}/{self.total} {self.worker}: {what}{tail}"
+        # 0-based, as run_step, access lists, the trace and the step resources count
+        return f"step {self.index} of 0..{self.total - 1} {self.worker}: {what}{tail}"
 
 
 EventSink = Callable[[StepEvent], Awaitable[None]]

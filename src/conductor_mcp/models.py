@@ -47,7 +47,10 @@ class ConductorSpec(Strict):
                                                       "GPU backend")
     n_ctx: int = Field(default=4096, ge=512, description="a local conductor's context window in tokens")
     n_threads: int | None = Field(default=None, ge=1, description="CPU threads of a local conductor (default: "
-                                                                  "every core)")
+                                                                  "half the usable cores)")
+    plan_timeout_s: float | None = Field(
+        default=45.0, gt=0, description="seconds a plan may take, every attempt together; past it the whole task "
+                                        "goes to one worker as one step and the trace says why (null: no bound)")
     max_steps: int = Field(default=MAX_STEPS_LIMIT, ge=1, le=MAX_STEPS_LIMIT, description="most steps in a workflow")
     temperature: float = Field(default=0.0, ge=0, description="sampling temperature of the first plan attempt")
     api_base: str | None = Field(default=None, description="a remote conductor's OpenAI-compatible endpoint")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -294,12 +294,22 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
     async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
-                            workflow: WorkflowIn | None = None) -> Annotated[CallToolResult, PlanOut]:
+                            workflow: WorkflowIn | None = None,
+                            ctx: Context | None = None) -> Annotated[CallToolResult, PlanOut]:
         """Plan only (or check your own `workflow`) and store it as a run; nothing is spent.
         Run it with resume, or step by step with run_step."""
+        count = 0
+
+        async def progress(event: PlanEvent) -> None:
+            nonlocal count
+            count += 1
+            if ctx is not None:
+                with suppress(Exception):  # a client gone away must not fail the plan
+                    await ctx.report_progress(count, message=event.message)
+
         try:
             given = workflow.model_dump() if workflow is not None else None
-            run = await runs.engine.plan(task, workers, max_steps, workflow=given)
+            run = await runs.engine.plan(task, workers, max_steps, workflow=given, on_plan=progress)
         except ConductorError as exc:
             raise _tool_error(exc) from None
         out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),

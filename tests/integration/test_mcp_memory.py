@@ -61,7 +61,7 @@ async def test_solve_plans_with_the_bundled_conductor(mcp_server: MCPServer[Any]
         planned = next(i for i, m in enumerate(messages) if m.startswith(f"planned {n} step(s)"))
         assert messages[0].startswith("planning with gguf:") and planned > 0
         steps = messages[planned + 1:]
-        assert len(steps) == 2 * n and steps[0].startswith(f"step 1/{n} ")
+        assert len(steps) == 2 * n and steps[0].startswith(f"step 0 of 0..{n - 1} ")
         assert steps[-1].endswith("[completed]")
 
 
@@ -113,7 +113,35 @@ async def test_run_step_and_host_workflow(mcp_server: MCPServer[Any], server: Sc
         assert trace["workflow"]["steps"][1]["worker"] == "strong" and trace["plan"]["source"] == "host"
 
 
+async def test_steps_are_numbered_from_0_everywhere(mcp_server: MCPServer[Any]) -> None:
+    # one index names one step in progress, run_step, the trace, the step resource and errors
+    messages: list[str] = []
+
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with Client(mcp_server) as c:
+        run_id = await plan(c)
+        r = await c.call_tool("run_step", {"run_id": run_id, "step": 0})
+        assert r.structured_content is not None and r.structured_content["step"] == 0
+        r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 20}, progress_callback=progress)
+        assert r.structured_content is not None and r.structured_content["status"] == "completed"
+        assert [s["index"] for s in r.structured_content["steps"]] == [0, 1, 2]
+        trace = json.loads((await c.read_resource(f"conductor://runs/{run_id}")).contents[0].text)  # type: ignore[union-attr]
+        for i, step in enumerate(WORKFLOW["steps"]):
+            assert trace["steps"][i]["index"] == i and trace["steps"][i]["worker"] == step["worker"]
+            one = json.loads((await c.read_resource(f"conductor://runs/{run_id}/steps/{i}")).contents[0].text)  # type: ignore[union-attr]
+            assert one["index"] == i and one["instruction"] == step["instruction"]
+        # step 0 ran by hand: resume reports steps 1 and 2, each by its own index and worker
+        assert [m.split(":")[0] for m in messages] == ["step 1 of 0..2 slow", "step 1 of 0..2 slow",
+                                                       "step 2 of 0..2 strong", "step 2 of 0..2 strong"]
+        r = await c.call_tool("run_step", {"run_id": run_id, "step": 0})
+        assert r.is_error and "step 0 is already completed" in r.content[0].text  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("tool", "args", "message"), [
+    ("solve", {"task": "x", "strategy": "single:evil"}, "single:evil: unknown or unavailable worker"),
+    ("solve", {"task": "x", "strategy": "moa", "max_steps": 1}, "moa needs max_steps >= 2"),
     ("get_run", {"run_id": "nope"}, "no run 'nope'"),
     ("resume", {"run_id": "nope"}, "no run 'nope'"),
     ("solve", {"task": "x", "workers": ["evil"]},

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+import anyio
 
 from ..budget import BudgetExceeded, BudgetGuard
 from ..errors import WorkerError, WorkflowError
@@ -58,6 +61,17 @@ class PlanEvent:
 PlanSink = Callable[[PlanEvent], Awaitable[None]]
 
 
+@dataclass
+class Watch:
+    """What one attempt has written so far: a local model's thread sets it, the progress ticker reads it."""
+
+    tokens: int = 0
+    max_tokens: int | None = None
+
+    def token(self, n: int) -> None:
+        self.tokens = n
+
+
 class Planner(Protocol):
     name: str
 
@@ -103,6 +117,9 @@ class ModelPlanner(ABC):
     # "neutral": the model sees worker-0, worker-1, ... instead of the manifest's ids, as the paper's
     # conductor did, so that a name's wording cannot steer it; plans are mapped back to the real ids
     worker_names: Literal["ids", "neutral"] = "ids"
+    # a plan (or review) that takes longer, every attempt together, is stopped and replaced by the fallback
+    plan_timeout_s: float | None = None
+    progress_every_s = 1.0  # how often a `progress` sink hears how the writing goes
 
     def _shown(self, workers: Sequence[WorkerSpec]) -> tuple[list[WorkerSpec], dict[str, str]]:
         """The workers as the model sees them, and the map from a shown id back to the real one."""
@@ -126,8 +143,9 @@ class ModelPlanner(ABC):
 
     @abstractmethod
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int) -> Generation:
-        """One reply; `constraint` (from `constraint()`) is None in the paper's free format."""
+                       attempt: int, watch: Watch | None = None) -> Generation:
+        """One reply; `constraint` (from `constraint()`) is None in the paper's free format. A planner that
+        can count its tokens as they come sets `watch.max_tokens` and calls `watch.token(n)`."""
 
     def constraint(self, names: Sequence[str], max_steps: int, allow_empty: bool,
                    final: Sequence[str] | None = None) -> Any:
@@ -169,8 +187,10 @@ class ModelPlanner(ABC):
         if progress is not None:
             await progress(PlanEvent(self.name, "start", 0.0))
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion,
-                                            allow_empty=False, final=final, guard=guard)
+                                            allow_empty=False, final=final, guard=guard, progress=progress)
         workflow = self._real(workflow, real)
+        if workflow is None and info.notes:  # out of time
+            info.notes[-1] += "; planned the whole task as one step instead"
         info.prior = prior
         info.notes.extend(notes)
         return PlanResult(workflow or fallback_workflow(task, workers, prior), info)
@@ -188,30 +208,56 @@ class ModelPlanner(ABC):
                                                notes=notes, latency_s=0.0))
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion, allow_empty=True,
                                             guard=guard)
+        if info.source == "fallback" and info.notes:  # out of time
+            info.notes[-1] += "; no review: the answer stands"
         info.source = "review"
         info.notes.extend(notes)
         return ReviewResult(self._real(workflow, real), info)  # no workflow: accepted, or no usable correction
 
+    @asynccontextmanager
+    async def _ticking(self, progress: PlanSink | None, watch: Watch, attempt: int,
+                       started: float) -> AsyncIterator[None]:
+        """Tell `progress` how the writing goes every progress_every_s while the body runs."""
+        if progress is None:
+            yield
+            return
+
+        async def tick() -> None:
+            while True:
+                await anyio.sleep(self.progress_every_s)
+                await progress(PlanEvent(self.name, "writing", time.perf_counter() - started, attempt,
+                                         watch.tokens, watch.max_tokens))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
     async def _decide(self, messages: list[dict[str, str]], task: str, workers: Sequence[WorkerSpec],
                       max_steps: int, allow_recursion: bool, allow_empty: bool,
-                      final: Sequence[str] | None = None,
-                      guard: BudgetGuard | None = None) -> tuple[Workflow | None, PlanInfo]:
+                      final: Sequence[str] | None = None, guard: BudgetGuard | None = None,
+                      progress: PlanSink | None = None) -> tuple[Workflow | None, PlanInfo]:
         """A valid workflow and how it was made; no workflow when it was empty (a review accepting) or
         when every try failed (info.source says `fallback`). `final`: the workers allowed to answer
         the last step (the grammar enforces it for a local conductor; a remote one's plan is repaired).
         Under a `guard`, each call's worst case is reserved first; a call the budget cannot afford is not
-        made, and the plan falls back (a review accepts) with the reason in `errors`."""
+        made, and the plan falls back (a review accepts) with the reason in `errors`. Past plan_timeout_s
+        the model is stopped, and the plan falls back with the reason in `errors` and `notes`."""
         ids = [w.id for w in workers]
         names = ids + ([CONDUCTOR_WORKER] if allow_recursion else [])
         constraint = self.constraint(names, max_steps, allow_empty, final) if self.fmt == "json" else None
         repairs: list[str] = []
         errors: list[str] = []
+        notes: list[str] = []
         usage = Usage()
         started = time.perf_counter()
+        deadline = None if self.plan_timeout_s is None else started + self.plan_timeout_s
         raw = None
 
         def info(source: Any, attempts: int) -> PlanInfo:
-            return PlanInfo(source=source, planner=self.name, attempts=attempts, errors=errors,
+            return PlanInfo(source=source, planner=self.name, attempts=attempts, errors=errors, notes=notes,
                             latency_s=time.perf_counter() - started, usage=usage, raw=raw, repairs=repairs)
 
         spec = self.call_spec(constraint, max_steps) if guard is not None else None
@@ -224,9 +270,19 @@ class ModelPlanner(ABC):
                     errors.append(str(exc))
                     break
             spent: Usage | None = None
+            watch = Watch()
             try:
-                gen = await self.generate(messages, constraint, max_steps, attempt)
-                spent = gen.usage
+                with anyio.move_on_after(None if deadline is None else deadline - time.perf_counter()):
+                    async with self._ticking(progress, watch, attempt, started):
+                        gen = await self.generate(messages, constraint, max_steps, attempt, watch)
+                        spent = gen.usage
+                if spent is None:  # out of time: the model was stopped mid-reply
+                    wrote = f"{watch.tokens} tokens written" if watch.max_tokens else "no reply yet"
+                    late = (f"conductor: no plan within plan_timeout_s={self.plan_timeout_s:g} s (conductor."
+                            f"plan_timeout_s); stopped attempt {attempt} with {wrote}")
+                    errors.append(late)
+                    notes.append(late)
+                    return None, info("fallback", attempt)
             except WorkflowError as exc:
                 errors.append(str(exc))
                 continue

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import anyio
 
 from ..registry import Registry
-from .base import Generation, ModelPlanner, PlanResult, ReviewResult
+from .base import Generation, ModelPlanner, PlanResult, ReviewResult, Watch
 from .gguf import GGUFPlanner
 from .remote import RemotePlanner
 
@@ -18,6 +18,7 @@ from .remote import RemotePlanner
 def make_planner(registry: Registry) -> ModelPlanner:
     planner = _planner(registry)
     planner.worker_names = registry.conductor.worker_names
+    planner.plan_timeout_s = registry.conductor.plan_timeout_s
     return planner
 
 
@@ -61,6 +62,7 @@ class DownloadingPlanner(ModelPlanner):
             inner = await anyio.to_thread.run_sync(self._build_once)
         self.name = inner.name
         inner.worker_names = self.worker_names
+        inner.plan_timeout_s = self.plan_timeout_s
         return inner
 
     async def plan(self, *args: Any, **kwargs: Any) -> PlanResult:
@@ -70,5 +72,5 @@ class DownloadingPlanner(ModelPlanner):
         return await (await self._ready()).review(*args, **kwargs)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int) -> Generation:
-        return await (await self._ready()).generate(messages, constraint, max_steps, attempt)
+                       attempt: int, watch: Watch | None = None) -> Generation:
+        return await (await self._ready()).generate(messages, constraint, max_steps, attempt, watch)

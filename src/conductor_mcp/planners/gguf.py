@@ -9,7 +9,7 @@ from typing import Any, Literal
 from ..errors import WorkflowError
 from ..local_model import LocalModel
 from ..models import Usage, WorkerSpec
-from .base import Generation, ModelPlanner
+from .base import Generation, ModelPlanner, Watch
 from .grammar import workflow_grammar
 from .prompts import task_view
 from .schema import max_plan_tokens
@@ -42,7 +42,7 @@ class GGUFPlanner(ModelPlanner):
         return WorkerSpec(id="conductor-gguf", gguf=str(self.path), params={"max_tokens": cap})
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int) -> Generation:
+                       attempt: int, watch: Watch | None = None) -> Generation:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         params: dict[str, Any] = {
@@ -52,8 +52,10 @@ class GGUFPlanner(ModelPlanner):
         }
         if constraint is not None:
             params["grammar"] = LlamaGrammar.from_string(constraint, verbose=False)
+        if watch is not None:
+            watch.max_tokens = int(params["max_tokens"])
         try:
-            reply = await self.model.chat(messages, **params)
+            reply = await self.model.chat(messages, on_token=watch.token if watch is not None else None, **params)
         except ValueError as exc:  # llama.cpp: the prompt exceeds the context (fit() leaves a margin)
             raise WorkflowError(f"conductor: {exc}") from exc
         return Generation(reply.text, Usage(prompt_tokens=reply.prompt_tokens,

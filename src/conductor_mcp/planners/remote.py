@@ -9,7 +9,7 @@ from ..errors import WorkflowError
 from ..models import Price, Usage, WorkerSpec
 from ..redact import redact, register_key_envs
 from ..workers import completion_cap, known_cost, litellm_module
-from .base import Generation, ModelPlanner
+from .base import Generation, ModelPlanner, Watch
 
 
 class RemotePlanner(ModelPlanner):
@@ -32,7 +32,7 @@ class RemotePlanner(ModelPlanner):
         return WorkerSpec(id="conductor-model", model=self.model, params=self.params, price=self.price)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int) -> Generation:
+                       attempt: int, watch: Watch | None = None) -> Generation:
         litellm = litellm_module()
         kwargs: dict[str, Any] = {"temperature": self.temperature if attempt == 1 else 0.7, **self.params}
         spec = self.call_spec(constraint, max_steps)
