@@ -506,7 +506,10 @@ class Engine:
                 if result.workflow is None:
                     break
                 child_opts = {**opts, "kind": "round", "round": current + 1, "previous": prev_id, "reviews": []}
-                child_id = self.store.create_run(run.task, result.workflow, result.info, child_opts, parent=lease)
+                # the review's calls are counted once, in `reviews` above: the round's plan (that same review)
+                # carries no usage, or every sum over the run tree would count them twice
+                plan = result.info.model_copy(update={"usage": Usage()})
+                child_id = self.store.create_run(run.task, result.workflow, plan, child_opts, parent=lease)
             child = await self._execute(child_id, on_event, guard)
             if child.status != RunStatus.COMPLETED or child.answer is None:
                 status = child.status if child.status in FINAL else RunStatus.FAILED

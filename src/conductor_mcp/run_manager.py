@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .errors import ConductorError, RunNotFound, RunStateError, internal_message
-from .models import Budget, Prefer, Run
+from .models import Budget, PlanInfo, Prefer, Run, Usage
 from .planners.base import PlanEvent
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class RunManager:
 
     async def solve(self, task: str, *, workers: Sequence[str] | None = None, max_steps: int | None = None,
                     strategy: str = "conductor", budget: Budget | None = None, prefer: Prefer | None = None,
-                    listener: Listener | None = None) -> RunHandle:
+                    listener: Listener | None = None, workflow: Any = None) -> RunHandle:
         """Plan and run a task in the background; returns at once with the run's id.
 
         Bad arguments raise ConductorError here, before anything starts. Then the conductor plans
@@ -133,10 +133,16 @@ class RunManager:
         executes. `listener` hears PlanEvents while the conductor writes, then a StepEvent as each step
         starts and ends. Wait with `wait(handle, s)`, read with `get(handle.run_id)`, stop with `cancel`;
         a run that ended before it was stored (planning cancelled or failed) has `handle.error`.
+        `workflow`: the caller's own, checked here; nothing is planned.
         """
         tg = self._task_group()
         engine = self.engine
         request = engine.check_plan(task, workers, max_steps, strategy, budget, prefer)
+        if workflow is not None:
+            from .workflows import validate_workflow
+
+            workflow = validate_workflow(workflow, request.workers, request.max_steps,
+                                         allow_recursion=request.budget.max_depth > 0)
         from .store import new_run_id
 
         handle = RunHandle(new_run_id(), listener=listener, planning=True)
@@ -152,7 +158,7 @@ class RunManager:
                 with handle.scope:
                     started = time.perf_counter()
                     try:
-                        run = await engine.plan_checked(request, on_plan=on_plan, run_id=handle.run_id)
+                        run = await engine.plan_checked(request, workflow, on_plan=on_plan, run_id=handle.run_id)
                         stored = True
                     finally:
                         handle.planning = False
@@ -196,3 +202,18 @@ class RunManager:
                 raise RunNotFound(f"run {run_id} is being planned; it is stored once the conductor has "
                                   "written its workflow") from None
             raise
+
+    def usage(self, run_id: str) -> tuple[Usage, Usage]:
+        """What a run tree cost (its plans, steps, reviews and child runs), and the conductor's own share of it:
+        its planning and review calls."""
+        store = self.engine.store
+
+        def conductor(rid: str) -> Usage:
+            total = store.get_run(rid).plan.usage
+            for review in store.options(rid).get("reviews") or []:
+                total = total + PlanInfo.model_validate(review["info"]).usage
+            for child in store.children(rid):
+                total = total + conductor(child)
+            return total
+
+        return store.tree_usage(run_id), conductor(run_id)

@@ -1,8 +1,10 @@
-"""Serve the MCP server over stdio, SSE or streamable HTTP.
+"""Serve the MCP server over stdio, SSE or streamable HTTP, with the OpenAI-compatible API beside it.
 
 HTTP transports check Host and Origin on every bind address (the SDK only does so by itself for
 loopback), and off loopback they require a strong bearer token from CONDUCTOR_TOKEN: the SDK's own auth
-settings are for OAuth, so a plain token is a small ASGI layer around its apps.
+settings are for OAuth, so a plain token is a small ASGI layer around its apps. `/v1/*` (openai_api.py)
+is served by both HTTP transports under the same checks and token. Browsers' CORS preflights are answered
+for allowed origins only, before the token check (a preflight never carries one).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ConfigError
+from .openai_api import ApiError, OpenAIApp, send_error
 from .run_manager import RunManager
 from .server import build_server
 from .web import announce, with_web_ui
@@ -50,7 +54,9 @@ class BearerToken:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "unauthorized: send Authorization: Bearer $CONDUCTOR_TOKEN"}).encode()
+                # OpenAI's envelope, which OpenAI clients read (an openai SDK's api_key is the token)
+                body = json.dumps(ApiError(401, "unauthorized: send Authorization: Bearer $CONDUCTOR_TOKEN (an "
+                                           "OpenAI client's api_key)", code="invalid_api_key").body()).encode()
                 await send({"type": "http.response.start", "status": 401,
                             "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
                 await send({"type": "http.response.body", "body": body})
@@ -98,17 +104,131 @@ def security_settings(host: str, port: int, allowed_hosts: list[str],
                                      allowed_origins=sorted(origins))
 
 
+def _allowed(value: str, allowed: list[str]) -> bool:
+    """The SDK's rule for Host and Origin: an exact match, or `name:*` for any port."""
+    return value in allowed or any(a.endswith(":*") and value.startswith(a[:-1]) for a in allowed)
+
+
+def host_allowed(security: TransportSecuritySettings, host: str | None) -> bool:
+    return bool(host) and _allowed(host or "", security.allowed_hosts)
+
+
+def origin_allowed(security: TransportSecuritySettings, origin: str | None) -> bool:
+    """A request without Origin is not from a browser page of another origin; one with it must be allowed."""
+    return not origin or _allowed(origin, security.allowed_origins)
+
+
+class HostOriginCheck:
+    """The DNS-rebinding checks the SDK makes on /mcp, for apps of our own (/v1), in OpenAI's error envelope."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            if not host_allowed(self.security, headers.get("host")):
+                await send_error(send, ApiError(421, f"Host header {headers.get('host')!r} is not allowed; start the "
+                                                "server with --allowed-host for a name of your own",
+                                                code="invalid_host"))
+                return
+            if not origin_allowed(self.security, headers.get("origin")):
+                await send_error(send, ApiError(403, f"Origin {headers.get('origin')!r} is not allowed; start the "
+                                                "server with --allowed-origin to accept it", code="invalid_origin"))
+                return
+        await self.app(scope, receive, send)
+
+
+class PathRouter:
+    """`/v1/...` to the OpenAI-compatible app; everything else (MCP, and the lifespan) to the MCP app."""
+
+    def __init__(self, mcp_app: ASGIApp, v1_app: ASGIApp) -> None:
+        self.mcp_app = mcp_app
+        self.v1_app = v1_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/v1" or path.startswith("/v1/"):
+            await self.v1_app(scope, receive, send)
+        else:
+            await self.mcp_app(scope, receive, send)
+
+
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Accept", "Mcp-Session-Id", "Mcp-Protocol-Version",
+                      "Last-Event-ID")
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, Mcp-Protocol-Version"
+CORS_MAX_AGE_S = 600
+
+
+class Cors:
+    """Browser-based clients: a preflight (OPTIONS with Origin and Access-Control-Request-Method) from an allowed
+    origin gets 204 with what it may send, from any other origin 403 without CORS headers; answers to an allowed
+    origin say that it may read them and the MCP session id. A preflight carries no token, so this sits outside
+    BearerToken; the request that follows carries one."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if scope["method"] == "OPTIONS" and origin and "access-control-request-method" in headers:
+            await self._preflight(headers, origin, send)
+            return
+        if not origin or not origin_allowed(self.security, origin):
+            await self.app(scope, receive, send)
+            return
+        vary = (b"vary", b"Origin")
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), vary,
+                                                  (b"access-control-allow-origin", origin.encode()),
+                                                  (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _preflight(self, headers: Headers, origin: str, send: Send) -> None:
+        if not host_allowed(self.security, headers.get("host")):
+            await send_error(send, ApiError(421, f"Host header {headers.get('host')!r} is not allowed",
+                                            code="invalid_host"))
+            return
+        if not origin_allowed(self.security, origin):
+            await send_error(send, ApiError(403, f"Origin {origin!r} is not allowed; start the server with "
+                                            "--allowed-origin to accept it", code="invalid_origin"))
+            return
+        asked = [h.strip() for h in headers.get("access-control-request-headers", "").split(",") if h.strip()]
+        # the openai SDKs add their own x-stainless-* headers to every request
+        extra = [h for h in asked if h.lower().startswith("x-stainless-")]
+        allow = ", ".join([*CORS_ALLOW_HEADERS, *extra])
+        await send({"type": "http.response.start", "status": 204, "headers": [
+            (b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"),
+            (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+            (b"access-control-allow-headers", allow.encode()),
+            (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
+            (b"access-control-max-age", str(CORS_MAX_AGE_S).encode())]})
+        await send({"type": "http.response.body", "body": b""})
+
+
 def http_app(manager: RunManager, transport: str, host: str, port: int, allowed_hosts: list[str],
              allowed_origins: list[str], token: str | None) -> Any:
     server = build_server(manager=manager)
     security = security_settings(host, port, allowed_hosts, allowed_origins)
     if transport == "http":
-        app: Any = server.streamable_http_app(transport_security=security, host=host)
+        mcp_app: Any = server.streamable_http_app(transport_security=security, host=host)
     else:
-        app = server.sse_app(transport_security=security, host=host)
-    app = BearerToken(app, token) if token else app
-    # the web view of runs (web/) on `/` and `/ui/...`: outside BearerToken, with a sign-in of its own
-    return with_web_ui(app, manager, security, token)
+        mcp_app = server.sse_app(transport_security=security, host=host)
+    app: ASGIApp = PathRouter(mcp_app, HostOriginCheck(OpenAIApp(manager), security))
+    if token:
+        app = BearerToken(app, token)
+    # the web view of runs (web/) on `/` and `/ui/...`: outside CORS and BearerToken, with a sign-in of its own
+    return with_web_ui(Cors(app, security), manager, security, token)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -151,7 +271,8 @@ def serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config(app, host=args.host, port=port, log_level="warning", lifespan="on")
     path = "/mcp" if args.transport == "http" else "/sse"
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
-    sys.stderr.write(f"conductor-mcp: serving {args.transport} on http://{shown}:{port}{path}\n")
+    sys.stderr.write(f"conductor-mcp: serving {args.transport} on http://{shown}:{port}{path} "
+                     f"(OpenAI-compatible API: http://{shown}:{port}/v1)\n")
     sys.stderr.flush()
     announce(args.host, port, token=token is not None, to_stdout=getattr(args, "command", None) == "ui",
              open_browser=bool(getattr(args, "open", False)))
