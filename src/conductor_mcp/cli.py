@@ -331,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     stream.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[stream])
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.command in ("solve", "plan", "resume", "eval", "calibrate", "serve"):
+        from . import telemetry
+
+        telemetry.configure()  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed at exit
     handler = COMMANDS[args.command]
     try:
         if args.command in ("solve", "plan", "resume", "eval", "calibrate"):

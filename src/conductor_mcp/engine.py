@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from . import telemetry
 from .budget import BudgetExceeded, BudgetGuard
 from .errors import LeaseLost, RunStateError, WorkerError, WorkflowError
 from .models import (
@@ -207,6 +208,7 @@ class Engine:
         request = self.check_plan(task, workers, max_steps, strategy, budget, prefer)
         return await self.plan_checked(request, workflow, on_plan=on_plan, run_id=run_id)
 
+    @telemetry.traced_planning
     async def plan_checked(self, request: PlanRequest, workflow: Any = None, *, on_plan: PlanSink | None = None,
                            run_id: str | None = None) -> Run:
         """`plan` for arguments that check_plan has passed."""
@@ -219,8 +221,9 @@ class Engine:
         else:
             prior = self.prior(task, ids, prefer, steps) if strategy == "conductor" else None
             # the run's limits cover its conductor calls too (the plan's usage is part of the run's)
-            result = await self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
-                                                            guard=BudgetGuard(budget), progress=on_plan)
+            planning = self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
+                                                        guard=BudgetGuard(budget), progress=on_plan)
+            result = await telemetry.traced_plan("plan", self.registry, planning)
             wf, info = result.workflow, result.info
         options = {"workers": ids, "max_steps": steps, "strategy": strategy, "budget": budget.model_dump(),
                    "kind": "root", "depth": 0, "prefer": prefer}
@@ -284,6 +287,7 @@ class Engine:
         guard = BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
         return await self._execute(run_id, on_event, guard, opts)
 
+    @telemetry.traced_execution
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard,
                        opts: dict[str, Any] | None = None) -> Run:
         lease, run = self.store.claim(run_id)  # refuses a run another live process owns
@@ -365,6 +369,7 @@ class Engine:
             return Outcome(RunStatus.BUDGET_EXCEEDED, best, stops[min(stops)])
         return Outcome(RunStatus.COMPLETED, outputs[len(wf.steps) - 1], None)
 
+    @telemetry.traced_step
     async def _run_step(self, run: Run, lease: Lease, wf: Workflow, i: int, messages: list[dict[str, str]],
                         opts: dict[str, Any], on_event: EventSink | None, guard: BudgetGuard) -> str:
         step = wf.steps[i]
@@ -463,8 +468,9 @@ class Engine:
                                           retryable=False)
                     ids = list(opts.get("workers") or self.registry.available_ids())
                     subtask = messages[-1]["content"]
-                    result = await self.planner.plan(subtask, self._specs(ids), int(opts.get("max_steps", 5)),
-                                                     depth < guard.budget.max_depth, guard=guard)  # reserved, added
+                    planning = self.planner.plan(subtask, self._specs(ids), int(opts.get("max_steps", 5)),
+                                                 depth < guard.budget.max_depth, guard=guard)  # reserved, added
+                    result = await telemetry.traced_plan("plan", self.registry, planning)
                     child_opts = {**opts, "kind": "recursion", "depth": depth}
                     child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts,
                                                      parent=lease, parent_step=i)
@@ -497,9 +503,10 @@ class Engine:
                     break
                 ids = list(opts.get("workers") or self.registry.available_ids())
                 planner = self._planner_for(str(opts.get("strategy", "conductor")))
-                result = await planner.review(run.task, round_text(self.store.get_run(prev_id)), answer,
-                                              self._specs(ids), int(opts.get("max_steps", 5)),
-                                              guard.budget.max_depth > 0, guard=guard)  # reserved and added
+                planning = planner.review(run.task, round_text(self.store.get_run(prev_id)), answer,
+                                          self._specs(ids), int(opts.get("max_steps", 5)),
+                                          guard.budget.max_depth > 0, guard=guard)  # reserved and added
+                result = await telemetry.traced_plan("review", self.registry, planning)
                 reviews.append({"round": current, "accepted": result.workflow is None,
                                 "info": result.info.model_dump(mode="json")})
                 self.store.update_options(run.id, {"reviews": reviews}, lease)
@@ -523,6 +530,7 @@ class Engine:
         return [s.index for s in run.steps if s.status != StepStatus.COMPLETED
                 and all(j in done for j in run.workflow.visible(s.index))]
 
+    @telemetry.traced_execution
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
                        worker: str | None = None) -> tuple[StepRecord, Run]:
         """Run one step of a run (optionally changed); refuse when a step it sees is not done."""

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 
+from . import telemetry
 from .errors import WorkerError
 from .local_model import LocalModel
 from .models import Price, Usage, WorkerSpec
@@ -157,6 +158,7 @@ class WorkerPool:
             self._local[path] = LocalModel(path, n_ctx=4096)
         return self._local[path]
 
+    @telemetry.traced_worker_call
     async def complete(self, worker_id: str, messages: list[dict[str, str]]) -> Completion:
         state = self.registry.get(worker_id)
         if not state.available:

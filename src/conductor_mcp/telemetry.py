@@ -1,0 +1,528 @@
+"""OpenTelemetry export of runs, after the GenAI semantic conventions.
+
+Off by default. `configure()` (the CLI calls it at start-up) sets up the SDK's OTLP/HTTP exporter behind a
+BatchSpanProcessor when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, or
+CONDUCTOR_OTEL=1; CONDUCTOR_OTEL=0, OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none turn it off. The
+provider becomes the global one, so the MCP SDK's own spans (`tools/call solve`, mcp/server/_otel.py) are
+exported too and a run started by a tool call nests under that call's span. An application that set up a
+provider of its own keeps it, and gets our spans there.
+
+Spans: a run is `invoke_agent conductor`; under it `plan` / `review` (the conductor's calls, with GenAI usage
+when a model was called), `step N`, and under each step one `chat MODEL` span per worker call (model,
+provider, tokens, cost, status); a retry or a fallback is an event on the step's span. A child run (a step
+on `conductor`) nests under its step; a correction round under its run. Spans are queued and sent from the
+processor's thread, so a slow or dead collector never holds a run up; what is queued is flushed at exit.
+
+Within one process a run's planning and execution share one span and trace (`plan` then `resume` in the
+same process, or the MCP `solve` tool). A run resumed in another process gets a new trace: its span carries
+the same `conductor.run.id` and a span link to the span that planned it (whose ids the run's options keep).
+
+Keys are never exported: attributes hold model names, ids and counts, and error text goes through
+`redact`. Prompts, outputs, tasks and answers are exported only with
+OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true, and redacted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from urllib.parse import urlparse
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from . import __version__
+from .redact import redact
+
+if TYPE_CHECKING:
+    from .models import PlanInfo, Run, WorkerSpec
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ENABLE_VAR = "CONDUCTOR_OTEL"
+CONTENT_VAR = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+HOLD_S = 30.0  # a planned run's span waits this long for its execution in this process, then ends as planned
+EXIT_FLUSH_S = 4.0  # at exit, the most time spent sending what is queued (a dead collector must not hold exit up)
+MAX_HELD = 256
+_TRUE = ("1", "true", "yes", "on")
+# litellm provider prefixes whose GenAI name differs (gen_ai.provider.name's well-known values)
+_PROVIDERS = {"gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "bedrock": "aws.bedrock",
+              "azure": "azure.ai.openai", "azure_ai": "azure.ai.inference", "mistral": "mistral_ai",
+              "xai": "x_ai", "watsonx": "ibm.watsonx.ai", "ollama_chat": "ollama"}
+
+_tracer = trace.get_tracer("conductor_mcp", __version__)  # a proxy: it follows the provider set later
+_provider: Any = None  # the SDK provider configure() set up, if any
+_configured = False
+_lock = threading.Lock()
+_held: dict[str, tuple[Span, float, int]] = {}  # run id -> (its open span, when held, when planning ended)
+
+
+# -- set-up ----------------------------------------------------------------------------------------------
+def wanted(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment asks for export."""
+    env = os.environ if env is None else env
+    flag = env.get(ENABLE_VAR, "").strip().lower()
+    if flag in ("0", "false", "no", "off") or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return flag in _TRUE or bool(endpoint)
+
+
+def capture_content(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    value = env.get(CONTENT_VAR, "").strip().lower()
+    return value in _TRUE or value in ("span_only", "span_and_event")
+
+
+def configure(env: Mapping[str, str] | None = None) -> bool:
+    """Set up OTLP/HTTP export when the environment asks for it (once per process); True when it is on."""
+    global _configured, _provider
+    env = os.environ if env is None else env
+    with _lock:
+        if _configured:
+            return _provider is not None
+        _configured = True
+        if not wanted(env):
+            return False
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            return True  # the application has a provider of its own: our spans go there
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        except ImportError:
+            log.warning("OpenTelemetry export was asked for, but its SDK is not installed: "
+                        "pip install 'conductor-mcp[otel]'. Runs go on without it.")
+            return False
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+        if protocol and protocol != "http/protobuf":
+            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s: conductor-mcp exports OTLP over HTTP (http/protobuf) only; "
+                        "point the endpoint at the collector's HTTP port (4318)", protocol)
+        attributes = {"service.version": __version__}
+        if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+            attributes["service.name"] = "conductor-mcp"
+        provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
+        # a short delay by default: a server killed without a chance to flush loses at most about a second
+        delay = None if env.get("OTEL_BSP_SCHEDULE_DELAY") else 1000
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=delay))
+        exporter_log = logging.getLogger("opentelemetry.exporter.otlp")
+        if exporter_log.level == logging.NOTSET:
+            exporter_log.setLevel(logging.ERROR)  # one line when a batch is lost, not one per retry
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        atexit.register(shutdown)
+        return True
+
+
+def active() -> bool:
+    """Whether spans go anywhere: ours are set up, or the application set a provider."""
+    return _provider is not None or not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def shutdown() -> None:
+    """Send what is queued and stop the exporter (at process exit: a CLI command's end, the server's shutdown).
+    The SDK's own shutdown waits out the exporter's retries (10 s and more against a dead collector), so it runs
+    on a daemon thread that exit stops waiting for after EXIT_FLUSH_S."""
+    global _provider
+    for run_id in list(_held):
+        _release(run_id)
+    provider, _provider = _provider, None
+    if provider is not None:
+        worker = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+        worker.start()
+        worker.join(EXIT_FLUSH_S)
+        if worker.is_alive():
+            log.warning("OpenTelemetry: the collector did not take the last spans within %gs; they are dropped "
+                        "(is OTEL_EXPORTER_OTLP_ENDPOINT right, and the collector up?)", EXIT_FLUSH_S)
+
+
+# -- attributes ------------------------------------------------------------------------------------------
+def _text(value: str) -> str:
+    return redact(value)
+
+
+def _messages(messages: list[dict[str, str]]) -> str:
+    """Chat messages in the GenAI conventions' JSON shape (gen_ai.input.messages)."""
+    return json.dumps([{"role": m.get("role", "user"), "parts": [{"type": "text", "content": _text(m.get("content")
+                                                                                                     or "")}]}
+                       for m in messages], ensure_ascii=False)
+
+
+def _output(text: str) -> str:
+    return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": _text(text)}],
+                        "finish_reason": "stop"}], ensure_ascii=False)
+
+
+def model_attributes(model: str | None, gguf: str | None = None, api_base: str | None = None) -> dict[str, Any]:
+    """gen_ai.provider.name (and the older gen_ai.system), gen_ai.request.model, server.address and port."""
+    if gguf is not None or model is None:
+        name = os.path.basename(gguf or "model").removesuffix(".gguf")
+        provider = "llama_cpp"  # in-process llama.cpp: no well-known value
+    else:
+        prefix, _, rest = model.partition("/")
+        provider, name = (prefix, rest) if rest else ("openai", model)  # litellm reads a bare name as OpenAI's
+        provider = _PROVIDERS.get(provider, provider)
+    attrs: dict[str, Any] = {"gen_ai.provider.name": provider, "gen_ai.system": provider, "gen_ai.request.model": name}
+    if api_base:
+        url = urlparse(api_base)
+        if url.hostname:
+            attrs["server.address"] = url.hostname
+            if url.port:
+                attrs["server.port"] = url.port
+    return attrs
+
+
+def _usage_attributes(prefix: str, prompt: int, completion: int, cost: float | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {f"{prefix}.input_tokens": prompt, f"{prefix}.output_tokens": completion}
+    if cost is not None:
+        attrs[f"{prefix}.cost"] = cost  # no GenAI attribute for cost yet; Langfuse reads gen_ai.usage.cost
+    return attrs
+
+
+def _error(span: Span, exc: BaseException) -> str:
+    """Status and error.type for a failure, with a redacted message (no traceback: it may quote a request)."""
+    from .budget import BudgetExceeded
+    from .errors import LeaseLost
+
+    while isinstance(exc, BaseExceptionGroup):  # a task group's: its first member says what happened
+        lost = [e for e in exc.exceptions if isinstance(e, LeaseLost)]
+        exc = lost[0] if lost else exc.exceptions[0]
+    message = _text(str(exc))[:1000]
+    if isinstance(exc, BudgetExceeded):
+        span.set_attribute("conductor.stopped", "budget_exceeded")
+        span.add_event("budget_exceeded", {"conductor.reason": message})
+        return "stopped"
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)):
+        span.set_attribute("conductor.stopped", "cancelled")
+        return "cancelled"
+    kind = "lease_lost" if isinstance(exc, LeaseLost) else type(exc).__name__
+    span.set_attribute("error.type", kind)
+    span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": message})
+    span.set_status(Status(StatusCode.ERROR, message))
+    return "failed"
+
+
+def _describe_plan(span: Span, info: PlanInfo, workflow: Any, registry: Any) -> None:
+    span.set_attribute("conductor.plan.source", info.source)
+    span.set_attribute("conductor.plan.planner", info.planner)
+    span.set_attribute("conductor.plan.attempts", info.attempts)
+    if workflow is not None:
+        span.set_attribute("conductor.plan.steps", len(workflow.steps))
+        span.set_attribute("conductor.plan.workers", [s.worker for s in workflow.steps])
+        if capture_content():
+            span.set_attribute("conductor.workflow", _text(workflow.model_dump_json()))
+    for error in info.errors:
+        span.add_event("plan_attempt_failed", {"conductor.reason": _text(error)[:1000]})
+    for note in info.repairs + info.notes:
+        span.add_event("plan_note", {"conductor.note": _text(note)[:1000]})
+    if info.usage.calls:  # the conductor model was called: a GenAI chat, with its usage
+        kind, _, model = info.planner.partition(":")
+        c = getattr(registry, "conductor", None)
+        if kind == "gguf":
+            span.set_attributes(model_attributes(None, gguf=model))
+        else:
+            span.set_attributes(model_attributes(model, api_base=getattr(c, "api_base", None)))
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attributes(_usage_attributes("gen_ai.usage", info.usage.prompt_tokens, info.usage.completion_tokens,
+                                              info.usage.cost_usd))
+        span.set_attribute("conductor.calls", info.usage.calls)
+
+
+def _describe_run(span: Span, run: Run, options: Mapping[str, Any]) -> None:
+    span.set_attribute("conductor.run.id", run.id)
+    span.set_attribute("conductor.run.kind", str(options.get("kind", "root")))
+    span.set_attribute("conductor.run.depth", int(options.get("depth", 0)))
+    span.set_attribute("conductor.strategy", str(options.get("strategy", "conductor")))
+    span.set_attribute("conductor.plan.source", run.plan.source)
+    span.set_attribute("conductor.run.steps", len(run.workflow.steps))
+    if run.parent_run_id:
+        span.set_attribute("conductor.run.parent_id", run.parent_run_id)
+    if run.parent_step is not None:
+        span.set_attribute("conductor.run.parent_step", run.parent_step)
+    if "round" in options:
+        span.set_attribute("conductor.run.round", int(options["round"]))
+    if capture_content():
+        span.set_attribute("gen_ai.input.messages", _messages([{"role": "user", "content": run.task}]))
+
+
+def _finish_run(span: Span, run: Run) -> None:
+    span.set_attribute("conductor.run.status", run.status.value)
+    usage = run.usage  # this run's own plan and steps; child runs carry theirs
+    # conductor.usage, not gen_ai.usage: backends add up gen_ai.usage over a trace's model calls
+    span.set_attributes(_usage_attributes("conductor.usage", usage.prompt_tokens, usage.completion_tokens,
+                                          usage.cost_usd))
+    span.set_attribute("conductor.usage.calls", usage.calls)
+    if run.status.value in ("failed",) and run.error:
+        span.set_attribute("error.type", "run_failed")
+        span.set_status(Status(StatusCode.ERROR, _text(run.error)[:1000]))
+    elif run.status.value in ("budget_exceeded", "cancelled") and run.error:
+        span.add_event(run.status.value, {"conductor.reason": _text(run.error)[:1000]})
+    if run.answer is not None and capture_content():
+        span.set_attribute("gen_ai.output.messages", _output(run.answer))
+
+
+# -- runs: held between planning and execution in one process ----------------------------------------------
+def _new_run_span(links: list[Link] | None = None) -> Span:
+    return _tracer.start_span("invoke_agent conductor", kind=SpanKind.INTERNAL, links=links,
+                              attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "conductor"})
+
+
+def _hold(run_id: str, span: Span) -> None:
+    with _lock:
+        _held[run_id] = (span, time.monotonic(), time.time_ns())
+    stale = [r for r, (_, at, _) in list(_held.items()) if time.monotonic() - at > HOLD_S]
+    stale += list(_held)[: max(0, len(_held) - MAX_HELD)]
+    for r in stale:
+        _release(r)
+
+
+def _take(run_id: str) -> Span | None:
+    with _lock:
+        held = _held.pop(run_id, None)
+    return held[0] if held is not None else None
+
+
+def _release(run_id: str) -> None:
+    """A planned run that nobody executed here: its span ends when its planning did."""
+    with _lock:
+        held = _held.pop(run_id, None)
+    if held is not None:
+        span, _, ended = held
+        span.set_attribute("conductor.run.status", "planned")
+        span.end(end_time=ended)
+
+
+def _link_of(span: Span) -> dict[str, str]:
+    ctx = span.get_span_context()
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+def _stored_link(options: Mapping[str, Any]) -> list[Link]:
+    stored = options.get("otel")
+    if not isinstance(stored, dict):
+        return []
+    try:
+        ctx = SpanContext(int(stored["trace_id"], 16), int(stored["span_id"], 16), is_remote=True,
+                          trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    except (KeyError, TypeError, ValueError):
+        return []
+    return [Link(ctx, {"conductor.link": "planned_by"})] if ctx.is_valid else []
+
+
+def _bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _quietly(what: str, action: Callable[..., Any], *args: Any) -> Any:
+    """Telemetry must never fail a run: a bug here is logged, and the run goes on."""
+    try:
+        return action(*args)
+    except Exception:
+        log.warning("telemetry: %s failed", what, exc_info=True)
+        return None
+
+
+def traced_planning(fn: Callable[P, Coroutine[Any, Any, Run]]) -> Callable[P, Coroutine[Any, Any, Run]]:
+    """For Engine's planning entry: the run's span starts with its planning, and stays open for its execution
+    in this process (it ends as `planned` if none comes within HOLD_S)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Run:
+        if not active():
+            return await fn(*args, **kwargs)
+        engine = args[0]
+        span = _new_run_span()
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                run = await fn(*args, **kwargs)
+        except BaseException as exc:
+            _quietly("a planning failure", _error, span, exc)
+            span.end()
+            raise
+
+        def describe() -> None:
+            store = engine.store  # type: ignore[attr-defined]
+            options = store.options(run.id)
+            _describe_run(span, run, options)
+            store.update_options(run.id, {"otel": _link_of(span)})  # so another process can link to it
+        _quietly("describing a planned run", describe)
+        _hold(run.id, span)
+        return run
+
+    return wrapper
+
+
+def traced_execution(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """For Engine._execute and Engine.run_step: the run's span (the one its planning opened in this process, else
+    a new one, linked to that), current while the run executes."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not active():
+            return await fn(*args, **kwargs)
+        engine = args[0]
+        run_id = str(_bind(fn, args, kwargs)["run_id"])
+        options: dict[str, Any] = {}
+        span = _take(run_id)
+        if span is None:
+            def read() -> None:
+                options.update(engine.store.options(run_id))  # type: ignore[attr-defined]
+            _quietly("reading a run's options", read)
+            span = _new_run_span(_stored_link(options))
+            span.set_attribute("conductor.run.id", run_id)
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            _quietly("a run failure", _error, span, exc)
+            span.end()
+            raise
+        run: Any = result[1] if isinstance(result, tuple) else result  # run_step returns (step, run)
+
+        def describe() -> None:
+            _describe_run(span, run, options or engine.store.options(run_id))  # type: ignore[attr-defined]
+            _finish_run(span, run)
+        _quietly("describing a run", describe)
+        span.end()
+        return result
+
+    return wrapper
+
+
+# -- steps and worker calls ----------------------------------------------------------------------------
+@dataclass
+class _StepTrace:
+    span: Span
+    worker: str
+    attempts: int = 0
+    last_error: str | None = None
+
+
+_step: contextvars.ContextVar[_StepTrace | None] = contextvars.ContextVar("conductor_step", default=None)
+
+
+def traced_step(fn: Callable[P, Coroutine[Any, Any, str]]) -> Callable[P, Coroutine[Any, Any, str]]:
+    """For Engine._run_step: a span per step; its worker calls nest under it, its retries are its events."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> str:
+        if not active():
+            return await fn(*args, **kwargs)
+        a = _bind(fn, args, kwargs)
+        run, index, step = a["run"], int(a["i"]), a["wf"].steps[int(a["i"])]
+        access = step.access if isinstance(step.access, str) else ",".join(str(j) for j in step.access)
+        span = _tracer.start_span(f"step {index}", kind=SpanKind.INTERNAL, attributes={
+            "conductor.run.id": run.id, "conductor.step.index": index, "conductor.step.worker": step.worker,
+            "conductor.step.access": access})
+        if capture_content():
+            span.set_attribute("conductor.step.instruction", _text(step.instruction))
+        token = _step.set(_StepTrace(span, step.worker))
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                text = await fn(*args, **kwargs)
+        except BaseException as exc:
+            span.set_attribute("conductor.step.status", _quietly("a step failure", _error, span, exc) or "failed")
+            span.end()
+            raise
+        finally:
+            _step.reset(token)
+        span.set_attribute("conductor.step.status", "completed")
+        if capture_content():
+            span.set_attribute("gen_ai.output.messages", _output(text))
+        span.end()
+        return text
+
+    return wrapper
+
+
+def traced_worker_call(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """For WorkerPool.complete: one GenAI client span per call (an attempt); a retry or a fallback is an event
+    on the step's span."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not active():
+            return await fn(*args, **kwargs)
+        a = _bind(fn, args, kwargs)
+        worker_id, messages = str(a["worker_id"]), a["messages"]
+        spec: WorkerSpec = a["self"].registry.spec(worker_id)
+        step = _step.get()
+        if step is not None:
+            step.attempts += 1
+            if step.attempts > 1:
+                name = "fallback" if worker_id != step.worker else "retry"
+                step.span.add_event(name, {"conductor.attempt": step.attempts, "conductor.worker.id": worker_id,
+                                           "conductor.reason": step.last_error or ""})
+        attrs = {"gen_ai.operation.name": "chat", "conductor.worker.id": worker_id,
+                 **model_attributes(spec.model, spec.gguf, spec.api_base)}
+        from .workers import completion_cap
+
+        attrs["gen_ai.request.max_tokens"] = completion_cap(spec)
+        temperature = spec.params.get("temperature")
+        if isinstance(temperature, (int, float)):
+            attrs["gen_ai.request.temperature"] = float(temperature)
+        if step is not None:
+            attrs["conductor.attempt"] = step.attempts
+        kind = SpanKind.INTERNAL if spec.gguf else SpanKind.CLIENT
+        span = _tracer.start_span(f"chat {attrs['gen_ai.request.model']}", kind=kind, attributes=attrs)
+        if capture_content():
+            span.set_attribute("gen_ai.input.messages", _messages(messages))
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                done = await fn(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"{worker_id}: timed out after {spec.timeout_s:g}s")
+            _quietly("a worker call failure", _error, span, exc)
+            if step is not None:
+                step.last_error = _text(str(exc))[:300] or type(exc).__name__
+            span.end()
+            raise
+        usage = done.usage  # type: ignore[attr-defined]
+        span.set_attributes(_usage_attributes("gen_ai.usage", usage.prompt_tokens, usage.completion_tokens,
+                                              usage.cost_usd))
+        if capture_content():
+            span.set_attribute("gen_ai.output.messages", _output(done.text))  # type: ignore[attr-defined]
+        span.end()
+        return done
+
+    return wrapper
+
+
+async def traced_plan(kind: str, registry: Any, call: Awaitable[R]) -> R:
+    """Await a planner's `plan` or `review` (`kind`) in a span of its own, described by the PlanInfo it returns."""
+    if not active():
+        return await call
+    span = _tracer.start_span(kind, kind=SpanKind.INTERNAL)
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            result = await call
+    except BaseException as exc:
+        _quietly("a planning failure", _error, span, exc)
+        span.end()
+        raise
+    _quietly("describing a plan", _describe_plan, span, result.info,  # type: ignore[attr-defined]
+             result.workflow, registry)  # type: ignore[attr-defined]
+    if kind == "review":
+        span.set_attribute("conductor.review.accepted", result.workflow is None)  # type: ignore[attr-defined]
+    span.end()
+    return result
+
