@@ -1,6 +1,8 @@
 """conductor-mcp serve | ui | solve | plan | resume | runs | show | usage | rate | eval | calibrate | pull | doctor.
 
 Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
+Exit status: 0 done, 1 the work failed (a failed run, a worker, the store, the manifest), 2 the command
+line is wrong (see UsageError), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 
 from . import __version__
-from .errors import ConductorError, internal_message, leaf_error
+from .errors import ConductorError, UsageError, internal_message, leaf_error
 from .redact import RedactingFormatter
 
 log = logging.getLogger("conductor_mcp")
@@ -27,12 +30,20 @@ def emit(text: str) -> None:
     sys.stdout.flush()
 
 
-def _engine(args: argparse.Namespace) -> Any:
+def _engine(args: argparse.Namespace, calls_workers: bool = True) -> Any:
     from .engine import Engine
     from .registry import load_registry
     from .store import Store
+    from .workers import litellm_module
 
-    return Engine(load_registry(args.workers), Store(args.db))
+    registry = load_registry(args.workers)
+    if hasattr(args, "use"):  # solve and plan: mistakes in what they name are found before anything loads
+        _check_request(registry, args)
+    if registry.conductor.model or (calls_workers and any(s.available and s.spec.model for s in registry.states)):
+        # litellm's import takes seconds on the event loop: inside the first call it would eat that call's
+        # time limit, and on a busy machine time it out
+        litellm_module()
+    return Engine(registry, Store(args.db))
 
 
 def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, None]] | None:
@@ -45,11 +56,50 @@ def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, N
     return show
 
 
-async def _solve(args: argparse.Namespace) -> int:
+def _read_task(args: argparse.Namespace) -> None:
+    """`-` reads the task from stdin; an empty task is a usage error, found before anything loads."""
+    from .engine import check_task
+    from .errors import WorkflowError
 
+    if args.task == "-":
+        args.task = sys.stdin.read()
+    try:
+        args.task = check_task(args.task)
+    except WorkflowError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_request(registry: Any, args: argparse.Namespace) -> None:
+    """Worker ids and a strategy named on the command line that the pool lacks are usage errors."""
+    from .errors import ConfigError, WorkflowError
+    from .planners.strategies import SinglePlanner, strategy_planner
+
+    try:
+        ids = registry.select(args.use)
+        planner = strategy_planner(args.strategy)
+    except (ConfigError, WorkflowError) as exc:
+        raise UsageError(f"{'--use' if isinstance(exc, ConfigError) else '--strategy'}: {exc}") from None
+    if isinstance(planner, SinglePlanner) and planner.worker not in ids:
+        raise UsageError(f"--strategy: single:{planner.worker}: unknown or unavailable worker; "
+                         f"allowed: {', '.join(ids)}")
+
+
+def _resolve(store: Any, ref: str) -> str:
+    """A run id from the command line: a whole id, the start of exactly one, or `last`."""
+    from .errors import RunNotFound
+
+    try:
+        return str(store.resolve_run(ref))
+    except RunNotFound as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def _solve(args: argparse.Namespace) -> int:
+    _read_task(args)
     engine = _engine(args)
     run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
                             prefer=args.prefer)
+    args.started_run = run.id  # what Ctrl-C from here on tells the user to resume
     if not args.json:
         sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
         for note in run.plan.notes:
@@ -69,15 +119,18 @@ def _report(engine: Any, run: Any, args: argparse.Namespace) -> int:
     from .render import run_summary, run_text
 
     usage = engine.store.tree_usage(run.id)
-    emit(json.dumps(run_summary(run, usage), indent=2) if args.json else run_text(run, args.verbose, usage))
+    emit(json.dumps(run_summary(run, usage), indent=2) if args.json
+         else run_text(run, args.verbose, usage, engine.store.running_seconds(run.id)))
     return 0 if run.status == "completed" else 1
 
 
 async def _plan(args: argparse.Namespace) -> int:
     from .render import run_summary, workflow_text
 
-    run = await _engine(args).plan(args.task, args.use, args.max_steps, strategy=args.strategy,
-                                   budget=_budget(args), prefer=args.prefer)
+    _read_task(args)
+    engine = _engine(args, calls_workers=False)
+    run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
+                            prefer=args.prefer)
     if args.json:
         emit(json.dumps(run_summary(run), indent=2))
     else:
@@ -88,8 +141,9 @@ async def _plan(args: argparse.Namespace) -> int:
 
 async def _resume(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    budget = _budget(args, engine.store.options(args.run_id).get("budget") or {})
-    run = await engine.resume(args.run_id, _progress(args), budget)
+    run_id = args.started_run = _resolve(engine.store, args.run_id)
+    budget = _budget(args, engine.store.options(run_id).get("budget") or {})
+    run = await engine.resume(run_id, _progress(args), budget)
     return _report(engine, run, args)
 
 
@@ -99,8 +153,13 @@ async def _eval(args: argparse.Namespace) -> int:
 
     tasks = load_suite(args.suite)[: args.limit]
     engine = _engine(args)
-    strategies = (calibration_strategies(engine) if args.command == "calibrate"
-                  else parse_strategies(args.strategies, engine))
+    if args.command == "calibrate":
+        strategies = calibration_strategies(engine)
+    else:
+        try:
+            strategies = parse_strategies(args.strategies, engine)
+        except ConductorError as exc:  # --strategies names what the pool lacks
+            raise UsageError(str(exc)) from None
 
     async def progress(done: int, total: int, r: Any) -> None:
         mark = "correct" if r.score >= 1 else "wrong"
@@ -118,11 +177,12 @@ def _rate(args: argparse.Namespace) -> int:
     from .store import Store
 
     store = Store(args.db)
-    store.rate(args.run_id, args.score, args.note, source="user")
+    run_id = _resolve(store, args.run_id)
+    store.rate(run_id, args.score, args.note, source="user")
     if args.json:
-        emit(json.dumps({"run_id": args.run_id, "reward": args.score, "note": args.note}))
+        emit(json.dumps({"run_id": run_id, "reward": args.score, "note": args.note}))
     else:
-        emit(f"run {args.run_id}: reward {args.score:g}")
+        emit(f"run {run_id}: reward {args.score:g}")
     return 0
 
 
@@ -137,15 +197,56 @@ def _score(text: str) -> float:
     return value
 
 
+def _max_steps(text: str) -> int:
+    from .models import MAX_STEPS_LIMIT
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_STEPS_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value}; allowed 1..{MAX_STEPS_LIMIT}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}; give 1 or more")
+    return value
+
+
+def _answer_only(run: Any) -> int:
+    """`-r`: the answer alone on stdout, as `llm logs -r` prints a response; a run without one says why."""
+    if run.answer is None:
+        why = f": {run.error}" if run.error else ""
+        sys.stderr.write(f"run {run.id} has no answer ({run.status.value}{why})\n")
+        return 1
+    emit(run.answer)
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
-    from .render import run_summary, runs_table
+    from .render import iso, run_summary, runs_table
     from .store import Store
 
     store = Store(args.db)
-    rows = [(r, store.tree_usage(r.id), str(store.options(r.id).get("strategy", "conductor")))
-            for r in store.list_runs(args.limit)]
-    emit(json.dumps([{**run_summary(r, u), "strategy": s} for r, u, s in rows], indent=2) if args.json
-         else runs_table(rows))
+    found = store.find_runs(1 if args.response else args.limit, args.status or (), args.strategy, args.query)
+    if args.response:  # the newest matching run's answer
+        if not found:
+            sys.stderr.write("no run matches\n")
+            return 1
+        return _answer_only(store.get_run(found[0].run_id))
+    rows = [(store.get_run(f.run_id), f) for f in found]
+    if args.json:
+        emit(json.dumps([{**run_summary(r, store.tree_usage(r.id)), "strategy": f.strategy,
+                          "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
+                          "running_s": round(f.running_s, 3)} for r, f in rows], indent=2))
+    else:
+        emit(runs_table([(r, store.tree_usage(r.id), f.strategy, f.running_s) for r, f in rows]))
     return 0
 
 
@@ -160,15 +261,21 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .render import run_text, trace_tree
-    from .store import Store
+    from .render import mermaid, run_text, trace_tree, with_iso_times
+    from .store import Store, strategy_of
 
     store = Store(args.db)
-    run = store.get_run(args.run_id)
-    if args.json:
-        emit(json.dumps(trace_tree(store, run.id), indent=2))
+    run = store.get_run(_resolve(store, args.run_id))
+    if args.response:
+        return _answer_only(run)
+    if args.mermaid:
+        emit(mermaid(run, [store.get_run(c) for c in store.children(run.id)]))
+    elif args.json:
+        emit(json.dumps({**with_iso_times(trace_tree(store, run.id)),
+                         "running_s": round(store.running_seconds(run.id), 3)}, indent=2))
     else:
-        emit(run_text(run, usage=store.tree_usage(run.id)))
+        emit(run_text(run, usage=store.tree_usage(run.id), running_s=store.running_seconds(run.id),
+                      strategy=strategy_of(run.plan.source, store.options(run.id))))
         for child_id in store.children(run.id):
             child = store.get_run(child_id)
             kind = f"of step {child.parent_step}" if child.parent_step is not None else "(correction round)"
@@ -230,6 +337,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models import RunStatus
+
     p = argparse.ArgumentParser(prog="conductor-mcp", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -253,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("solve", "plan a task and run the workflow"), ("plan", "plan only; spend nothing")):
         sp = sub.add_parser(name, help=help_text)
-        sp.add_argument("task")
+        sp.add_argument("task", help="the task; `-` reads it from stdin")
         sp.add_argument("--use", action="append", metavar="WORKER", help="only these worker ids (repeatable)")
-        sp.add_argument("--max-steps", type=int)
+        sp.add_argument("--max-steps", type=_max_steps)
         sp.add_argument("--strategy", default="conductor", help="conductor (default), moa, or single:<worker>")
         prefer(sp)
         budget(sp)
@@ -270,25 +379,35 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--limit", type=int, help="only the first N tasks")
         prefer(sp)
         common(sp)
+    run_ref = "a run id, the start of one, or `last` (the newest run)"
     sp = sub.add_parser("rate", help="give a run a reward from 0 to 1; the conductor learns from it")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=run_ref)
     sp.add_argument("score", type=_score, help="0 unusable, 0.5 wrong but well formed, 1 correct")
     sp.add_argument("--note")
     common(sp)
     sp = sub.add_parser("resume", help="continue a run from its first unfinished step")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=run_ref)
     budget(sp)
     common(sp)
     sp = sub.add_parser("runs", help="recent runs, newest first")
-    sp.add_argument("--limit", type=int, default=20)
+    sp.add_argument("-n", "--limit", type=_count, default=20, help="how many (default 20)")
+    sp.add_argument("--status", action="append", choices=[s.value for s in RunStatus],
+                    help="only runs in this status (repeatable)")
+    sp.add_argument("--strategy", help="only runs of this strategy: conductor, moa, single:<worker>, or host "
+                                       "(a workflow the host wrote)")
+    sp.add_argument("-q", "--query", help="only runs whose task or answer holds every word of this, any case")
     common(sp)
+    sp.add_argument("-r", "--response", action="store_true",
+                    help="print only the answer of the newest matching run")
     sp = sub.add_parser("usage", help="tokens and cost over the trace store, by worker, strategy or day")
     sp.add_argument("--since", help="a span such as 7d, 24h, 30m, or a date (default: everything)")
     sp.add_argument("--by", choices=["worker", "strategy", "day"], default="worker")
     common(sp)
     sp = sub.add_parser("show", help="one run's whole trace")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=run_ref)
     common(sp)
+    sp.add_argument("-r", "--response", action="store_true", help="print only the answer")
+    sp.add_argument("--mermaid", action="store_true", help="print the workflow as a Mermaid flowchart")
     sp = sub.add_parser("doctor", help="workers and their state, the conductor, the store")
     sp.add_argument("--check", action="store_true",
                     help="call each available worker once (1 token, concurrently); exit 1 when one fails")
@@ -324,13 +443,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 }
 
 
+# output modes that cannot go together: argparse reports them as usage errors
+EXCLUSIVE = {"runs": ("json", "response"), "show": ("json", "response", "mermaid")}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    chosen = [f"--{k}" for k in EXCLUSIVE.get(args.command, ()) if getattr(args, k)]
+    if len(chosen) > 1:
+        parser.error(f"{args.command}: {' and '.join(chosen)} cannot go together; choose one")
     level = logging.INFO if args.verbose else logging.WARNING
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[stream])
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    # a worker call cut short by Ctrl-C leaves litellm's inner coroutine unawaited: noise, not news
+    warnings.filterwarnings("ignore", message=r"coroutine '.*acompletion' was never awaited", category=RuntimeWarning)
     if args.command in ("solve", "plan", "resume", "eval", "calibrate", "serve"):
         from . import telemetry
 
@@ -343,15 +472,18 @@ def main(argv: list[str] | None = None) -> int:
             result = handler(args)
     except ConductorError as exc:
         sys.stderr.write(f"conductor-mcp {args.command}: {exc}\n")
-        return 2
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; `conductor-mcp resume RUN_ID` continues a run\n")
+        run_id = getattr(args, "started_run", None)
+        sys.stderr.write(f"interrupted: resume with `conductor-mcp resume {run_id}`\n" if run_id
+                         else "interrupted before a run was stored: nothing to resume\n"
+                         if args.command in ("solve", "plan") else "interrupted\n")
         return 130
     except Exception as exc:
         leaf = leaf_error(exc)
         if isinstance(leaf, ConductorError):  # raised on purpose inside a task group
             sys.stderr.write(f"conductor-mcp {args.command}: {leaf}\n")
-            return 2
+            return 2 if isinstance(leaf, UsageError) else 1
         # one line, not a traceback; -v logs the traceback too
         log.info("traceback of the error below", exc_info=exc)
         sys.stderr.write(f"conductor-mcp {args.command}: {internal_message(exc)}"

@@ -5,6 +5,11 @@ class ConductorError(Exception):
     """Base of every error this package raises on purpose."""
 
 
+class UsageError(ConductorError):
+    """The command line asks for what cannot be: an empty task, a run id that names no run or several, a
+    worker or strategy the pool lacks. The CLI exits 2 for these (and argparse's own), 1 for the rest."""
+
+
 class ConfigError(ConductorError):
     """A manifest, worker or conductor setting is wrong."""
 

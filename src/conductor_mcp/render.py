@@ -62,6 +62,24 @@ def _when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+# the store keeps epoch seconds; JSON for people and programs gets ISO 8601 (UTC, with its offset)
+TIMESTAMP_KEYS = frozenset({"created_at", "updated_at", "heartbeat_at", "started_at", "ended_at", "rated_at"})
+
+
+def iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def with_iso_times(data: Any) -> Any:
+    """`data` with every timestamp field (TIMESTAMP_KEYS, at any depth) as an ISO 8601 string."""
+    if isinstance(data, dict):
+        return {k: iso(v) if k in TIMESTAMP_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+                else with_iso_times(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [with_iso_times(v) for v in data]
+    return data
+
+
 def workflow_text(workflow: Workflow) -> str:
     lines = []
     for i, s in enumerate(workflow.steps):
@@ -70,10 +88,13 @@ def workflow_text(workflow: Workflow) -> str:
     return "\n".join(lines)
 
 
-def run_text(run: Run, full: bool = True, usage: Usage | None = None) -> str:
+def run_text(run: Run, full: bool = True, usage: Usage | None = None, running_s: float | None = None,
+             strategy: str | None = None) -> str:
     u = usage or run.usage
+    ran = f"  ran {running_s:.1f}s" if running_s is not None else ""
     lines = [
-        f"run {run.id}  {run.status.value}  {_when(run.created_at)}",
+        f"run {run.id}  {run.status.value}  {_when(run.created_at)}{ran}"
+        + (f"  strategy {strategy}" if strategy else ""),
         f"task: {run.task}",
         f"plan: {run.plan.source} by {run.plan.planner}"
         + (f" in {run.plan.latency_s:.2f}s" if run.plan.latency_s is not None else ""),
@@ -106,17 +127,25 @@ def run_text(run: Run, full: bool = True, usage: Usage | None = None) -> str:
     return "\n".join(lines)
 
 
-def runs_table(runs: list[tuple[Run, Usage, str]]) -> str:
-    """One line a run: status, calls, tokens, cost and seconds of its whole tree, and its strategy."""
-    rows = [f"{'run id':<17} {'status':<15} {'created':<19} {'strategy':<14} {'steps':>5} {'calls':>5} "
-            f"{'tokens':>7} {'cost':>9} {'secs':>6} {'reward':>6}  task"]
-    for r, u, strategy in runs:
-        secs = r.updated_at - r.created_at
-        task = r.task.replace("\n", " ")
-        reward = "" if r.reward is None else f"{r.reward:g}"
-        rows.append(f"{r.id:<17} {r.status.value:<15} {_when(r.created_at):<19} {strategy[:14]:<14} "
-                    f"{len(r.steps):>5} {u.calls:>5} {u.total_tokens:>7} {_cost(u):>9} {secs:>6.1f} {reward:>6}  "
-                    f"{task[:40]}")
+def runs_table(runs: list[tuple[Run, Usage, str, float]]) -> str:
+    """One line a run: status, calls, tokens, cost of its whole tree, seconds spent running, its strategy.
+    Columns are as wide as their widest cell, so whole ids line up; the task comes last, cut short."""
+    head = ["run id", "status", "created", "strategy", "steps", "calls", "tokens", "cost", "secs", "reward"]
+    right = {"steps", "calls", "tokens", "cost", "secs", "reward"}
+    cells = [[r.id, r.status.value, _when(r.created_at), strategy, str(len(r.steps)), str(u.calls),
+              str(u.total_tokens), _cost(u), f"{secs:.1f}", "" if r.reward is None else f"{r.reward:g}"]
+             for r, u, strategy, secs in runs]
+    widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
+
+    def line(row: list[str], task: str) -> str:
+        parts = [cell.rjust(w) if name in right else cell.ljust(w) for name, cell, w in zip(head, row, widths,
+                                                                                             strict=True)]
+        return "  ".join(parts) + "  " + task
+
+    rows = [line(head, "task")]
+    for (r, _, _, _), row in zip(runs, cells, strict=True):
+        task = " ".join(r.task.split())
+        rows.append(line(row, task if len(task) <= 50 else task[:47] + "..."))
     return "\n".join(rows)
 
 

@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +109,52 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("003_lease", """
         ALTER TABLE runs ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
     """),
+    # Time spent running, across executions: a claim starts one (claimed_at), finishing the run adds it
+    # to run_s; a process that died ends at its last heartbeat. Runs from before keep the old figure,
+    # creation to last update.
+    ("004_run_time", """
+        ALTER TABLE runs ADD COLUMN run_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN claimed_at REAL;
+        UPDATE runs SET run_s = MAX(updated_at - created_at, 0) WHERE status <> 'planned';
+    """),
 ]
 
 FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
+
+# A run's strategy as listings name it: a workflow the host wrote is `host`, whatever strategy was passed
+STRATEGY_SQL = ("CASE WHEN json_extract(plan, '$.source') = 'host' THEN 'host'"
+                " ELSE COALESCE(json_extract(options, '$.strategy'), 'conductor') END")
+
+
+def strategy_of(plan_source: str | None, options: dict[str, Any]) -> str:
+    """STRATEGY_SQL in Python."""
+    return "host" if plan_source == "host" else str(options.get("strategy") or "conductor")
+
+
+@dataclass(frozen=True)
+class RunListing:
+    """A root run as `conductor-mcp runs` finds it: its id, strategy and time spent running."""
+
+    run_id: str
+    strategy: str
+    running_s: float
+
+
+def _running_s(row: sqlite3.Row, now: float) -> float:
+    """Planning, then every execution: finished ones are in run_s; the one in progress counts until now,
+    or, if its process is gone, until its last heartbeat."""
+    total = float(row["run_s"] or 0) + float(row["plan_s"] or 0)
+    claimed = row["claimed_at"]
+    if claimed is not None:
+        alive = row["status"] == RunStatus.RUNNING and owner_alive(row["owner"], row["heartbeat_at"], now)
+        total += max((now if alive else row["heartbeat_at"] or claimed) - claimed, 0.0)
+    return total
+
+
+def _matches(task: str | None, answer: str | None, terms: str) -> bool:
+    """Every whitespace-separated term occurs in the task or the answer, ignoring case (any script)."""
+    text = f"{task or ''}\n{answer or ''}".casefold()
+    return all(term in text for term in terms.casefold().split())
 
 
 def new_run_id() -> str:
@@ -419,7 +462,7 @@ class Store:
                 args = [row[0], row[0], cursor]
             rows = self._db.execute(
                 "SELECT id, status, owner, heartbeat_at, substr(task, 1, 200) AS task, length(task) AS task_chars,"
-                " json_extract(options, '$.strategy') AS strategy, created_at, reward"
+                f" {STRATEGY_SQL} AS strategy, created_at, reward"
                 f" FROM runs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1)).fetchall()
             page = rows[:limit]
             # what tree_usage counts, summed in SQL over each run's tree: plans, steps and reviews
@@ -445,6 +488,91 @@ class Store:
                         "tokens": int(tokens.get(r["id"]) or 0), "created_at": r["created_at"],
                         "reward": r["reward"]})
         return out, (page[-1]["id"] if len(rows) > limit else None)
+
+    # -- queries for the command line -------------------------------------------------------------
+    def resolve_run(self, ref: str) -> str:
+        """The run id `ref` names: `last` (the newest root run), a whole id, or the start of exactly one id."""
+        ref = ref.strip()
+        with self._lock:
+            if ref == "last":
+                row = self._db.execute("SELECT id FROM runs WHERE parent_run_id IS NULL"
+                                       " ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+                if row is None:
+                    raise RunNotFound(f"run_id: `last`, but {self.path} holds no runs yet")
+                return str(row[0])
+            if not ref:
+                raise RunNotFound("run_id: empty; give a run id, the start of one, or `last`")
+            if self._db.execute("SELECT 1 FROM runs WHERE id=?", (ref,)).fetchone() is not None:
+                return ref
+            rows = self._db.execute(
+                "SELECT id, status, owner, heartbeat_at, created_at, parent_run_id, substr(task, 1, 50) AS task"
+                " FROM runs WHERE lower(substr(id, 1, ?)) = lower(?) ORDER BY created_at DESC, id DESC LIMIT 11",
+                (len(ref), ref)).fetchall()
+        if not rows:
+            raise RunNotFound(f"run_id: no run {ref!r} and none whose id starts so in {self.path} "
+                              "(list runs with `conductor-mcp runs`)")
+        if len(rows) == 1:
+            return str(rows[0]["id"])
+        lines = []
+        for r in rows[:10]:
+            status = RunStatus(r["status"])
+            if status == RunStatus.RUNNING and not owner_alive(r["owner"], r["heartbeat_at"]):
+                status = RunStatus.INTERRUPTED
+            part = f", part of run {r['parent_run_id']}" if r["parent_run_id"] else ""
+            task = " ".join(r["task"].split())
+            lines.append(f"  {r['id']}  {status.value}{part}  {task}")
+        more = "\n  and more" if len(rows) > 10 else ""
+        raise RunNotFound(f"run_id: {ref!r} is the start of several run ids; give more of it:\n"
+                          + "\n".join(lines) + more)
+
+    def find_runs(self, limit: int, statuses: Collection[str] = (), strategy: str | None = None,
+                  text: str | None = None) -> list[RunListing]:
+        """Root runs, newest first, at most `limit`: of these statuses (any if none), this strategy (`host`
+        for a workflow the host wrote), and whose task or answer holds every word of `text`."""
+        wanted = {RunStatus(s) for s in statuses}
+        # `interrupted` is a `running` run whose owner is gone: both are stored as running
+        raw = {RunStatus.RUNNING if s == RunStatus.INTERRUPTED else s for s in wanted}
+        where, args = ["parent_run_id IS NULL"], []
+        if raw:
+            where.append(f"status IN ({','.join('?' * len(raw))})")
+            args += [s.value for s in raw]
+        if strategy:
+            where.append(f"({STRATEGY_SQL}) = ?")
+            args.append(strategy)
+        if text and text.split():
+            where.append("conductor_matches(task, answer, ?)")
+            args.append(text)
+        out: list[RunListing] = []
+        now = time.time()
+        with self._lock:
+            self._db.create_function("conductor_matches", 3, _matches, deterministic=True)
+            rows = self._db.execute(
+                f"SELECT id, status, owner, heartbeat_at, run_s, claimed_at, {STRATEGY_SQL} AS strategy,"
+                " json_extract(plan, '$.latency_s') AS plan_s"
+                f" FROM runs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC", args)
+            try:
+                for r in rows:
+                    if len(out) >= limit:
+                        break
+                    status = RunStatus(r["status"])
+                    if status == RunStatus.RUNNING and not owner_alive(r["owner"], r["heartbeat_at"], now):
+                        status = RunStatus.INTERRUPTED
+                    if wanted and status not in wanted:
+                        continue
+                    out.append(RunListing(r["id"], r["strategy"], _running_s(r, now)))
+            finally:
+                rows.close()  # a cursor left open would hold its read transaction
+        return out
+
+    def running_seconds(self, run_id: str) -> float:
+        """Time the run has spent planning and running, over all its executions (not since it was created)."""
+        with self._lock:
+            row = self._db.execute("SELECT status, owner, heartbeat_at, run_s, claimed_at,"
+                                   " json_extract(plan, '$.latency_s') AS plan_s FROM runs WHERE id=?",
+                                   (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"run_id: no run {run_id!r} in {self.path}")
+        return _running_s(row, time.time())
 
     def children(self, run_id: str, step: int | None = None, rounds: bool = False) -> list[str]:
         """Child runs, oldest first: all, those of one `conductor` step, or the correction rounds."""
@@ -488,8 +616,11 @@ class Store:
                 raise RunStateError(f"run {run_id} is running in another live process ({row['owner']}); "
                                     "wait for it, or stop that process first")
             lease = Lease(run_id, int(row["lease"]) + 1)
-            db.execute("UPDATE runs SET status=?, owner=?, lease=?, heartbeat_at=?, updated_at=?, error=NULL"
-                       " WHERE id=?", (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now, run_id))
+            # an execution that never finished (its process died) counts until its last heartbeat
+            db.execute("UPDATE runs SET status=?, owner=?, lease=?, heartbeat_at=?, updated_at=?, error=NULL,"
+                       " run_s = run_s + COALESCE(MAX(COALESCE(heartbeat_at, claimed_at) - claimed_at, 0), 0),"
+                       " claimed_at=? WHERE id=?",
+                       (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now, now, run_id))
             # a step or attempt left running belonged to a process that is gone
             db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
             db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
@@ -519,9 +650,10 @@ class Store:
                    error: str | None = None) -> None:
         with self._tx() as db:
             self._hold(db, lease)
-            db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?,"
-                       " owner=NULL WHERE id=?",
-                       (status.value, answer, redact_optional(error), time.time(), lease.run_id))
+            now = time.time()
+            db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
+                       " run_s = run_s + COALESCE(MAX(? - claimed_at, 0), 0), claimed_at=NULL WHERE id=?",
+                       (status.value, answer, redact_optional(error), now, now, lease.run_id))
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
@@ -636,7 +768,8 @@ class Store:
                 "WITH RECURSIVE tree(id, root) AS ("
                 " SELECT id, id FROM runs WHERE parent_run_id IS NULL AND created_at >= ?"
                 " UNION ALL SELECT r.id, t.root FROM runs r JOIN tree t ON r.parent_run_id = t.id)"
-                " SELECT t.root, t.id, root.options AS root_options, root.created_at, r.plan, r.options,"
+                " SELECT t.root, t.id, root.options AS root_options,"
+                " json_extract(root.plan, '$.source') AS root_source, root.created_at, r.plan, r.options,"
                 " (SELECT json_group_array(json_array(s.worker, s.prompt_tokens, s.completion_tokens, s.cost_usd,"
                 "  s.calls)) FROM steps s WHERE s.run_id = t.id) AS steps"
                 " FROM tree t JOIN runs r ON r.id = t.id JOIN runs root ON root.id = t.root", (since,)).fetchall()

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConductorError
+from .errors import UsageError
 from .models import CONDUCTOR_WORKER, PlanInfo, Usage
-from .store import Store
+from .store import Store, strategy_of
 
 By = Literal["worker", "strategy", "day"]
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
@@ -34,7 +34,7 @@ def parse_since(text: str | None, now: float | None = None) -> float:
     try:
         return datetime.datetime.fromisoformat(text.strip()).timestamp()
     except ValueError:
-        raise ConductorError(f"--since: {text!r}; give a span such as 7d, 24h or 30m, or a date such as "
+        raise UsageError(f"--since: {text!r}; give a span such as 7d, 24h or 30m, or a date such as "
                              "2026-11-01") from None
 
 
@@ -60,7 +60,7 @@ def usage_report(store: Store, since: float, by: By) -> list[dict[str, Any]]:
         group.roots.add(root)
 
     for row in store.usage_rows(since):
-        strategy = str(json.loads(row["root_options"]).get("strategy", "conductor"))
+        strategy = strategy_of(row["root_source"], json.loads(row["root_options"]))
         day = datetime.datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d")
         parts: list[tuple[str, Usage]] = []
         planning = PlanInfo.model_validate_json(row["plan"]).usage

@@ -77,7 +77,7 @@ def test_errors_are_clear(env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("workers:\n  - {id: a, model: openai/x, fallback: ghost}\n")
     proc = cli("doctor", "--workers", str(bad), env=env, check=False)
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 1 and proc.stdout == ""  # a runtime error: the command line itself is right
     assert f"{bad}: worker 'a' (workers[0]): field 'fallback'" in proc.stderr
     proc = cli("show", "no-such-run", env=env, check=False)
     assert proc.returncode == 2 and "no run 'no-such-run'" in proc.stderr

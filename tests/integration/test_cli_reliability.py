@@ -65,7 +65,7 @@ def test_serve_refuses_a_bad_store_in_one_line(tmp_path: Path, env: dict[str, st
     """The server used to start, then answer `Error executing tool ...` to every call."""
     path = make(tmp_path / "bad.db") or tmp_path / "bad.db"
     proc = cli("serve", env={**env, "CONDUCTOR_DB": str(path)}, timeout=60)
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"conductor-mcp serve: trace store {path}"), proc.stderr
 
@@ -98,7 +98,7 @@ def test_a_read_only_store_in_the_cli(env: dict[str, str], read_only_db: tuple[P
     proc = cli("runs", env=ro)
     assert proc.returncode == 0 and run_id in proc.stdout
     proc = cli("rate", run_id, "1", env=ro)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert f"trace store {path} is read-only" in proc.stderr
 
 

@@ -67,7 +67,7 @@ def test_eval_and_rate_errors(env: dict[str, str], tmp_path: Path) -> None:
     bad.write_text('{"id": "a", "task": "x", "check": {"type": "number", "answer": 1}}\n'
                    '{"id": "b", "task": "y", "check": {"type": "number"}}\n')
     proc = cli("eval", str(bad), env=env, check=False)
-    assert proc.returncode == 2 and "bad.jsonl:2" in proc.stderr and "answer" in proc.stderr
+    assert proc.returncode == 1 and "bad.jsonl:2" in proc.stderr and "answer" in proc.stderr
     proc = cli("eval", str(suite(tmp_path)), "--strategies", "single:ghost", env=env, check=False)
     assert proc.returncode == 2 and "ghost" in proc.stderr
     proc = cli("rate", "nope", "1", env=env, check=False)

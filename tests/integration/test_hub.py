@@ -116,7 +116,7 @@ def test_split_model_downloads_every_part(env: dict[str, str], hub: HubServer, t
 def test_errors_name_the_field(env: dict[str, str], hub: HubServer, tmp_path: Path) -> None:
     def fails(repo: str, file: str, run_env: dict[str, str] = env) -> str:
         proc = cli("pull", "--workers", manifest(tmp_path, repo, file, "e.yaml"), env=run_env, check=False)
-        assert proc.returncode == 2 and proc.stdout == "", proc
+        assert proc.returncode == 1 and proc.stdout == "", proc
         return proc.stderr
 
     err = fails(REPO, "*q2_k.gguf")
@@ -134,7 +134,7 @@ def test_errors_name_the_field(env: dict[str, str], hub: HubServer, tmp_path: Pa
     err = fails(REPO, "*Q4_1.gguf")
     assert f"cannot reach the Hugging Face Hub at {hub.url}" in err and "run `conductor-mcp pull`" in err
     plan = cli("plan", "Name a prime number.", env=env, check=False)  # the first plan cannot download either
-    assert plan.returncode == 2 and "cannot reach the Hugging Face Hub" in plan.stderr
+    assert plan.returncode == 1 and "cannot reach the Hugging Face Hub" in plan.stderr
 
 
 def test_nothing_to_pull(env: dict[str, str], tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def test_dns_rebinding_and_token(env: dict[str, str], stop: list[subprocess.Pope
     # off loopback: refuses to start without a token
     bad = subprocess.run([*SERVE, "--transport", "http", "--host", "0.0.0.0", "--port", str(free_port())],
                          env=env, capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "set CONDUCTOR_TOKEN" in bad.stderr
+    assert bad.returncode == 1 and "set CONDUCTOR_TOKEN" in bad.stderr
     # with a token: 401 without it, 200 with it; Host protection still on for the bind address
     proc2, port2 = start_http({**env, "CONDUCTOR_TOKEN": STRONG_TOKEN}, "http", "--allowed-host", "conductor.lan",
                               host="0.0.0.0")
@@ -227,7 +227,7 @@ def test_weak_token_is_refused(env: dict[str, str], token: str) -> None:
     """A guessable CONDUCTOR_TOKEN on an open bind is no protection: `serve` refuses it and says how to make one."""
     proc = subprocess.run([*SERVE, "--transport", "http", "--host", "0.0.0.0", "--port", "0"],
                           env={**env, "CONDUCTOR_TOKEN": token}, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "CONDUCTOR_TOKEN is too weak" in proc.stderr and "at least 32" in proc.stderr
     assert "secrets.token_urlsafe(32)" in proc.stderr and "serving" not in proc.stderr
 

@@ -54,7 +54,8 @@ def test_usage_by_worker_strategy_and_day(tmp_path: Path, server: ScriptedServer
 
     by_strategy = {r["key"]: r for r in json.loads(usage(env, "--by", "strategy", "--json").stdout)["rows"]}
     assert by_strategy["single:b"]["total_tokens"] == store.tree_usage(single.id).total_tokens
-    assert by_strategy["conductor"]["runs"] == 2
+    assert by_strategy["conductor"]["runs"] == 1  # the planned one: the host wrote the other's workflow
+    assert by_strategy["host"]["total_tokens"] == store.tree_usage(host.id).total_tokens
     days = json.loads(usage(env, "--by", "day", "--since", "1h", "--json").stdout)["rows"]
     assert len(days) == 1 and days[0]["total_tokens"] == total.total_tokens and days[0]["runs"] == 3
     table = usage(env, "--since", "2999-01-01").stdout
