@@ -247,7 +247,7 @@ def test_running_run_updates_without_reload(browser: tuple[str, str], env: dict[
             wait_until(driver, lambda d: by_css(d, "#step-1.st-completed"), "step 1 completed on the page")
             wait_until(driver, lambda d: "completed" in by_css(d, "#summary .badge")[0].text, "the run completed")
             assert by_css(driver, "#step-1 details.output pre")[0].text == "the merged answer"
-            assert "the merged answer" in by_css(driver, "#summary .answer")[0].text
+            assert "the merged answer" in by_css(driver, "#result .answer")[0].text
             wait_until(driver, lambda d: not by_css(d, "#diagram svg g.node.running")
                        and len(by_css(d, "#diagram svg g.node.completed")) == 2, "the diagram redrawn")
             assert driver.execute_script("return window.sameDocument") is True

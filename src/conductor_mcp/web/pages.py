@@ -34,10 +34,27 @@ def when(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def when_short(ts: float, now: float | None = None) -> str:
+    """The time alone for today's runs, else the date and minute."""
+    moment = datetime.datetime.fromtimestamp(ts)
+    today = datetime.datetime.fromtimestamp(now or time.time()).date()
+    return moment.strftime("%H:%M:%S") if moment.date() == today else moment.strftime("%Y-%m-%d %H:%M")
+
+
 def cost(usd: float | None) -> str:
     if usd is None:
         return "n/a"
+    if usd == 0:
+        return "$0"
+    if usd < 0.0001:
+        return "<$0.0001"
     return f"${usd:.4f}" if usd < 100 else f"${usd:,.2f}"
+
+
+def headline(task: str, limit: int = 140) -> str:
+    """A task's first line, cut to `limit` characters."""
+    first = task.strip().splitlines()[0] if task.strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def seconds(value: float | None) -> str:
@@ -92,14 +109,15 @@ def runs_page(rows: list[ListRow], next_cursor: str | None, first_page: bool, li
               signed_in: bool) -> str:
     if rows:
         body_rows = "".join(
-            f'<tr><td class="id"><a href="/ui/runs/{text(r.run_id)}">{text(r.run_id)}</a></td>'
+            f'<tr><td class="task"><a href="/ui/runs/{text(r.run_id)}" title="{text(r.task)}">'
+            f'{text(headline(r.task) or "(no task)")}</a><code class="id">{text(r.run_id)}</code></td>'
             f"<td>{status_badge(r.status)}</td><td>{text(r.strategy)}</td>"
-            f'<td class="task"><a href="/ui/runs/{text(r.run_id)}">{text(r.task)}</a></td>'
             f'<td class="num">{r.steps}</td><td class="num">{r.usage.total_tokens:,}</td>'
             f'<td class="num">{cost(r.usage.cost_usd)}</td><td class="num">{seconds(r.seconds)}</td>'
-            f'<td class="num">{reward(r.reward)}</td><td class="when">{when(r.created_at)}</td></tr>'
+            f'<td class="num">{reward(r.reward)}</td>'
+            f'<td class="when" title="{when(r.created_at)}">{when_short(r.created_at)}</td></tr>'
             for r in rows)
-        table = ('<table class="runs"><thead><tr><th>Run</th><th>Status</th><th>Strategy</th><th>Task</th>'
+        table = ('<table class="runs"><thead><tr><th>Task · run</th><th>Status</th><th>Strategy</th>'
                  '<th class="num">Steps</th><th class="num">Tokens</th><th class="num">Cost</th>'
                  '<th class="num">Time</th><th class="num">Reward</th><th>Created</th></tr></thead>'
                  f"<tbody>{body_rows}</tbody></table>")
@@ -144,13 +162,13 @@ def summary_fragment(view: RunView, now: float | None = None) -> str:
     facts = [
         _fact("Status", status_badge(run.status.value)),
         _fact("Strategy", text(view.strategy)),
-        _fact("Planned by", f"{text(run.plan.source)} · {text(run.plan.planner)}"),
-        _fact("Created", text(when(run.created_at))),
+        _fact("Planned by", text(run.plan.planner) if run.plan.planner == run.plan.source
+              else f"{text(run.plan.planner)} <small>({text(run.plan.source)})</small>"),
         _fact("Time", seconds(run_seconds(run, now))),
-        _fact("Tokens", f"{u.total_tokens:,} <small>({u.prompt_tokens:,} in, {u.completion_tokens:,} out)</small>"),
-        _fact("Calls", str(u.calls)),
+        _fact("Tokens", f"{u.total_tokens:,} <small>{u.prompt_tokens:,} in, {u.completion_tokens:,} out; "
+                        f"{u.calls} call{'s' if u.calls != 1 else ''}</small>"),
         _fact("Cost", cost(u.cost_usd)),
-        _fact("Reward", (f"{reward(run.reward)} <small>({text(run.reward_source)})</small>"
+        _fact("Reward", (f"{reward(run.reward)} <small>by {text(run.reward_source)}</small>"
                          if run.reward is not None else '<span class="muted">not rated</span>'), "reward"),
     ]
     note = ""
@@ -162,12 +180,22 @@ def summary_fragment(view: RunView, now: float | None = None) -> str:
         out.append(f'<p class="reward-note">Rating note: {text(run.reward_note)}</p>')
     if run.error:
         out.append(f'<div class="error"><strong>Error</strong><pre>{text(run.error)}</pre></div>')
-    if run.answer is not None:
-        out.append(f'<div class="answer"><h2>Answer</h2><pre>{text(run.answer)}</pre></div>')
-    elif run.status == RunStatus.PLANNED:
-        out.append('<p class="muted">Planned, not started: run it with the <code>resume</code> tool or '
-                   f"<code>conductor-mcp resume {text(run.id)}</code>.</p>")
     return "".join(out)
+
+
+def result_fragment(view: RunView) -> str:
+    """The answer, beside the diagram; or what stands in for it until there is one."""
+    run = view.run
+    if run.answer is not None:
+        return f'<h2>Answer</h2><div class="answer"><pre>{text(run.answer)}</pre></div>'
+    if run.status == RunStatus.PLANNED:
+        why = ('Planned, not started: run it with the <code>resume</code> tool or '
+               f"<code>conductor-mcp resume {text(run.id)}</code>.")
+    elif run.status == RunStatus.RUNNING:
+        why = "Running: the answer shows here when the last step is done."
+    else:
+        why = f"No answer: the run ended {text(run.status.value.replace('_', ' '))}."
+    return f'<h2>Answer</h2><div class="answer pending"><p class="muted">{why}</p></div>'
 
 
 def _access(step: StepRecord) -> str:
@@ -219,7 +247,7 @@ def step_card(run: Run, step: StepRecord, children: list[Run], now: float | None
     attempts = _attempts(step)
     if attempts:
         body.append(f'<details class="attempts-box" id="att-{run.id}-{step.index}"'
-                    f'{" open" if any(a.status != "ok" for a in step.attempts) else ""}>'
+                    f'{" open" if any(a.status in ("error", "interrupted") for a in step.attempts) else ""}>'
                     f"<summary>Attempts</summary>{attempts}</details>")
     return (f'<article class="step st-{text(step.status.value)}" id="step-{step.index}">'
             f'<header><h3><span class="idx">{step.index}</span> <span class="worker">{text(step.worker)}</span>'
@@ -288,15 +316,15 @@ def diagram_source(view: RunView) -> str:
 
 def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None = None) -> str:
     run = view.run
-    title = run.task.strip().splitlines()[0] if run.task.strip() else run.id
-    short = title if len(title) <= 120 else title[:117] + "..."
-    crumbs = [f'<a href="/ui/">Runs</a> / run <code>{text(run.id)}</code>']
+    short = headline(run.task, 120) or run.id
+    crumbs = [f'<a href="/ui/">Runs</a> / run <code>{text(run.id)}</code> · created {text(when(run.created_at))}']
     if view.parent is not None:
         part = (f"step {run.parent_step}" if run.parent_step is not None
                 else f"review round {view.rounds.get(run.id, '')}".rstrip())
         crumbs.append(f' · part of <a href="/ui/runs/{text(view.parent.id)}">run {text(view.parent.id)}</a> '
                       f"({text(part)})")
     live = run.status in LIVE
+    flash_html = f'<p class="flash" role="status">{text(flash)}</p>' if flash else ""
     rating = ""
     if run.parent_run_id is None:
         current = run.reward
@@ -307,7 +335,7 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
             for v, label in (("1", "correct"), ("0.5", "wrong but well formed"), ("0", "unusable")))
         rating = (f'<section class="rate" id="rate"><h2>Rate this run</h2>'
                   f'<p class="muted">The same reward as the <code>rate_run</code> tool; the conductor learns from '
-                  f"it when it plans similar tasks. A new rating replaces the last one.</p>"
+                  f"it when it plans similar tasks. A new rating replaces the last one.</p>{flash_html}"
                   f'<form method="post" action="/ui/runs/{text(run.id)}/rate">'
                   f'<div class="choices">{options}</div>'
                   f'<label class="note">Note <small>(optional)</small><textarea name="note" maxlength="2000" '
@@ -323,17 +351,17 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
             plan_bits.append(f"<p>{label}:</p><ul>{''.join(f'<li>{text(i)}</li>' for i in items)}</ul>")
     if plan.raw:
         plan_bits.append(f"<details><summary>Raw plan</summary><pre>{text(plan.raw)}</pre></details>")
-    flash_html = f'<p class="flash" role="status">{text(flash)}</p>' if flash else ""
-    body = (f'<p class="crumbs">{"".join(crumbs)}</p>{flash_html}'
+    body = (f'<p class="crumbs">{"".join(crumbs)}</p>'
             f'<h1 class="task-title">{text(short)}</h1>'
             f'<div id="run" data-run="{text(run.id)}" data-live="{"1" if live else "0"}">'
             f'<section id="summary" class="summary">{summary_fragment(view, now)}</section>'
             f'<details class="task"><summary>Task <small>({len(run.task):,} characters)</small></summary>'
             f"<pre>{text(run.task)}</pre></details>"
-            f'<section class="workflow"><h2>Workflow <span class="live-dot" id="live" '
+            f'<div class="overview"><section class="workflow"><h2>Workflow <span class="live-dot" id="live" '
             f'title="updating live"{"" if live else " hidden"}>live</span></h2>'
             f'<div id="diagram" class="diagram" aria-label="workflow diagram"></div>'
             f'<pre id="diagram-src" class="diagram-src" hidden>{html.escape(diagram_source(view))}</pre></section>'
+            f'<section id="result" class="result">{result_fragment(view)}</section></div>'
             f'<section class="steps"><h2>Steps</h2><div id="steps">{steps_fragment(view, now)}</div></section>'
             f'<section id="related">{related_fragment(view)}</section>'
             f"{rating}"
@@ -345,7 +373,7 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
 def run_state(view: RunView, now: float | None = None) -> dict[str, Any]:
     """What the live poll gets: the page's dynamic fragments, and whether to keep polling."""
     return {"status": view.run.status.value, "live": view.run.status in LIVE,
-            "summary": summary_fragment(view, now), "steps": steps_fragment(view, now),
+            "summary": summary_fragment(view, now), "result": result_fragment(view), "steps": steps_fragment(view, now),
             "related": related_fragment(view), "diagram": diagram_source(view)}
 
 

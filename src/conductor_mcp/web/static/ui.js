@@ -71,6 +71,7 @@
       return;
     }
     replace("summary", state.summary);
+    replace("result", state.result);
     replace("steps", state.steps);
     replace("related", state.related);
     await draw(state.diagram);
