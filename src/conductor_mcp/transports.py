@@ -26,7 +26,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ConfigError
-from .openai_api import ApiError, OpenAIApp, send_error
+from .openai_api import OpenAIApp, send_error
+from .openai_chat import ApiError
 from .run_manager import RunManager
 from .server import build_server
 from .web import announce, with_web_ui

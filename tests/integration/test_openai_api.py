@@ -150,23 +150,23 @@ def test_sync_completion_carries_the_conversation(api: Served, server: ScriptedS
 
 async def test_async_stream_shows_progress_then_answer_then_usage(api: Served, server: ScriptedServer) -> None:
     server.script(model="scripted-strong", reply="MERGED ANSWER")
-    client = openai.AsyncOpenAI(base_url=api.base, api_key="x", max_retries=0)
-    stream = await client.chat.completions.create(
-        model="conductor", messages=[{"role": "user", "content": "Write two drafts and merge them."}], stream=True,
-        stream_options={"include_usage": True}, extra_body={"conductor": {"workflow": THREE}})
     reasoning, content, finishes, usage, metas = "", "", [], None, []
-    async for chunk in stream:
-        assert chunk.object == "chat.completion.chunk"
-        if chunk.choices:
-            delta = chunk.choices[0].delta
-            reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
-            content += delta.content or ""
-            if chunk.choices[0].finish_reason:
-                finishes.append(chunk.choices[0].finish_reason)
-        if chunk.usage is not None:
-            usage = chunk.usage
-        if "conductor" in (chunk.model_extra or {}):
-            metas.append(ext(chunk))
+    async with openai.AsyncOpenAI(base_url=api.base, api_key="x", max_retries=0) as client:  # closed on this loop
+        stream = await client.chat.completions.create(
+            model="conductor", messages=[{"role": "user", "content": "Write two drafts and merge them."}],
+            stream=True, stream_options={"include_usage": True}, extra_body={"conductor": {"workflow": THREE}})
+        async for chunk in stream:
+            assert chunk.object == "chat.completion.chunk"
+            if chunk.choices:
+                delta = chunk.choices[0].delta
+                reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+                content += delta.content or ""
+                if chunk.choices[0].finish_reason:
+                    finishes.append(chunk.choices[0].finish_reason)
+            if chunk.usage is not None:
+                usage = chunk.usage
+            if "conductor" in (chunk.model_extra or {}):
+                metas.append(ext(chunk))
     assert content == "MERGED ANSWER" and finishes == ["stop"]
     lines = reasoning.splitlines()
     plan = lines.index(next(x for x in lines if x.startswith("Plan: 3 step(s), host")))
@@ -272,20 +272,21 @@ def test_extra_body_options_and_a_budget_stop(api: Served, server: ScriptedServe
 
 
 # -- litellm as a client -------------------------------------------------------------------------------------
-async def test_litellm_as_a_client(api: Served, server: ScriptedServer) -> None:
+def test_litellm_as_a_client(api: Served, server: ScriptedServer) -> None:
+    """litellm's `openai/<model>` with an api_base, as any litellm user would call us (sync: litellm keeps its async
+    clients across calls, and a test's event loop is gone after the test)."""
     import litellm
 
     server.script(model="scripted-slow", reply="SECOND DRAFT")
     messages = [{"role": "user", "content": "Draft twice."}]
     options = {"conductor": {"workflow": CHAIN}}
-    r = await litellm.acompletion(model="openai/conductor", api_base=api.base, api_key="x", messages=messages,
-                                  extra_body=options, max_retries=0)
+    r = litellm.completion(model="openai/conductor", api_base=api.base, api_key="x", messages=messages,
+                           extra_body=options, max_retries=0)
     assert r.choices[0].message.content == "SECOND DRAFT"
     assert r.usage.total_tokens > 0
     reasoning, content = "", ""
-    stream = await litellm.acompletion(model="openai/conductor", api_base=api.base, api_key="x", messages=messages,
-                                       extra_body=options, stream=True, max_retries=0)
-    async for chunk in stream:
+    for chunk in litellm.completion(model="openai/conductor", api_base=api.base, api_key="x", messages=messages,
+                                    extra_body=options, stream=True, max_retries=0):
         delta = chunk.choices[0].delta
         reasoning += getattr(delta, "reasoning_content", None) or ""
         content += delta.content or ""
