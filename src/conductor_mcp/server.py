@@ -32,6 +32,7 @@ from .errors import ConductorError, RunNotFound, RunStateError, internal_message
 from .models import MAX_STEPS_LIMIT, Access, Budget, Run, RunStatus, StepStatus, Usage
 from .planners.base import PlanEvent
 from .run_manager import Progress, RunManager
+from .tool_schemas import STRATEGY, WORKER_ID, compact, optional_not_null, output_shape, with_worker_ids
 from .workflows import field_problems
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,21 @@ INSTRUCTIONS = (
     "Every run's trace is at conductor://runs/{run_id}."
 )
 MAX_TASK = 100_000
-TaskArg = Annotated[str, Field(min_length=1, max_length=MAX_TASK, description="the task, self-contained")]
-WorkersArg = Annotated[list[str] | None, Field(description="worker ids to use (default all)")]
-MaxStepsArg = Annotated[int | None, Field(ge=1, le=MAX_STEPS_LIMIT, description="at most this many steps")]
-WaitArg = Annotated[float, Field(ge=0, le=3600, description="seconds to wait before 'running'")]
-RunIdArg = Annotated[str, Field(min_length=1, max_length=64)]
-RoundsArg = Annotated[int | None, Field(ge=1, le=5, description="review rounds")]
-DepthArg = Annotated[int | None, Field(ge=0, le=4, description="self-call depth")]
-TokensArg = Annotated[int | None, Field(ge=1)]
-UsdArg = Annotated[float | None, Field(gt=0)]
-StrategyArg = Annotated[str, Field(description="conductor, moa, single:<worker>")]
-PreferArg = Annotated[Literal["quality", "balanced", "cost"] | None, Field(description="reward vs cost")]
-
+RUN_ID = "from solve or plan_workflow"
+TaskArg = Annotated[str, Field(max_length=MAX_TASK, description="the task, self-contained")]  # empty: check_task
+WorkerIdArg = Annotated[str, Field(json_schema_extra={WORKER_ID: True})]
+WorkersArg = Annotated[list[WorkerIdArg] | None, Field(description="worker ids to use (default: all)")]
+MaxStepsArg = Annotated[int | None, Field(ge=1, le=MAX_STEPS_LIMIT, description="most steps in the plan")]
+WaitArg = Annotated[float, Field(ge=0, le=3600, description="seconds to wait before returning running")]
+RunIdArg = Annotated[str, Field(description=RUN_ID)]
+RoundsArg = Annotated[int | None, Field(ge=1, le=5, description="rounds of review and fix by the conductor")]
+DepthArg = Annotated[int | None, Field(ge=0, le=4, description="how deep the conductor may call itself")]
+TokensArg = Annotated[int | None, Field(ge=1, description="stop before using more tokens, planning included")]
+UsdArg = Annotated[float | None, Field(gt=0, description="stop before spending more USD")]
+StrategyArg = Annotated[str, Field(json_schema_extra={STRATEGY: True}, description=(
+    "conductor plans; moa: workers answer alone, the first merges; single:<id>: one worker"))]
+PreferArg = Annotated[Literal["quality", "balanced", "cost"] | None, Field(
+    description="what past ratings weigh: reward, or reward against cost")]
 
 
 class StepOut(BaseModel):
@@ -85,15 +89,15 @@ class RatingOut(BaseModel):
 class StepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key (`acess`) is an error, never silently dropped
 
-    worker: str
-    instruction: str
-    access: Access = "none"
+    worker: Annotated[str, Field(json_schema_extra={WORKER_ID: True}, description="who runs it")]
+    instruction: str = Field(description="its subtask")
+    access: Access = Field("none", description='earlier steps it sees: "all", "none" or 0-based indices')
 
 
 class WorkflowIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    steps: list[StepIn]
+    steps: list[StepIn] = Field(description="the last one answers")
 
 
 class PlanOut(BaseModel):
@@ -125,34 +129,32 @@ def _run_out(run: Run, u: Usage) -> RunOut:
                   trace_uri=_uri(run.id))
 
 
-def _strip_titles(schema: Any) -> Any:
-    """Pydantic's per-field titles repeat the names, `"default": null` says what optional already says,
-    and `anyOf: [T, null]` is `type: [T, "null"]` in fewer characters: hosts pay for every character
-    of tools/list on every turn."""
-    if isinstance(schema, list):
-        return [_strip_titles(v) for v in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strip_titles(v) for k, v in schema.items()
-           if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)}
-    options = out.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
-        other = next(o for o in options if o != {"type": "null"})
-        if isinstance(other, dict) and isinstance(other.get("type"), str):
-            del out["anyOf"]
-            merged = {**other, **out, "type": [other["type"], "null"]}
-            if "enum" in merged:
-                merged["enum"] = [*merged["enum"], None]
-            return merged
-    return out
-
-
 class ConductorServer(MCPServer[RunManager]):
+    runs: RunManager | None = None
+
+    def worker_ids(self) -> list[str] | None:
+        """The ids a tool's `workers` may name; None when the registry does not load (a tool call says why)."""
+        try:
+            return self.runs.engine.registry.available_ids() if self.runs is not None else None
+        except ConductorError:
+            return None
+
     async def list_tools(self) -> list[Tool]:
-        return [t.model_copy(update={"description": " ".join((t.description or "").split()),
-                                     "input_schema": _strip_titles(t.input_schema),
-                                     "output_schema": _strip_titles(t.output_schema)})
-                for t in await super().list_tools()]
+        """The tools with the live worker ids in their schemas: everywhere an id goes; for a registry too large
+        for that within TOOLS_LIST_CAP, only in the `workers` arrays; then only in solve's (the ids are always
+        in conductor://workers)."""
+        tools = [t.model_copy(update={
+            "description": " ".join((t.description or "").split()),
+            "input_schema": optional_not_null(compact(t.input_schema)),
+            "output_schema": output_shape(compact(t.output_schema)),
+            "annotations": unstated_defaults(t.annotations)}) for t in await super().list_tools()]
+        ids = self.worker_ids()
+        for everywhere, where in ((True, None), (False, None), (False, "solve"), (False, "")):
+            listed = [t.model_copy(update={"input_schema": with_worker_ids(
+                t.input_schema, ids if where is None or t.name == where else None, everywhere)}) for t in tools]
+            if tools_list_size(listed) < TOOLS_LIST_CAP:
+                break
+        return listed
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context[RunManager, Any] | None = None) -> CallToolResult | InputRequiredResult:
@@ -178,6 +180,25 @@ class ConductorServer(MCPServer[RunManager]):
             cause = exc.__cause__ or exc
             log.error("resource %s failed", uri, exc_info=cause)
             raise ResourceError(f"{uri}: {internal_message(cause)}; the server's log has the traceback") from None
+
+
+TOOLS_LIST_CAP = 8000  # characters (DESIGN.md): a host pays for tools/list on every turn
+
+
+def tools_list_size(tools: list[Tool]) -> int:
+    """The tools as JSON, measured with spaces after separators: a little more than the wire's compact form."""
+    return len(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]))
+
+
+HINT_DEFAULTS = {"read_only_hint": False, "destructive_hint": True, "idempotent_hint": False, "open_world_hint": True}
+
+
+def unstated_defaults(hints: ToolAnnotations | None) -> ToolAnnotations | None:
+    """The hints that differ from the protocol's defaults: a hint that repeats its default says nothing."""
+    if hints is None:
+        return None
+    stated = hints.model_copy(update={k: None for k, v in HINT_DEFAULTS.items() if getattr(hints, k) == v})
+    return stated if stated.model_dump(exclude_none=True) else None
 
 
 def _result(model: BaseModel, run_id: str, text: str | None = None) -> CallToolResult:
@@ -219,6 +240,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
 
     server = ConductorServer("conductor-mcp", instructions=INSTRUCTIONS, version=__version__,
                              lifespan=lifespan)
+    server.runs = runs
 
     async def wait_for(run_id: str, wait_s: float, ctx: Context | None, cancel_on_abort: bool) -> RunOut:
         """Wait up to wait_s, sending progress; a cancelled call cancels the run it started."""
@@ -275,13 +297,15 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             text = None
         return _result(result, result.run_id, text)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    @server.tool(title="Solve with a team of models",
+                 annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
     async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
                     wait_s: WaitArg = 50.0, strategy: StrategyArg = "conductor", max_rounds: RoundsArg = None,
                     max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
                     prefer: PreferArg = None, ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
         """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
-        'running' after wait_s (poll get_run)."""
+        'running' after wait_s, planning included (poll get_run). A call can take minutes and spend money on
+        paid workers."""
         try:
             budget = Budget.merged(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
                                    max_usd=max_usd)
@@ -292,12 +316,13 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             raise _tool_error(exc) from None
         return run_result(result)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
+    @server.tool(title="Plan a workflow", annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
     async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
-                            workflow: WorkflowIn | None = None,
+                            workflow: Annotated[WorkflowIn | None, Field(
+                                description="your own plan, to check and store instead")] = None,
                             ctx: Context | None = None) -> Annotated[CallToolResult, PlanOut]:
-        """Plan only (or check your own `workflow`) and store it as a run; nothing is spent.
-        Run it with resume, or step by step with run_step."""
+        """Plan only, or check your own workflow, and store it as a run; nothing is spent. Run it with resume
+        or run_step."""
         count = 0
 
         async def progress(event: PlanEvent) -> None:
@@ -316,12 +341,14 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
                       plan_source=run.plan.source, trace_uri=_uri(run.id))
         return _result(out, run.id)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    @server.tool(title="Run one step", annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
     async def run_step(run_id: RunIdArg, step: Annotated[int, Field(ge=0, description="0-based step index")],
-                       instruction: str | None = None, worker: str | None = None,
+                       instruction: Annotated[str | None, Field(description="a new subtask for it")] = None,
+                       worker: Annotated[str | None, Field(json_schema_extra={WORKER_ID: True},
+                                                           description="run it on this worker")] = None,
                        ctx: Context | None = None) -> Annotated[CallToolResult, StepResultOut]:
-        """Run one step of a planned run, optionally with a new instruction or worker.
-        Refuses while a step it sees is unfinished."""
+        """Run one step of a planned run, optionally with a new instruction or worker, once the steps it sees
+        are done."""
         if instruction is not None and not instruction.strip():
             raise ToolError("instruction: empty; omit it to keep the planned instruction")
         try:
@@ -335,7 +362,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
                             trace_uri=_uri(run_id))
         return _result(out, run_id, record.output if record.status == StepStatus.COMPLETED else None)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    @server.tool(title="Resume a run", annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
     async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0, max_rounds: RoundsArg = None,
                      max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
                      ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
@@ -354,7 +381,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             raise _tool_error(exc) from None
         return run_result(result)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(title="Get a run", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
                       ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
         """Status, per-step status and answer of a run; waits up to wait_s while it runs."""
@@ -364,12 +391,13 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
             raise _tool_error(exc) from None
         return run_result(result) if result.status == RunStatus.RUNNING else _result(result, result.run_id)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True, open_world_hint=False))
-    async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(ge=0, le=1)],
-                       note: Annotated[str | None, Field(max_length=2000)] = None) -> Annotated[CallToolResult,
-                                                                                               RatingOut]:
-        """Rate a run's answer: 1 correct, 0.5 wrong but well formed, 0 unusable. The conductor learns
-        from ratings."""
+    @server.tool(title="Rate a run", annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True,
+                                                                 open_world_hint=False))
+    async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(
+                           ge=0, le=1, description="1 correct, 0.5 wrong but well formed, 0 unusable")],
+                       note: Annotated[str | None, Field(max_length=2000, description="why")] = None
+                       ) -> Annotated[CallToolResult, RatingOut]:
+        """Rate a run's answer; the conductor learns from ratings."""
         try:
             runs.engine.store.rate(run_id, score, note, source="host")
         except ConductorError as exc:
@@ -396,7 +424,8 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
         except RunNotFound as exc:
             raise ResourceNotFoundError(str(exc)) from None
 
-    @server.resource("conductor://workers", mime_type="application/json", description="the worker registry")
+    @server.resource("conductor://workers", title="Workers", mime_type="application/json",
+                     description="the worker registry: ids, descriptions, availability")
     def workers_resource() -> str:
         reg = runs.engine.registry
         return _json({"source": reg.source, "workers": [
@@ -419,23 +448,24 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
         return _json({"runs": [{**r, "trace_uri": _uri(r["run_id"])} for r in rows], "next_cursor": after,
                       "next_uri": f"conductor://runs?limit={size}&cursor={after}" if after else None})
 
-    @server.resource("conductor://runs", mime_type="application/json",
+    @server.resource("conductor://runs", title="Runs", mime_type="application/json",
                      description=f"the newest {RUNS_PAGE} runs as summaries; next_uri reads the next page")
     def runs_resource() -> str:
         return runs_page(None, None)
 
-    @server.resource("conductor://runs{?limit,cursor}", mime_type="application/json",
+    @server.resource("conductor://runs{?limit,cursor}", title="Runs, one page", mime_type="application/json",
                      description=f"a page of runs, newest first: limit 1..{MAX_RUNS_PAGE}, cursor from next_cursor")
     def runs_page_resource(limit: str | None = None, cursor: str | None = None) -> str:
         return runs_page(limit, cursor)
 
-    @server.resource("conductor://runs/{run_id}", mime_type="application/json", description="a run's whole trace")
+    @server.resource("conductor://runs/{run_id}", title="Run trace", mime_type="application/json",
+                     description="a run's whole trace")
     def run_resource(run_id: str) -> str:
         load(run_id)
         return _json(trace_tree(runs.engine.store, run_id))
 
-    @server.resource("conductor://runs/{run_id}/steps/{index}", mime_type="application/json",
-                     description="one step of a run")
+    @server.resource("conductor://runs/{run_id}/steps/{index}", title="Run step", mime_type="application/json",
+                     description="one step of a run, by its 0-based index")
     def step_resource(run_id: str, index: str) -> str:
         run = load(run_id)
         if not (index.isascii() and index.isdigit()) or int(index) >= len(run.steps):  # "²".isdigit() is True
@@ -443,7 +473,7 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
                                         f"(steps 0..{len(run.steps) - 1})")
         return _json(run_trace(run)["steps"][int(index)])
 
-    @server.resource("conductor://runs/{run_id}/diagram", mime_type="text/vnd.mermaid",
+    @server.resource("conductor://runs/{run_id}/diagram", title="Run diagram", mime_type="text/vnd.mermaid",
                      description="the workflow as a Mermaid flowchart")
     def diagram_resource(run_id: str) -> str:
         run = load(run_id)

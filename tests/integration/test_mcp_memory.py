@@ -31,15 +31,46 @@ async def plan(c: Client, task: str = "Two drafts and a merge", workflow: Any = 
     return str(r.structured_content["run_id"])
 
 
+def undescribed(schema: dict[str, Any], where: str) -> list[str]:
+    """Every property, at any depth, that has no description."""
+    missing = []
+    for name, prop in (schema.get("properties") or {}).items():
+        if not prop.get("description"):
+            missing.append(f"{where}.{name}")
+        for inner in (prop, prop.get("items") or {}):
+            missing += undescribed(inner, f"{where}.{name}")
+    return missing
+
+
 async def test_tools_list_is_small_and_complete(mcp_server: MCPServer[Any]) -> None:
     async with Client(mcp_server, mode="legacy") as c:
         tools = (await c.list_tools()).tools
         assert {t.name for t in tools} == {"solve", "plan_workflow", "run_step", "resume", "get_run", "rate_run"}
         size = len(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]))
         assert size < 8000, size
-        assert all(t.output_schema and t.annotations and t.description for t in tools)
+        assert all(t.output_schema and t.description and t.title for t in tools)
+        assert [m for t in tools for m in undescribed(t.input_schema, t.name)] == []
         by_name = {t.name: t for t in tools}
+        # hints that differ from the protocol's defaults are stated
         assert by_name["get_run"].annotations.read_only_hint is True  # type: ignore[union-attr]
+        assert by_name["plan_workflow"].annotations.open_world_hint is False  # type: ignore[union-attr]
+        solve = by_name["solve"]
+        assert "minutes" in (solve.description or "") and "money" in (solve.description or "")
+        props = solve.input_schema["properties"]
+        assert "moa" in props["strategy"]["description"]
+        assert {"max_total_tokens", "max_usd", "prefer"} <= {k for k, v in props.items() if v.get("description")}
+        # the live worker ids, wherever a host writes one: no resource needs reading first
+        ids = ["strong", "fast", "slow"]
+        assert props["workers"]["items"]["enum"] == ids
+        assert props["strategy"]["enum"] == ["conductor", "moa", "single:strong", "single:fast", "single:slow"]
+        assert by_name["plan_workflow"].input_schema["properties"]["workers"]["items"]["enum"] == ids
+        step = by_name["plan_workflow"].input_schema["properties"]["workflow"]["properties"]["steps"]["items"]
+        assert step["properties"]["worker"]["enum"] == ids and "0-based" in step["properties"]["access"]["description"]
+        assert by_name["run_step"].input_schema["properties"]["worker"]["enum"] == ids
+        listed = (await c.list_resources()).resources
+        templates = (await c.list_resource_templates()).resource_templates
+        assert len(listed) + len(templates) == 6
+        assert all(r.title and r.description for r in listed) and all(t.title and t.description for t in templates)
 
 
 async def test_solve_plans_with_the_bundled_conductor(mcp_server: MCPServer[Any], server: ScriptedServer) -> None:
