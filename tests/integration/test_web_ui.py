@@ -163,6 +163,13 @@ async def resumed(port: int, run_id: str, wait_s: float) -> str:
         return str(r.structured_content["status"])
 
 
+async def resumed_with(port: int, run_id: str, arguments: dict[str, Any]) -> str:
+    async with Client(f"http://127.0.0.1:{port}/mcp") as c:
+        r = await c.call_tool("resume", {"run_id": run_id, **arguments})
+        assert r.structured_content is not None, r.content
+        return str(r.structured_content["status"])
+
+
 async def solved(port: int, task: str, strategy: str = "single:fast") -> str:
     async with Client(f"http://127.0.0.1:{port}/mcp") as c:
         r = await c.call_tool("solve", {"task": task, "strategy": strategy, "wait_s": 60})
@@ -254,6 +261,52 @@ def test_running_run_updates_without_reload(browser: tuple[str, str], env: dict[
             assert not by_css(driver, "#live")[0].is_displayed()  # polling stopped
     finally:
         release.set()
+
+
+def test_child_runs_and_review_rounds_are_linked(browser: tuple[str, str], tmp_path: Path, server: ScriptedServer,
+                                                 stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
+    """A step handed to the conductor (recursion) and a corrective review round are child runs: the run's page
+    draws them as subgraphs and links them, with the reviews; a child's page links back to its parent. The
+    conductor is a remote planner on the scripted server, so its plans and reviews are scripted."""
+    reviews = iter([json.dumps({"steps": [{"worker": "strong", "instruction": "Fix the answer", "access": "all"}]}),
+                    '{"steps": []}'])
+    server.script(model="scripted-conductor", contains="Review the answer", reply=lambda _m: next(reviews))
+    server.script(model="scripted-conductor", contains="Hard part",
+                  reply=json.dumps({"steps": [{"worker": "slow", "instruction": "Child step", "access": "none"}]}))
+    manifest = write_manifest(tmp_path, server.base_url)
+    manifest.write_text(manifest.read_text().replace(
+        "conductor: {gguf: bundled, max_steps: 3}",
+        f"conductor: {{model: openai/scripted-conductor, api_base: '{server.base_url}', max_steps: 3}}"))
+    proc, port = start_http(server_env(tmp_path, manifest), "http")
+    stop.append(proc)
+    workflow = {"steps": [{"worker": "fast", "instruction": "First try", "access": "none"},
+                          {"worker": "conductor", "instruction": "Hard part", "access": "all"}]}
+    run_id = anyio.run(planned, port, workflow, "a task with parts")
+    assert anyio.run(resumed_with, port, run_id, {"max_rounds": 3, "wait_s": 60}) == "completed"
+    base = f"http://127.0.0.1:{port}"
+    with chromium(browser) as driver:
+        driver.get(f"{base}/ui/runs/{run_id}")
+        wait_until(driver, lambda d: by_css(d, "#diagram svg"), "the diagram")
+        assert len(by_css(driver, "#diagram svg g.cluster")) == 2  # the child workflow and round 2
+        related = by_css(driver, "#related")[0].text
+        assert "recursion: step 1 handed to the conductor" in related and "review round 2" in related
+        assert "Review of round 1: asked for a correction: round 2" in related
+        assert "Review of round 2: accepted the answer" in related
+        full_screenshot(driver, shots / "run-page-children.png")
+        child_link = by_css(driver, "#step-1 .child a")[0]
+        child_id = child_link.text
+        child_link.click()
+        wait_until(driver, lambda d: d.current_url.endswith(f"/ui/runs/{child_id}"), "the child's page")
+        crumbs = by_css(driver, ".crumbs")[0].text
+        assert f"part of run {run_id} (step 1)" in crumbs
+        assert [c.text for c in by_css(driver, "#steps .worker")] == ["slow"]
+        assert not by_css(driver, "#rate")  # a part of a run is not rated on its own
+        by_css(driver, ".crumbs a")[1].click()
+        wait_until(driver, lambda d: d.current_url.endswith(f"/ui/runs/{run_id}"), "back on the parent")
+        round_link = next(a for a in by_css(driver, "#related a") if a.text == "round 2")
+        round_link.click()
+        wait_until(driver, lambda d: "review round 2" in by_css(d, ".crumbs")[0].text, "round 2's page")
+        assert [c.text for c in by_css(driver, "#steps .worker")] == ["strong"]
 
 
 def test_rating_from_the_page_reaches_the_store(browser: tuple[str, str], env: dict[str, str],

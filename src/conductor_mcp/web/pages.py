@@ -173,7 +173,8 @@ def summary_fragment(view: RunView, now: float | None = None) -> str:
     ]
     note = ""
     if u.calls != own.calls:
-        note = (f'<p class="muted small">This run alone: {own.total_tokens:,} tokens, {own.calls} calls, '
+        note = (f'<p class="muted small">This run alone: {own.total_tokens:,} tokens, {own.calls} '
+                f'call{"s" if own.calls != 1 else ""}, '
                 f"{cost(own.cost_usd)}; the figures above add its child runs and reviews.</p>")
     out = [f'<dl class="facts">{"".join(facts)}</dl>{note}']
     if run.reward_note:
