@@ -100,7 +100,7 @@ def probe(*args: str) -> list[float | None]:
 
 
 def thread_sensitivity() -> dict[str, float | None]:
-    """Decode tokens/s with every core (the LocalModel default) and with one thread, on the machine as it
+    """Decode tokens/s with every core and with one thread, on the machine as it
     is and beside one busy process (as the server's own event loop or any other load would be)."""
     cores = os.cpu_count() or 1
     out: dict[str, float | None] = {"cores": cores}
@@ -214,7 +214,7 @@ def measure(n_tasks: int, n_cold: int, n_slow: int, limit_s: float = 300.0) -> F
          + f". Prefix reuse evaluates {reused['prompt_eval_tokens']['median']:.0f} prompt tokens instead of "
          f"{reset['prompt_eval_tokens']['median']:.0f}. Steps chosen by the conductor, unforced: {steps}.",
          f"Planner threads (bench.decode_probe, fresh processes, plain decode): {_rate(th['cores'])} threads (every "
-         f"core, LocalModel's default) {_rate(th['threads_all_idle'])} tok/s, beside one busy process "
+         f"core) {_rate(th['threads_all_idle'])} tok/s, beside one busy process "
          f"{_rate(th['threads_all_beside_busy_process'])} tok/s; 1 thread {_rate(th['threads_1_idle'])} and "
          f"{_rate(th['threads_1_beside_busy_process'])} tok/s. llama.cpp's threads meet at a barrier every token, "
          "so when another process holds a core, a thread count equal to the core count stalls.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 import time
 from importlib import metadata
@@ -130,10 +131,18 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_sections(report: str) -> str:
+    """The sections of BENCHMARKS.md that other benchmarks write (plan quality, planner threads): every `## `
+    section but the two this report generates, so that a run of the table does not erase them."""
+    parts = re.split(r"(?m)^(?=## )", report)
+    return "".join(p for p in parts[1:] if p.split("\n", 1)[0].strip() not in ("## Notes", "## GPU"))
+
+
 def write(figures: list[Figure], mode: str, elapsed_s: float) -> None:
     env = environment()
     rows = merge(figures, mode)
     RESULTS.write_text(json.dumps({"environment": env, "last_run": {"mode": mode, "elapsed_s": elapsed_s,
                                                                     "figures": [f.key for f in figures]},
                                    "figures": rows}, indent=1) + "\n")
-    REPORT.write_text(markdown(rows, env))
+    kept = kept_sections(REPORT.read_text(encoding="utf-8")) if REPORT.exists() else ""
+    REPORT.write_text(markdown(rows, env) + ("\n" + kept if kept else ""))
