@@ -89,10 +89,11 @@ class McpServer:
 
 
 def run_client(url: str, concurrency: int, runs: int, timeout_s: float,
-               on_start: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run bench.load_client in its own process; `on_start` is called when its clock starts."""
-    cmd = [sys.executable, "-m", "bench.load_client", "--url", url, "-c", str(concurrency), "-n", str(runs),
-           "--timeout", str(timeout_s)]
+               on_start: Callable[[], None] | None = None, client: tuple[str, ...] = ("bench.load_client", "--url")
+               ) -> dict[str, Any]:
+    """Run a load client (bench.load_client, or `client`: module and arguments before the URL) in its own
+    process; `on_start` is called when its clock starts."""
+    cmd = [sys.executable, "-m", *client, url, "-c", str(concurrency), "-n", str(runs), "--timeout", str(timeout_s)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None
@@ -138,7 +139,8 @@ def server_side(db: Path, since: float) -> dict[str, Any]:
 
 
 def level(server: McpServer, workers: ScriptedProcess, concurrency: int, runs: int,
-          timeout_s: float) -> dict[str, Any]:
+          timeout_s: float, client: tuple[str, ...] = ("bench.load_client", "--url"),
+          url: str | None = None) -> dict[str, Any]:
     pid = server.proc.pid
     since = time.time()
     marks: dict[str, float] = {}
@@ -146,7 +148,7 @@ def level(server: McpServer, workers: ScriptedProcess, concurrency: int, runs: i
     def on_start() -> None:
         marks.update(server=cpu_seconds(pid), workers=cpu_seconds(workers.pid), t=time.perf_counter())
 
-    out = run_client(server.url, concurrency, runs, timeout_s, on_start)
+    out = run_client(url or server.url, concurrency, runs, timeout_s, on_start, client)
     span = max(time.perf_counter() - marks["t"], 1e-9)  # the client's window plus closing its sessions
     wall = out["wall_s"]
     lat = out.pop("latency_s")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # before anything imports litellm: its price list from the package, not the network
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from . import cold_start, engine_overhead, gpu, load, parallel, planning, report, tokens
+from . import cold_start, engine_overhead, gpu, load, openai_load, parallel, planning, report, tokens
 from .figures import Figure, failed
 
 
@@ -45,6 +45,8 @@ BENCHES: dict[int, Bench] = {
     6: Bench("Tokens per task", "—", "conductor vs moa vs single",
              lambda: tokens.measure(20, 300), lambda: tokens.measure(5, 120)),
     7: Bench("GPU", "—", "from CONDUCTOR_BENCH_GPU_JSON", gpu.measure, gpu.measure),
+    8: Bench("OpenAI-compatible endpoint", "—", "/v1 vs MCP solve; load on /v1/chat/completions",
+             lambda: openai_load.measure(40, [1, 10, 50], 20), lambda: openai_load.measure(15, [1, 10, 50], 10)),
 }
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (noisier figures)")
-    parser.add_argument("--only", metavar="N,M", help="run only these figures (1-7)")
+    parser.add_argument("--only", metavar="N,M", help="run only these figures (1-8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     mode = "quick" if args.quick else "full"

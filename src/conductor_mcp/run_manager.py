@@ -207,13 +207,12 @@ class RunManager:
         """What a run tree cost (its plans, steps, reviews and child runs), and the conductor's own share of it:
         its planning and review calls."""
         store = self.engine.store
-
-        def conductor(rid: str) -> Usage:
-            total = store.get_run(rid).plan.usage
-            for review in store.options(rid).get("reviews") or []:
-                total = total + PlanInfo.model_validate(review["info"]).usage
-            for child in store.children(rid):
-                total = total + conductor(child)
-            return total
-
-        return store.tree_usage(run_id), conductor(run_id)
+        run = store.get_run(run_id)
+        total, conductor = run.usage, run.plan.usage  # counted as store.tree_usage counts, in one walk
+        for review in store.options(run_id).get("reviews") or []:
+            usage = PlanInfo.model_validate(review["info"]).usage
+            total, conductor = total + usage, conductor + usage
+        for child in store.children(run_id):
+            child_total, child_conductor = self.usage(child)
+            total, conductor = total + child_total, conductor + child_conductor
+        return total, conductor

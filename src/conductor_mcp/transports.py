@@ -236,7 +236,9 @@ def bind(host: str, port: int) -> socket.socket:
     """Bind before building the app, so that the Host check and the printed address carry the real port. uvicorn
     listens on it once start-up is done, so a connection that succeeds is one that will be served."""
     address = host.strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on accepted sockets whose protocol is TCP, and without it an
+    # answer written in two parts (headers, then body) waits for the client's delayed ACK: about 40 ms
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     if os.name != "nt":  # on Windows SO_REUSEADDR would let another process take the port
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

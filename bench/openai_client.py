@@ -1,0 +1,137 @@
+"""The clients of figure 8, run as their own process: `python -m bench.openai_client load|pairs --root URL ...`.
+
+`load`: N concurrent clients, each with its own HTTP connection (as N separate applications would hold), opened
+before the clock starts; each takes runs from a shared quota until it is spent or the deadline passes. A run is
+one non-streamed `POST /v1/chat/completions` with load_client's 3-step chain as the `conductor.workflow`, so the
+runs are figure 4's. Prints START when the clock starts, then one JSON line (load_client's keys).
+
+`pairs`: the same 1-step run (`single:strong`) through MCP `solve` and through `/v1/chat/completions`, streamed
+and not, interleaved, one after another on warm connections. Prints one JSON line of wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import anyio
+import httpx
+from mcp import Client
+
+from .load_client import START, TASK, WORKFLOW, Gate, Tally, _cpu
+
+
+async def one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
+    started = time.perf_counter()
+    r = await http.post("/v1/chat/completions", json={
+        "model": "conductor", "messages": [{"role": "user", "content": f"{TASK} (run {n})"}],
+        "conductor": {"workflow": WORKFLOW}})
+    ended = time.perf_counter()
+    if r.status_code != 200:
+        tally.errors[f"HTTP {r.status_code}"] += 1
+        return
+    status = r.json()["conductor"]["status"]
+    if status != "completed":
+        tally.errors[f"run {status}"] += 1
+        return
+    tally.last_end = max(tally.last_end, ended)
+    tally.latency.append(ended - started)
+
+
+async def session(root: str, tally: Tally, gate: Gate) -> None:
+    settled = False
+    try:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=root, timeout=120, limits=limits) as http:
+            (await http.get("/v1/models")).raise_for_status()  # the connection is open before the clock
+            gate.settle(True)
+            settled = True
+            await gate.go.wait()
+            while time.perf_counter() < gate.deadline and tally.take():
+                try:
+                    await one_run(http, tally, tally.left)
+                except Exception as exc:  # counted, not fatal: the figure is the error count
+                    tally.errors[type(exc).__name__] += 1
+    except Exception as exc:
+        tally.errors[f"session: {type(exc).__name__}"] += 1
+        if not settled:
+            gate.settle(False)
+
+
+async def load(root: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
+    tally = Tally(runs)
+    gate = Gate(concurrency)
+    connect_started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(session, root, tally, gate)
+        with anyio.move_on_after(60):
+            await gate.all_settled.wait()
+        connect_s = time.perf_counter() - connect_started
+        started = time.perf_counter()
+        cpu_started = _cpu()
+        gate.deadline = started + timeout_s
+        sys.stdout.write(START + "\n")
+        sys.stdout.flush()
+        gate.go.set()
+    wall = (tally.last_end or time.perf_counter()) - started
+    return {"concurrency": concurrency, "runs_asked": runs, "completed": len(tally.latency),
+            "errors": dict(tally.errors), "wall_s": wall, "connect_s": connect_s, "sessions": gate.opened,
+            "latency_s": tally.latency, "plan_s": [], "resume_s": [], "client_cpu_s": _cpu() - cpu_started}
+
+
+async def pairs(root: str, n: int, warmup: int) -> dict[str, Any]:
+    """Wall time of the same run three ways, interleaved so that drift in the machine's load hits all alike."""
+    times: dict[str, list[float]] = {"mcp_solve": [], "v1": [], "v1_stream": []}
+    body = {"model": "strong", "messages": [{"role": "user", "content": TASK}]}
+    async with Client(f"{root}/mcp") as mcp, httpx.AsyncClient(base_url=root, timeout=60) as http:
+
+        async def via_mcp() -> None:
+            r = await mcp.call_tool("solve", {"task": TASK, "strategy": "single:strong", "wait_s": 60})
+            if r.is_error or (r.structured_content or {}).get("status") != "completed":
+                raise RuntimeError(f"MCP solve: {r.content}")
+
+        async def via_v1() -> None:
+            r = await http.post("/v1/chat/completions", json=body)
+            if r.status_code != 200 or r.json()["conductor"]["status"] != "completed":
+                raise RuntimeError(f"/v1: {r.status_code} {r.text[:300]}")
+
+        async def via_v1_stream() -> None:
+            async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+                text = (await r.aread()).decode()
+            if r.status_code != 200 or not text.endswith("data: [DONE]\n\n"):
+                raise RuntimeError(f"/v1 stream: {r.status_code} {text[-300:]}")
+
+        ways = {"mcp_solve": via_mcp, "v1": via_v1, "v1_stream": via_v1_stream}
+        for i in range(warmup + n):
+            order = list(ways) if i % 2 == 0 else list(reversed(ways))
+            for name in order:
+                t0 = time.perf_counter()
+                await ways[name]()
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["load", "pairs"])
+    parser.add_argument("--root", required=True, help="the server's root URL, e.g. http://127.0.0.1:8765")
+    parser.add_argument("-c", "--concurrency", type=int, default=1)
+    parser.add_argument("-n", "--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=120.0, help="stop starting runs after this many seconds")
+    args = parser.parse_args()
+    if args.mode == "load":
+        result = anyio.run(load, args.root, args.concurrency, args.runs, args.timeout, backend="asyncio")
+    else:
+        result = anyio.run(pairs, args.root, args.runs, args.warmup, backend="asyncio")
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
