@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConductorError, RunNotFound
 from ..run_manager import RunManager
-from ..store import Store
+from ..store import Store, strategy_of
 from . import pages
 
 COOKIE = "conductor_ui"
@@ -149,10 +149,8 @@ def _read_view(store: Store, run_id: str) -> pages.RunView:
     parent = store.get_run(run.parent_run_id) if run.parent_run_id else None
     if parent is not None and run.parent_step is None:
         rounds[run.id] = int(options.get("round") or 0)
-    # as the list names it: a workflow the host wrote is `host`, whatever strategy was passed
-    strategy = "host" if run.plan.source == "host" else str(options.get("strategy") or "conductor")
-    return pages.RunView(run=run, strategy=strategy,
-                         tree_usage=store.tree_usage(run_id), children=children,
+    return pages.RunView(run=run, strategy=strategy_of(run.plan.source, options),
+                         seconds=store.running_seconds(run_id), tree_usage=store.tree_usage(run_id), children=children,
                          reviews=list(options.get("reviews") or []), rounds=rounds, parent=parent)
 
 
@@ -163,7 +161,7 @@ def _read_list(store: Store, limit: int, cursor: str | None) -> tuple[list[pages
         run = store.get_run(s["run_id"])
         rows.append(pages.ListRow(run_id=run.id, status=s["status"], strategy=s["strategy"], task=s["task"],
                                   created_at=run.created_at, steps=len(run.steps), usage=store.tree_usage(run.id),
-                                  seconds=pages.run_seconds(run), reward=run.reward))
+                                  seconds=store.running_seconds(run.id), reward=run.reward))
     return rows, after
 
 

@@ -71,11 +71,6 @@ def status_badge(status: str) -> str:
     return f'<span class="badge s-{text(status)}">{text(status.replace("_", " "))}</span>'
 
 
-def run_seconds(run: Run, now: float | None = None) -> float:
-    end = (now or time.time()) if run.status in LIVE else run.updated_at
-    return max(0.0, end - run.created_at)
-
-
 def layout(title: str, body: str, *, scripts: tuple[str, ...] = (), signed_in: bool = False) -> str:
     """A whole page. `signed_in`: show the sign-out button (only where a token is in use)."""
     tags = "".join(f'<script src="{STATIC.format(s)}" defer></script>' for s in scripts)
@@ -145,6 +140,7 @@ class RunView:
 
     run: Run
     strategy: str
+    seconds: float  # time spent running: planning plus each execution (the CLI's `secs`)
     tree_usage: Usage
     children: list[Run] = field(default_factory=list)
     reviews: list[dict[str, Any]] = field(default_factory=list)
@@ -156,7 +152,7 @@ def _fact(label: str, value: str, cls: str = "") -> str:
     return f'<div class="fact {cls}"><dt>{label}</dt><dd>{value}</dd></div>'
 
 
-def summary_fragment(view: RunView, now: float | None = None) -> str:
+def summary_fragment(view: RunView) -> str:
     run, u = view.run, view.tree_usage
     own = run.usage
     facts = [
@@ -164,7 +160,7 @@ def summary_fragment(view: RunView, now: float | None = None) -> str:
         _fact("Strategy", text(view.strategy)),
         _fact("Planned by", text(run.plan.planner) if run.plan.planner == run.plan.source
               else f"{text(run.plan.planner)} <small>({text(run.plan.source)})</small>"),
-        _fact("Time", seconds(run_seconds(run, now))),
+        _fact("Time", seconds(view.seconds)),
         _fact("Tokens", f"{u.total_tokens:,} <small>{u.prompt_tokens:,} in, {u.completion_tokens:,} out; "
                         f"{u.calls} call{'s' if u.calls != 1 else ''}</small>"),
         _fact("Cost", cost(u.cost_usd)),
@@ -355,7 +351,7 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
     body = (f'<p class="crumbs">{"".join(crumbs)}</p>'
             f'<h1 class="task-title">{text(short)}</h1>'
             f'<div id="run" data-run="{text(run.id)}" data-live="{"1" if live else "0"}">'
-            f'<section id="summary" class="summary">{summary_fragment(view, now)}</section>'
+            f'<section id="summary" class="summary">{summary_fragment(view)}</section>'
             f'<details class="task"><summary>Task <small>({len(run.task):,} characters)</small></summary>'
             f"<pre>{text(run.task)}</pre></details>"
             f'<div class="overview"><section class="workflow"><h2>Workflow <span class="live-dot" id="live" '
@@ -374,7 +370,7 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
 def run_state(view: RunView, now: float | None = None) -> dict[str, Any]:
     """What the live poll gets: the page's dynamic fragments, and whether to keep polling."""
     return {"status": view.run.status.value, "live": view.run.status in LIVE,
-            "summary": summary_fragment(view, now), "result": result_fragment(view), "steps": steps_fragment(view, now),
+            "summary": summary_fragment(view), "result": result_fragment(view), "steps": steps_fragment(view, now),
             "related": related_fragment(view), "diagram": diagram_source(view)}
 
 
