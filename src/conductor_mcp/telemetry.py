@@ -54,7 +54,8 @@ R = TypeVar("R")
 
 ENABLE_VAR = "CONDUCTOR_OTEL"
 CONTENT_VAR = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-HOLD_S = 30.0  # a planned run's span waits this long for its execution in this process, then ends as planned
+# a planned run's span waits this long for its execution in this process, then ends as planned (CONDUCTOR_OTEL_HOLD_S)
+HOLD_S = float(os.environ.get("CONDUCTOR_OTEL_HOLD_S", "30"))
 EXIT_FLUSH_S = 4.0  # at exit, the most time spent sending what is queued (a dead collector must not hold exit up)
 MAX_HELD = 256
 _TRUE = ("1", "true", "yes", "on")
@@ -293,6 +294,12 @@ def _hold(run_id: str, span: Span) -> None:
 
 
 def _take(run_id: str) -> Span | None:
+    """The run's held span, if it is still within HOLD_S; stale ones end as planned here too (a server may plan
+    nothing more for hours, and a run resumed then is a new trace, linked)."""
+    with _lock:
+        stale = [r for r, (_, at, _) in _held.items() if time.monotonic() - at > HOLD_S]
+    for r in stale:
+        _release(r)
     with _lock:
         held = _held.pop(run_id, None)
     return held[0] if held is not None else None

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
@@ -197,3 +198,23 @@ async def test_mcp_tool_call_spans_hold_the_run(env: dict[str, str], receiver: O
     assert run.parent_id == call.span_id and run.trace_id == call.trace_id  # the run nests under the MCP call
     assert run.attributes["conductor.run.status"] == "completed"
     assert SECRET.encode() not in exported(receiver)
+
+
+@pytest.mark.anyio
+async def test_a_plan_held_past_its_time_is_not_reused(env: dict[str, str], receiver: OTLPReceiver) -> None:
+    """A server that plans nothing more: the planned run's span ends as planned once held past HOLD_S, and a
+    resume after that is a new trace linked to it, not the old span reopened hours later."""
+    env = {**env, "CONDUCTOR_OTEL_HOLD_S": "1"}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp.cli", "serve"], env=env)
+    async with Client(params) as client:
+        workflow = {"steps": [{"worker": "steady", "instruction": "Answer the task", "access": "none"}]}
+        planned = await client.call_tool("plan_workflow", {"task": TASK, "workflow": workflow})
+        run_id = (planned.structured_content or {})["run_id"]
+        await anyio.sleep(1.5)
+        done = await client.call_tool("resume", {"run_id": run_id, "wait_s": 60})
+        assert (done.structured_content or {})["status"] == "completed", done.content
+    spans = receiver.wait_for(lambda ss: sum(s.name == "invoke_agent conductor" for s in ss) >= 2)
+    runs = [s for s in spans if s.name == "invoke_agent conductor" and s.attributes.get("conductor.run.id") == run_id]
+    assert sorted(str(s.attributes["conductor.run.status"]) for s in runs) == ["completed", "planned"]
+    first, second = sorted(runs, key=lambda s: s.attributes["conductor.run.status"] != "planned")
+    assert [(t, i) for t, i, _ in second.links] == [(first.trace_id, first.span_id)]
