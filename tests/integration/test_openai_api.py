@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -400,6 +400,13 @@ def test_raw_stream_lines(api: Served, server: ScriptedServer) -> None:
     assert "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads[:-1]) == "hello"
 
 
+async def until(check: Callable[[], bool], timeout_s: float = 30) -> None:
+    """Poll a condition on the scripted server (it runs in another thread), failing after `timeout_s`."""
+    with anyio.fail_after(timeout_s):
+        while not check():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
 async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server: ScriptedServer) -> None:
     """A client that leaves cancels the run's worker calls; the completed step is kept, and MCP's resume finishes
     the run without calling it again."""
@@ -416,9 +423,8 @@ async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server:
                 if payload["choices"][0]["delta"].get("reasoning_content") == "step 1 (slow) started: Draft two\n":
                     break  # step 1 is committed and step 2's call is in flight: leave
     assert run_id is not None
-    with anyio.fail_after(30):  # the scripted server sees the worker call dropped
-        while not any(c.model == "scripted-slow" and c.outcome == "client_gone" for c in server.calls()):  # noqa: ASYNC110
-            await anyio.sleep(0.05)
+    # the scripted server sees the worker call dropped
+    await until(lambda: any(c.model == "scripted-slow" and c.outcome == "client_gone" for c in server.calls()))
     async with Client(f"{api.root}/mcp") as c:
         with anyio.fail_after(30):
             while True:
@@ -434,6 +440,31 @@ async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server:
     assert done is not None and done["status"] == "completed"
     assert server.ok_calls_for("Your subtask:\nDraft one") == 1  # kept, never bought twice
     assert server.ok_calls_for("Your subtask:\nDraft two") == 1
+
+
+async def test_disconnect_while_waiting_for_a_completion_cancels_its_run(api: Served, server: ScriptedServer) -> None:
+    """Not streamed: the server notices the client leave while the run goes on, and cancels it the same way."""
+    server.set_latency(model_latency={"scripted-slow": 60.0})
+    body = {"model": "conductor", "messages": [{"role": "user", "content": "Two drafts, not streamed."}],
+            "conductor": {"workflow": CHAIN}}
+    async with httpx.AsyncClient(timeout=60) as http, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: http.post(f"{api.base}/chat/completions", json=body))
+        # leave once step 0 is done and step 1's call is in flight
+        await until(lambda: server.ok_calls_for("Your subtask:\nDraft one") == 1
+                    and server.stats(include_calls=False)["in_flight"] == 1)
+        tg.cancel_scope.cancel()
+    await until(lambda: any(x.model == "scripted-slow" and x.outcome == "client_gone" for x in server.calls()))
+    async with Client(f"{api.root}/mcp") as c:
+        listed = (await c.read_resource("conductor://runs")).contents[0]
+        run_id = json.loads(listed.text)["runs"][0]["run_id"]  # type: ignore[union-attr]
+        with anyio.fail_after(30):
+            while True:
+                got = (await c.call_tool("get_run", {"run_id": run_id})).structured_content
+                assert got is not None
+                if got["status"] != "running":
+                    break
+                await anyio.sleep(0.05)
+    assert got["status"] == "cancelled" and [s["status"] for s in got["steps"]] == ["completed", "pending"]
 
 
 # -- authentication, Host, Origin and CORS -------------------------------------------------------------------
