@@ -59,12 +59,13 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "conductor": Preset("conductor", "the conductor as configured: plans a workflow of up to 5 steps"),
-    "conductor-mini": Preset("conductor", "latency first: at most 2 steps, no review rounds, no recursion, "
-                             "cheaper workers preferred", max_steps=2, max_rounds=1, max_depth=0, prefer="cost"),
-    "conductor-ultra": Preset("conductor", "quality first: up to 5 steps, up to 3 review rounds, recursion on, "
-                              "the strongest workers preferred", max_steps=MAX_STEPS_LIMIT, max_rounds=3,
-                              max_depth=2, prefer="quality"),
+    "conductor": Preset("conductor", "the conductor plans a workflow as the manifest configures it"),
+    "conductor-mini": Preset("conductor", "latency first: at most 2 steps, no review rounds, no recursion, prefer "
+                             "cost (rated outcomes weighed against cost)", max_steps=2, max_rounds=1, max_depth=0,
+                             prefer="cost"),
+    "conductor-ultra": Preset("conductor", "quality first: up to 5 steps, up to 3 review rounds, recursion to depth "
+                              "2, prefer quality", max_steps=MAX_STEPS_LIMIT, max_rounds=3, max_depth=2,
+                              prefer="quality"),
     "moa": Preset("moa", "Mixture-of-Agents: up to four workers answer in parallel, then one aggregates"),
 }
 SINGLE = "single:"
