@@ -61,6 +61,14 @@ class PlanEvent:
 PlanSink = Callable[[PlanEvent], Awaitable[None]]
 
 
+async def tell(progress: PlanSink, event: PlanEvent) -> None:
+    """Progress is for show: a sink that fails (its client gone) never fails the plan."""
+    try:
+        await progress(event)
+    except Exception:
+        log.debug("plan progress not delivered", exc_info=True)
+
+
 @dataclass
 class Watch:
     """What one attempt has written so far: a local model's thread sets it, the progress ticker reads it."""
@@ -185,7 +193,7 @@ class ModelPlanner(ABC):
             if set(prior.final) != {w.id for w in workers}:
                 prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
         if progress is not None:
-            await progress(PlanEvent(self.name, "start", 0.0))
+            await tell(progress, PlanEvent(self.name, "start", 0.0))
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion,
                                             allow_empty=False, final=final, guard=guard, progress=progress)
         workflow = self._real(workflow, real)
@@ -225,8 +233,8 @@ class ModelPlanner(ABC):
         async def tick() -> None:
             while True:
                 await anyio.sleep(self.progress_every_s)
-                await progress(PlanEvent(self.name, "writing", time.perf_counter() - started, attempt,
-                                         watch.tokens, watch.max_tokens))
+                await tell(progress, PlanEvent(self.name, "writing", time.perf_counter() - started, attempt,
+                                               watch.tokens, watch.max_tokens))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(tick)
