@@ -47,6 +47,7 @@ def _engine(args: argparse.Namespace, calls_workers: bool = True) -> Any:
 
 
 def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, None]] | None:
+    """Planning (a tick a second while the conductor writes) and step progress on stderr; none with --json."""
     if args.json:
         return None
 
@@ -98,7 +99,7 @@ async def _solve(args: argparse.Namespace) -> int:
     _read_task(args)
     engine = _engine(args)
     run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
-                            prefer=args.prefer)
+                            prefer=args.prefer, on_plan=_progress(args))
     args.started_run = run.id  # what Ctrl-C from here on tells the user to resume
     if not args.json:
         sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
@@ -130,7 +131,7 @@ async def _plan(args: argparse.Namespace) -> int:
     _read_task(args)
     engine = _engine(args, calls_workers=False)
     run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
-                            prefer=args.prefer)
+                            prefer=args.prefer, on_plan=_progress(args))
     if args.json:
         emit(json.dumps(run_summary(run), indent=2))
     else:

@@ -93,3 +93,13 @@ def test_embedded_default_offline(tmp_path: Path) -> None:
     assert result["status"] == "completed" and result["answer"].strip()
     assert {s["worker"] for s in result["workflow"]["steps"]} == {"smollm2-135m"}
     assert result["usage"]["cost_usd"] == 0.0
+
+
+def test_solve_shows_planning_progress(env: dict[str, str]) -> None:
+    # a plan on a busy CPU can take a minute: the CLI says it is planning, and how far, before any step
+    err = cli("solve", "Say hi.\nREPLY: hi", env=env).stderr
+    lines = err.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("planning with "))
+    planned = next(i for i, line in enumerate(lines) if line.startswith("run ") and ": planned " in line)
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("step 0"))
+    assert start < planned < first_step, err
