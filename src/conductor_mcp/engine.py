@@ -28,7 +28,9 @@ from .models import (
     PlanInfo,
     Prefer,
     Prior,
+    Review,
     Run,
+    RunOptions,
     RunStatus,
     StepRecord,
     StepStatus,
@@ -225,9 +227,8 @@ class Engine:
                                                         guard=BudgetGuard(budget), progress=on_plan)
             result = await telemetry.traced_plan("plan", self.registry, planning)
             wf, info = result.workflow, result.info
-        options = {"workers": ids, "max_steps": steps, "strategy": strategy, "budget": budget.model_dump(),
-                   "kind": "root", "depth": 0, "prefer": prefer}
-        run_id = self.store.create_run(task, wf, info, options, run_id=run_id)
+        options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer)
+        run_id = self.store.create_run(task, wf, info, options.stored(), run_id=run_id)
         return self.store.get_run(run_id)
 
     async def solve(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
@@ -244,6 +245,10 @@ class Engine:
         if run.status == RunStatus.COMPLETED:
             return run
         return await self.execute(run_id, on_event, budget)
+
+    def options(self, run_id: str) -> RunOptions:
+        """A run's options, typed (a run stored before a field existed gets its default)."""
+        return RunOptions.load(self.store.options(run_id))
 
     def check_resumable(self, run_id: str) -> Run:
         """The run, if it is a root run whose unfinished steps (its unfinished child runs' too) name workers
@@ -279,9 +284,9 @@ class Engine:
     async def execute(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
         self.check_resumable(run_id)
         if budget is not None:
-            self.store.update_options(run_id, {"budget": budget.model_dump()})
-        opts = self.store.options(run_id)
-        limits = Budget.model_validate(opts.get("budget") or {})
+            self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")})
+        opts = self.options(run_id)
+        limits = opts.budget
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
         limited = limits.max_total_tokens is not None or limits.max_usd is not None
         guard = BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
@@ -289,14 +294,14 @@ class Engine:
 
     @telemetry.traced_execution
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard,
-                       opts: dict[str, Any] | None = None) -> Run:
+                       opts: RunOptions | None = None) -> Run:
         lease, run = self.store.claim(run_id)  # refuses a run another live process owns
-        opts = opts if opts is not None else self.store.options(run_id)
+        opts = opts if opts is not None else self.options(run_id)
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._heartbeat, lease)
                 outcome = await self._schedule(run, lease, opts, on_event, guard)
-                if outcome.status == RunStatus.COMPLETED and opts.get("kind", "root") == "root":
+                if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
                     outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
@@ -325,7 +330,7 @@ class Engine:
             await anyio.sleep(heartbeat_s())
             self.store.heartbeat(lease)
 
-    async def _schedule(self, run: Run, lease: Lease, opts: dict[str, Any], on_event: EventSink | None,
+    async def _schedule(self, run: Run, lease: Lease, opts: RunOptions, on_event: EventSink | None,
                         guard: BudgetGuard) -> Outcome:
         wf = run.workflow
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
@@ -334,8 +339,7 @@ class Engine:
             finished[i].set()
         failures: dict[int, str] = {}
         stops: dict[int, str] = {}
-        previous = opts.get("previous")
-        previous_text = round_text(self.store.get_run(previous)) if previous else None
+        previous_text = round_text(self.store.get_run(opts.previous)) if opts.previous else None
 
         async def run_one(i: int) -> None:
             try:
@@ -371,7 +375,7 @@ class Engine:
 
     @telemetry.traced_step
     async def _run_step(self, run: Run, lease: Lease, wf: Workflow, i: int, messages: list[dict[str, str]],
-                        opts: dict[str, Any], on_event: EventSink | None, guard: BudgetGuard) -> str:
+                        opts: RunOptions, on_event: EventSink | None, guard: BudgetGuard) -> str:
         step = wf.steps[i]
         total = len(wf.steps)
 
@@ -449,10 +453,10 @@ class Engine:
 
     # -- recursion and rounds -------------------------------------------------------------------
     async def _run_child(self, run: Run, lease: Lease, i: int, messages: list[dict[str, str]],
-                         opts: dict[str, Any], guard: BudgetGuard) -> tuple[str, Usage, Attempted]:
+                         opts: RunOptions, guard: BudgetGuard) -> tuple[str, Usage, Attempted]:
         """The conductor plans and runs the subtask as a child workflow; its answer is this step's output.
         Its usage stays on the child run (the tree's total counts it once)."""
-        depth = int(opts.get("depth", 0)) + 1
+        depth = opts.depth + 1
         n = self.store.attempt_started(lease, i, CONDUCTOR_WORKER)
         started = time.perf_counter()
         existing = self.store.children(run.id, step=i)
@@ -466,13 +470,13 @@ class Engine:
                     if depth > guard.budget.max_depth:
                         raise WorkerError(f"conductor: depth {depth} exceeds max_depth {guard.budget.max_depth}",
                                           retryable=False)
-                    ids = list(opts.get("workers") or self.registry.available_ids())
+                    ids = list(opts.workers or self.registry.available_ids())
                     subtask = messages[-1]["content"]
-                    planning = self.planner.plan(subtask, self._specs(ids), int(opts.get("max_steps", 5)),
+                    planning = self.planner.plan(subtask, self._specs(ids), opts.max_steps,
                                                  depth < guard.budget.max_depth, guard=guard)  # reserved, added
                     result = await telemetry.traced_plan("plan", self.registry, planning)
-                    child_opts = {**opts, "kind": "recursion", "depth": depth}
-                    child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts,
+                    child_opts = opts.model_copy(update={"kind": "recursion", "depth": depth})
+                    child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts.stored(),
                                                      parent=lease, parent_step=i)
                 child = await self._execute(child_id, None, guard)
         except anyio.get_cancelled_exc_class():
@@ -487,36 +491,36 @@ class Engine:
             raise BudgetExceeded(error)
         raise WorkerError(f"conductor: {error}", retryable=False)
 
-    async def _rounds(self, run: Run, lease: Lease, opts: dict[str, Any], outcome: Outcome,
+    async def _rounds(self, run: Run, lease: Lease, opts: RunOptions, outcome: Outcome,
                       on_event: EventSink | None, guard: BudgetGuard) -> Outcome:
         """Review the answer; run corrective rounds until the conductor accepts or max_rounds is reached."""
         if guard.budget.max_rounds <= 1:
             return outcome
         answer = outcome.answer or ""
         prev_id, current = run.id, 1
-        rounds = {int(self.store.options(c).get("round", 0)): c for c in self.store.children(run.id, rounds=True)}
-        reviews: list[dict[str, Any]] = list(opts.get("reviews") or [])
+        rounds = {self.options(c).round or 0: c for c in self.store.children(run.id, rounds=True)}
+        reviews = list(opts.reviews)
         while current < guard.budget.max_rounds:
             child_id = rounds.get(current + 1)
             if child_id is None:
-                if any(r.get("round") == current and r.get("accepted") for r in reviews):
+                if any(r.round == current and r.accepted for r in reviews):
                     break
-                ids = list(opts.get("workers") or self.registry.available_ids())
-                planner = self._planner_for(str(opts.get("strategy", "conductor")))
+                ids = list(opts.workers or self.registry.available_ids())
+                planner = self._planner_for(opts.strategy)
                 planning = planner.review(run.task, round_text(self.store.get_run(prev_id)), answer,
-                                          self._specs(ids), int(opts.get("max_steps", 5)),
+                                          self._specs(ids), opts.max_steps,
                                           guard.budget.max_depth > 0, guard=guard)  # reserved and added
                 result = await telemetry.traced_plan("review", self.registry, planning)
-                reviews.append({"round": current, "accepted": result.workflow is None,
-                                "info": result.info.model_dump(mode="json")})
-                self.store.update_options(run.id, {"reviews": reviews}, lease)
+                reviews.append(Review(round=current, accepted=result.workflow is None, info=result.info))
+                self.store.update_options(run.id, {"reviews": [r.model_dump(mode="json") for r in reviews]}, lease)
                 if result.workflow is None:
                     break
-                child_opts = {**opts, "kind": "round", "round": current + 1, "previous": prev_id, "reviews": []}
+                child_opts = opts.model_copy(update={"kind": "round", "round": current + 1, "previous": prev_id,
+                                                     "reviews": []})
                 # the review's calls are counted once, in `reviews` above: the round's plan (that same review)
                 # carries no usage, or every sum over the run tree would count them twice
                 plan = result.info.model_copy(update={"usage": Usage()})
-                child_id = self.store.create_run(run.task, result.workflow, plan, child_opts, parent=lease)
+                child_id = self.store.create_run(run.task, result.workflow, plan, child_opts.stored(), parent=lease)
             child = await self._execute(child_id, on_event, guard)
             if child.status != RunStatus.COMPLETED or child.answer is None:
                 status = child.status if child.status in FINAL else RunStatus.FAILED
@@ -549,11 +553,11 @@ class Engine:
         if waiting:
             raise RunStateError(f"step {index} sees step(s) {waiting}, which are not completed yet; "
                                 f"run those first")
-        opts = self.store.options(run_id)
-        budget = Budget.model_validate(opts.get("budget") or {})
+        opts = self.options(run_id)
+        budget = opts.budget
         wf = run.workflow
         if instruction is not None or worker is not None:
-            allowed = opts.get("workers") or self.registry.available_ids()
+            allowed = opts.workers or self.registry.available_ids()
             steps = [s.model_copy() for s in wf.steps]
             steps[index] = steps[index].model_copy(update={
                 k: v for k, v in (("instruction", instruction), ("worker", worker)) if v is not None})

@@ -342,3 +342,41 @@ class Run(BaseModel):
         for step in self.steps:
             total = total + step.usage
         return total
+
+
+RunKind = Literal["root", "recursion", "round"]
+
+
+class Review(BaseModel):
+    """The conductor's review of a round's answer: accepted, or a corrective round follows."""
+
+    round: int
+    accepted: bool
+    info: PlanInfo  # the review's call: its usage is the conductor's, counted once, here
+
+
+class RunOptions(BaseModel):
+    """A run's options, stored as JSON with the run. Read through `RunOptions.load`, so a run stored before a field
+    existed loads with its default; keys this version does not know are kept, not dropped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: RunKind = "root"  # a root run, a recursion step's child run, or a corrective round of its root
+    depth: int = Field(default=0, ge=0, description="how many recursion steps above this run")
+    workers: list[str] | None = None  # the worker ids it may use (None: the registry's available ones)
+    max_steps: int = 5
+    strategy: str = "conductor"
+    prefer: Prefer | None = None
+    budget: Budget = Field(default_factory=Budget)
+    round: int | None = None  # a round's number (the root's answer is round 1)
+    previous: str | None = None  # a round's previous round (its run id)
+    reviews: list[Review] = Field(default_factory=list)  # a root run's reviews, one per reviewed round
+    otel: dict[str, str] | None = None  # the OpenTelemetry span its planning opened, to link to
+
+    @classmethod
+    def load(cls, stored: dict[str, Any] | None) -> RunOptions:
+        return cls.model_validate(stored or {})
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON the store keeps (fields never set are left out, as they were before they were typed)."""
+        return self.model_dump(mode="json", exclude_none=True)

@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .errors import ConductorError, RunNotFound, RunStateError, internal_message
-from .models import Budget, PlanInfo, Prefer, Run, Usage
+from .models import Budget, Prefer, Run, Usage
 from .planners.base import PlanEvent
 
 if TYPE_CHECKING:
@@ -209,9 +209,8 @@ class RunManager:
         store = self.engine.store
         run = store.get_run(run_id)
         total, conductor = run.usage, run.plan.usage  # counted as store.tree_usage counts, in one walk
-        for review in store.options(run_id).get("reviews") or []:
-            usage = PlanInfo.model_validate(review["info"]).usage
-            total, conductor = total + usage, conductor + usage
+        for review in self.engine.options(run_id).reviews:
+            total, conductor = total + review.info.usage, conductor + review.info.usage
         for child in store.children(run_id):
             child_total, child_conductor = self.usage(child)
             total, conductor = total + child_total, conductor + child_conductor
