@@ -150,8 +150,10 @@ def runs_table(runs: list[tuple[Run, Usage, str, float]]) -> str:
 
 
 def _label(text: str, limit: int = 40) -> str:
+    """Text for a quoted Mermaid label. `%` becomes Mermaid's entity `#37;`: Mermaid takes `%%{...}%%` for a
+    directive wherever it stands, inside a quoted label too, so a task could otherwise restyle or break the chart."""
     short = text if len(text) <= limit else text[: limit - 3] + "..."
-    return short.replace('"', "'").replace("\n", " ").replace("[", "(").replace("]", ")")
+    return short.replace('"', "'").replace("\n", " ").replace("[", "(").replace("]", ")").replace("%", "#37;")
 
 
 def mermaid(run: Run, children: list[Run] | None = None) -> str:
@@ -168,8 +170,13 @@ def mermaid(run: Run, children: list[Run] | None = None) -> str:
         for j in seen:
             lines.append(f"    s{j} --> s{s.index}")
     last_node = f"s{len(run.steps) - 1}"
+    rounds = 1  # the run itself is round 1; its correction rounds are numbered among rounds only
     for n, child in enumerate(children or []):
-        kind = f"child of step {child.parent_step}" if child.parent_step is not None else f"round {n + 2}"
+        if child.parent_step is not None:
+            kind = f"child of step {child.parent_step}"
+        else:
+            rounds += 1
+            kind = f"round {rounds}"
         lines.append(f'    subgraph c{n}["{kind}: {child.status.value}"]')
         for s in child.steps:
             lines.append(f'        c{n}s{s.index}["{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}'

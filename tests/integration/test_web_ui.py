@@ -42,6 +42,7 @@ WAIT_S = 60  # an upper bound on waiting for the page, never an assertion about 
 
 XSS_OUTPUT = 'Draft:\n<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & done'
 XSS_INSTRUCTION = "Review <img src=x onerror=window.pwned=3> the draft"
+DIRECTIVE = "%%{init: {'themeCSS': 'rect{fill:red}'}}%%"  # Mermaid finds directives inside quoted labels too
 WORKFLOW = {"steps": [
     {"worker": "fast", "instruction": "Draft one", "access": "none"},
     {"worker": "slow", "instruction": XSS_INSTRUCTION, "access": "none"},
@@ -184,11 +185,12 @@ def test_list_and_run_page(browser: tuple[str, str], env: dict[str, str], server
                                  stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
     """The list shows a run made here; its page draws the workflow (the bundled Mermaid, nothing fetched from
     elsewhere) with each step's worker, shows each step's instruction, access, output and attempts, and renders
-    HTML in outputs and instructions as text."""
+    HTML in outputs and instructions, and a Mermaid directive in the task, as text."""
     server.script(contains="Draft one", reply=XSS_OUTPUT)
     proc, port = start_http(env, "http")
     stop.append(proc)
-    run_id = anyio.run(planned, port, WORKFLOW, "Write a haiku about small robots <b>playing</b> in an orchestra")
+    task = f"{DIRECTIVE} Write a haiku about small robots <b>playing</b> in an orchestra"
+    run_id = anyio.run(planned, port, WORKFLOW, task)
     assert anyio.run(resumed, port, run_id, 60) == "completed"
     base = f"http://127.0.0.1:{port}"
     with chromium(browser) as driver:
@@ -205,6 +207,10 @@ def test_list_and_run_page(browser: tuple[str, str], env: dict[str, str], server
         for i, step in enumerate(WORKFLOW["steps"]):
             assert f"{i}. {step['worker']}" in labels, labels
         assert "<img src=x onerror" in labels  # an instruction's HTML is a label's text
+        assert "task: %%{init: {'themeCSS': 'rect{fill:red}..." in labels  # a directive too: it restyles nothing
+        fills = driver.execute_script("return [...document.querySelectorAll('#diagram svg g.node rect')]"
+                                      ".map(r => getComputedStyle(r).fill)")
+        assert fills and "rgb(255, 0, 0)" not in fills, fills
         assert len(by_css(driver, "#diagram svg g.node")) == len(WORKFLOW["steps"]) + 2  # task and answer too
         cards = by_css(driver, "#steps article.step")
         assert [c.find_element("css selector", ".worker").text for c in cards] == ["fast", "slow", "strong"]
