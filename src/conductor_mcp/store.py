@@ -657,13 +657,23 @@ class Store:
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
-        answer is what a user sees; children and rounds are parts of it."""
+        answer is what a user sees; children and rounds are parts of it. Only a finished run (FINAL) is rated:
+        the planner learns from rewards, and a planned or running run has no answer yet to judge."""
         if not 0.0 <= score <= 1.0:
             raise RunStateError(f"score: {score!r}; a reward is between 0 (unusable) and 1 (correct)")
         parent = self.parent_of(run_id)
         if parent is not None:
             raise RunStateError(f"run {run_id} is part of run {parent}; rate that one")
         with self._tx() as db:
+            row = db.execute("SELECT status, owner, heartbeat_at FROM runs WHERE id=?", (run_id,)).fetchone()
+            status = RunStatus(row["status"])
+            if status not in FINAL:
+                if status == RunStatus.RUNNING and not owner_alive(row["owner"], row["heartbeat_at"]):
+                    status = RunStatus.INTERRUPTED
+                then = ("rate it when it has finished" if status == RunStatus.RUNNING
+                        else "resume it, and rate it when it has finished")
+                raise RunStateError(f"run {run_id} is {status.value}, not finished: only a completed, failed, "
+                                    f"cancelled or budget_exceeded run is rated; {then}")
             db.execute("UPDATE runs SET reward=?, reward_note=?, reward_source=?, rated_at=? WHERE id=?",
                        (score, note, source, time.time(), run_id))
 
@@ -679,7 +689,9 @@ class Store:
                 "  WHERE s.run_id = r.id) AS tokens,"
                 " (SELECT SUM(cost_usd) FROM steps s WHERE s.run_id = r.id) AS cost_usd"
                 " FROM runs r WHERE r.reward IS NOT NULL AND r.parent_run_id IS NULL AND r.rated_at < ?"
-                " ORDER BY r.rated_at DESC LIMIT ?", (before if before is not None else math.inf, limit)).fetchall()
+                f" AND r.status IN ({','.join('?' * len(FINAL))})"
+                " ORDER BY r.rated_at DESC LIMIT ?",
+                (before if before is not None else math.inf, *sorted(s.value for s in FINAL), limit)).fetchall()
 
     def edit_step(self, run_id: str, index: int, workflow: Workflow) -> None:
         """Record a host's change of a step's instruction or worker (run_step)."""

@@ -113,6 +113,11 @@ def test_show_resume_and_rate_by_prefix_or_last(env: dict[str, str], engine: Eng
     done = host_run(engine, "Write two drafts\nREPLY: final")
     planned = ok(env, "plan", "Say hello.\nREPLY: hello", "--strategy", "single:strong", "--json")
     run_id = json.loads(planned)["run_id"]
+    refused = cli(env, "rate", run_id[:8], "1")  # planned: no answer yet to judge
+    assert refused.returncode == 1 and refused.stdout == "", refused
+    assert refused.stderr == (f"conductor-mcp rate: run {run_id} is planned, not finished: only a completed, "
+                              "failed, cancelled or budget_exceeded run is rated; resume it, and rate it when it "
+                              "has finished\n")
 
     resumed = json.loads(ok(env, "resume", run_id[:8], "--json"))
     assert resumed["run_id"] == run_id and resumed["status"] == "completed" and resumed["answer"] == "hello"

@@ -245,6 +245,10 @@ async def test_resources(mcp_server: MCPServer[Any]) -> None:
 async def test_rate_run_reaches_the_store_and_every_view(mcp_server: MCPServer[Any]) -> None:
     async with Client(mcp_server) as c:
         run_id = await plan(c)
+        r = await c.call_tool("rate_run", {"run_id": run_id, "score": 1})  # planned: nothing to judge yet
+        assert r.is_error and f"run {run_id} is planned, not finished" in str(r.content), r.content
+        r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 20})
+        assert r.structured_content is not None and r.structured_content["status"] == "completed"
         r = await c.call_tool("rate_run", {"run_id": run_id, "score": 0.5, "note": "right form, wrong number"})
         assert not r.is_error, r.content
         assert r.structured_content == {"run_id": run_id, "reward": 0.5, "note": "right form, wrong number"}

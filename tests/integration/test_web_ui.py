@@ -254,6 +254,11 @@ def test_running_run_updates_without_reload(browser: tuple[str, str], env: dict[
             wait_until(driver, lambda d: by_css(d, "#diagram svg g.node.running"), "the running step drawn")
             assert by_css(driver, "#live") and by_css(driver, "#live")[0].is_displayed()
             assert "running" in by_css(driver, "#summary .badge")[0].text
+            assert not by_css(driver, "#rate")  # nothing to rate before the run has finished
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                r = http.post(f"/ui/runs/{run_id}/rate", data={"score": "1"},
+                              headers={"origin": f"http://127.0.0.1:{port}"})
+                assert r.status_code == 409 and f"run {run_id} is running, not finished" in r.text, r.text
             full_screenshot(driver, shots / "run-page-running.png")
             driver.execute_script("window.sameDocument = true")
             release.set()
@@ -263,6 +268,7 @@ def test_running_run_updates_without_reload(browser: tuple[str, str], env: dict[
             assert "the merged answer" in by_css(driver, "#result .answer")[0].text
             wait_until(driver, lambda d: not by_css(d, "#diagram svg g.node.running")
                        and len(by_css(d, "#diagram svg g.node.completed")) == 2, "the diagram redrawn")
+            wait_until(driver, lambda d: by_css(d, "#rate form"), "the rating form, once the run has finished")
             assert driver.execute_script("return window.sameDocument") is True
             assert not by_css(driver, "#live")[0].is_displayed()  # polling stopped
     finally:

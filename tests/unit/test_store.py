@@ -163,5 +163,36 @@ def test_a_database_of_the_first_schema_opens_and_runs(tmp_path: Path) -> None:
     assert run.steps[0].output == "first"
     lease, run = store.claim("r1")
     assert lease.epoch == 1 and [s.status for s in run.steps] == [StepStatus.COMPLETED, StepStatus.PENDING]
+    store.finish_run(lease, RunStatus.COMPLETED, answer="done")
     store.rate("r1", 1.0)
     assert store.get_run("r1").reward == 1.0
+
+
+def test_only_a_finished_run_is_rated(store: Store) -> None:
+    """A planned, running or interrupted run has no answer to judge: rating it is refused, naming the run and
+    its status, and stores nothing; once finished (completed, failed, cancelled, budget_exceeded) it is rated.
+    A reward stored on an unfinished run before this rule is not learnt from."""
+    run_id = store.create_run("t", WF, PLAN)
+    with pytest.raises(RunStateError, match=rf"run {run_id} is planned, not finished: .* resume it"):
+        store.rate(run_id, 1.0)
+    lease, _ = store.claim(run_id)
+    with pytest.raises(RunStateError, match=rf"run {run_id} is running, not finished: .* when it has finished"):
+        store.rate(run_id, 1.0, source="host")
+    with sqlite3.connect(store.path) as db:  # its owner is gone
+        db.execute("UPDATE runs SET owner='gone:1:ab', heartbeat_at=1.0 WHERE id=?", (run_id,))
+    with pytest.raises(RunStateError, match=rf"run {run_id} is interrupted, not finished"):
+        store.rate(run_id, 0.0)
+    assert store.get_run(run_id).reward is None and store.rated_runs() == []
+    lease, _ = store.claim(run_id)
+    store.finish_run(lease, RunStatus.FAILED, error="boom")
+    store.rate(run_id, 0.0, note="failed")
+    assert [r["id"] for r in store.rated_runs()] == [run_id]
+    for status in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED):
+        lease, _ = store.claim(store.create_run("t", WF, PLAN))
+        store.finish_run(lease, status)
+        store.rate(lease.run_id, 1.0)
+        assert store.get_run(lease.run_id).reward == 1.0
+    legacy = store.create_run("rated while planned, before the rule", WF, PLAN)
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET reward=1.0, reward_source='user', rated_at=? WHERE id=?", (time.time(), legacy))
+    assert legacy not in {r["id"] for r in store.rated_runs()} and len(store.rated_runs()) == 4

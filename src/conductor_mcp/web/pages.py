@@ -2,7 +2,8 @@
 
 Every value from the store goes through `text()`: keys masked (redact.py), then HTML-escaped, so a worker
 output holding `<script>` shows as text. The page's dynamic parts (summary, steps, related runs, diagram)
-are separate fragments, so that the live-progress poll can send them again as the run goes on.
+are separate fragments, so that the live-progress poll can send them again as the run goes on; the rating form,
+shown once a run has finished, is one too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .. import __version__
 from ..models import Run, RunStatus, StepRecord, Usage
 from ..redact import redact
 from ..render import mermaid
+from ..store import FINAL
 
 # a run in one of these may still change (a planned run may be started, an interrupted one resumed)
 LIVE = frozenset({RunStatus.PLANNED, RunStatus.RUNNING})
@@ -311,6 +313,29 @@ def diagram_source(view: RunView) -> str:
     return mermaid(safe(view.run), [safe(c) for c in view.children])
 
 
+def rating_fragment(view: RunView, flash: str = "") -> str:
+    """The rating form: for a root run that has finished (store.FINAL; Store.rate refuses any other), so it
+    comes with the live poll's last state when a run the page watched ends."""
+    run = view.run
+    if run.parent_run_id is not None or run.status not in FINAL:
+        return ""
+    flash_html = f'<p class="flash" role="status">{text(flash)}</p>' if flash else ""
+    current = run.reward
+    options = "".join(
+        f'<label class="choice"><input type="radio" name="score" value="{v}"'
+        f'{" checked" if current is not None and abs(current - float(v)) < 1e-9 else ""} required> '
+        f"<strong>{v}</strong> {label}</label>"
+        for v, label in (("1", "correct"), ("0.5", "wrong but well formed"), ("0", "unusable")))
+    return (f'<section class="rate" id="rate"><h2>Rate this run</h2>'
+            f'<p class="muted">The same reward as the <code>rate_run</code> tool; the conductor learns from '
+            f"it when it plans similar tasks. A new rating replaces the last one.</p>{flash_html}"
+            f'<form method="post" action="/ui/runs/{text(run.id)}/rate">'
+            f'<div class="choices">{options}</div>'
+            f'<label class="note">Note <small>(optional)</small><textarea name="note" maxlength="2000" '
+            f'rows="2">{text(run.reward_note or "")}</textarea></label>'
+            f'<button type="submit">Save rating</button></form></section>')
+
+
 def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None = None) -> str:
     run = view.run
     short = headline(run.task, 120) or run.id
@@ -321,23 +346,6 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
         crumbs.append(f' · part of <a href="/ui/runs/{text(view.parent.id)}">run {text(view.parent.id)}</a> '
                       f"({text(part)})")
     live = run.status in LIVE
-    flash_html = f'<p class="flash" role="status">{text(flash)}</p>' if flash else ""
-    rating = ""
-    if run.parent_run_id is None:
-        current = run.reward
-        options = "".join(
-            f'<label class="choice"><input type="radio" name="score" value="{v}"'
-            f'{" checked" if current is not None and abs(current - float(v)) < 1e-9 else ""} required> '
-            f"<strong>{v}</strong> {label}</label>"
-            for v, label in (("1", "correct"), ("0.5", "wrong but well formed"), ("0", "unusable")))
-        rating = (f'<section class="rate" id="rate"><h2>Rate this run</h2>'
-                  f'<p class="muted">The same reward as the <code>rate_run</code> tool; the conductor learns from '
-                  f"it when it plans similar tasks. A new rating replaces the last one.</p>{flash_html}"
-                  f'<form method="post" action="/ui/runs/{text(run.id)}/rate">'
-                  f'<div class="choices">{options}</div>'
-                  f'<label class="note">Note <small>(optional)</small><textarea name="note" maxlength="2000" '
-                  f'rows="2">{text(run.reward_note or "")}</textarea></label>'
-                  f'<button type="submit">Save rating</button></form></section>')
     plan = run.plan
     plan_bits = [f"<p>{text(plan.source)} by {text(plan.planner)}, {plan.attempts} attempt"
                  f"{'s' if plan.attempts != 1 else ''}"
@@ -361,7 +369,7 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
             f'<section id="result" class="result">{result_fragment(view)}</section></div>'
             f'<section class="steps"><h2>Steps</h2><div id="steps">{steps_fragment(view, now)}</div></section>'
             f'<section id="related">{related_fragment(view)}</section>'
-            f"{rating}"
+            f'<div id="rating">{rating_fragment(view, flash)}</div>'
             f'<section class="plan"><details><summary>How it was planned</summary>{"".join(plan_bits)}</details>'
             "</section></div>")
     return layout(f"run {run.id}", body, scripts=("mermaid.min.js", "ui.js"), signed_in=signed_in)
@@ -371,7 +379,7 @@ def run_state(view: RunView, now: float | None = None) -> dict[str, Any]:
     """What the live poll gets: the page's dynamic fragments, and whether to keep polling."""
     return {"status": view.run.status.value, "live": view.run.status in LIVE,
             "summary": summary_fragment(view), "result": result_fragment(view), "steps": steps_fragment(view, now),
-            "related": related_fragment(view), "diagram": diagram_source(view)}
+            "related": related_fragment(view), "rating": rating_fragment(view), "diagram": diagram_source(view)}
 
 
 def login_page(next_path: str, error: str = "", secure_hint: bool = False) -> str:

@@ -74,6 +74,7 @@
     replace("result", state.result);
     replace("steps", state.steps);
     replace("related", state.related);
+    replace("rating", state.rating); // the rating form, once the run has finished
     await draw(state.diagram);
     root.dataset.status = state.status;
     if (state.live) {
