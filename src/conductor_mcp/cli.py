@@ -46,6 +46,13 @@ def _engine(args: argparse.Namespace, calls_workers: bool = True) -> Any:
     return Engine(registry, Store(args.db))
 
 
+def _manager(args: argparse.Namespace, calls_workers: bool = True) -> Any:
+    """The RunManager, the door every surface plans, runs and reads runs through, over the checked engine."""
+    from .run_manager import RunManager
+
+    return RunManager(engine=_engine(args, calls_workers))
+
+
 def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, None]] | None:
     """Planning (a tick a second while the conductor writes) and step progress on stderr; none with --json."""
     if args.json:
@@ -85,43 +92,43 @@ def _check_request(registry: Any, args: argparse.Namespace) -> None:
                          f"allowed: {', '.join(ids)}")
 
 
-def _resolve(store: Any, ref: str) -> str:
-    """A run id from the command line: a whole id, the start of exactly one, or `last`."""
+def _resolve(resolve: Callable[[str], str], ref: str) -> str:
+    """A run id from the command line: a whole id, the start of exactly one, or `last` (`resolve`: the
+    RunManager's or a Store's)."""
     from .errors import RunNotFound
 
     try:
-        return str(store.resolve_run(ref))
+        return str(resolve(ref))
     except RunNotFound as exc:
         raise UsageError(str(exc)) from None
 
 
 async def _solve(args: argparse.Namespace) -> int:
     _read_task(args)
-    engine = _engine(args)
-    run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
-                            prefer=args.prefer, on_plan=_progress(args))
+    runs = _manager(args)
+    run = await runs.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(runs, args),
+                          prefer=args.prefer, on_plan=_progress(args))
     args.started_run = run.id  # what Ctrl-C from here on tells the user to resume
     if not args.json:
         sys.stderr.write(f"run {run.id}: planned {len(run.workflow.steps)} step(s) ({run.plan.source})\n")
         for note in run.plan.notes:
             sys.stderr.write(f"  note: {note}\n")
-    run = await engine.execute(run.id, _progress(args))
-    return _report(engine, run, args)
+    run = await runs.drive(run.id, _progress(args))
+    return _report(runs, run, args)
 
 
-def _budget(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
-    from .models import Budget
-
-    return Budget.merged(base, **{k: getattr(args, k, None)
+def _budget(runs: Any, args: argparse.Namespace, run_id: str | None = None) -> Any:
+    """The limits given on the command line, over the run's stored budget (the RunManager merges them)."""
+    return runs.budget(run_id, **{k: getattr(args, k, None)
                                   for k in ("max_rounds", "max_depth", "max_total_tokens", "max_usd")})
 
 
-def _report(engine: Any, run: Any, args: argparse.Namespace) -> int:
+def _report(runs: Any, run: Any, args: argparse.Namespace) -> int:
     from .render import run_summary, run_text
 
-    usage = engine.store.tree_usage(run.id)
+    usage = runs.tree_usage(run.id)
     emit(json.dumps(run_summary(run, usage), indent=2) if args.json
-         else run_text(run, args.verbose, usage, engine.store.running_seconds(run.id)))
+         else run_text(run, args.verbose, usage, runs.running_seconds(run.id)))
     return 0 if run.status == "completed" else 1
 
 
@@ -129,9 +136,9 @@ async def _plan(args: argparse.Namespace) -> int:
     from .render import run_summary, workflow_text
 
     _read_task(args)
-    engine = _engine(args, calls_workers=False)
-    run = await engine.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(args),
-                            prefer=args.prefer, on_plan=_progress(args))
+    runs = _manager(args, calls_workers=False)
+    run = await runs.plan(args.task, args.use, args.max_steps, strategy=args.strategy, budget=_budget(runs, args),
+                          prefer=args.prefer, on_plan=_progress(args))
     if args.json:
         emit(json.dumps(run_summary(run), indent=2))
     else:
@@ -141,11 +148,10 @@ async def _plan(args: argparse.Namespace) -> int:
 
 
 async def _resume(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    run_id = args.started_run = _resolve(engine.store, args.run_id)
-    budget = _budget(args, engine.store.options(run_id).get("budget") or {})
-    run = await engine.resume(run_id, _progress(args), budget)
-    return _report(engine, run, args)
+    runs = _manager(args)
+    run_id = args.started_run = _resolve(runs.resolve, args.run_id)
+    run = await runs.drive(run_id, _progress(args), _budget(runs, args, run_id))
+    return _report(runs, run, args)
 
 
 async def _eval(args: argparse.Namespace) -> int:
@@ -178,7 +184,7 @@ def _rate(args: argparse.Namespace) -> int:
     from .store import Store
 
     store = Store(args.db)
-    run_id = _resolve(store, args.run_id)
+    run_id = _resolve(store.resolve_run, args.run_id)
     store.rate(run_id, args.score, args.note, source="user")
     if args.json:
         emit(json.dumps({"run_id": run_id, "reward": args.score, "note": args.note}))
@@ -266,7 +272,7 @@ def _show(args: argparse.Namespace) -> int:
     from .store import Store, strategy_of
 
     store = Store(args.db)
-    run = store.get_run(_resolve(store, args.run_id))
+    run = store.get_run(_resolve(store.resolve_run, args.run_id))
     if args.response:
         return _answer_only(run)
     if args.mermaid:

@@ -244,7 +244,7 @@ class Engine:
         run = self.check_resumable(run_id)
         if run.status == RunStatus.COMPLETED:
             return run
-        return await self.execute(run_id, on_event, budget)
+        return await self.execute_checked(run_id, on_event, budget)
 
     def options(self, run_id: str) -> RunOptions:
         """A run's options, typed (a run stored before a field existed gets its default)."""
@@ -283,6 +283,11 @@ class Engine:
 
     async def execute(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
         self.check_resumable(run_id)
+        return await self.execute_checked(run_id, on_event, budget)
+
+    async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
+                              budget: Budget | None = None) -> Run:
+        """`execute` for a run that check_resumable has passed (`budget`: the run's new limits, stored first)."""
         if budget is not None:
             self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")})
         opts = self.options(run_id)

@@ -135,7 +135,7 @@ class OpenAIApp:
         try:
             if path == "/v1/models":
                 self._method(method, "GET")
-                await send_json(send, 200, {"object": "list", "data": model_list(self.runs.engine.registry)})
+                await send_json(send, 200, {"object": "list", "data": model_list(self.runs.registry)})
             elif path.startswith("/v1/models/"):
                 self._method(method, "GET")
                 await self._model(send, path.removeprefix("/v1/models/"))
@@ -158,7 +158,7 @@ class OpenAIApp:
             raise ApiError(405, f"method {given} not allowed here; use {allowed}", code="method_not_allowed")
 
     async def _model(self, send: Send, name: str) -> None:
-        for m in model_list(self.runs.engine.registry):
+        for m in model_list(self.runs.registry):
             if m["id"] == name:
                 await send_json(send, 200, m)
                 return
@@ -174,7 +174,7 @@ class OpenAIApp:
             body = json.loads(raw)
         except ValueError as exc:
             raise bad_request(f"the request body is not valid JSON: {exc}") from None
-        req = parse_request(body, self.runs.engine.registry)
+        req = parse_request(body, self.runs.registry)
         if req.stream:
             await StreamAnswer(self.chat, req).send(receive, send)
             return

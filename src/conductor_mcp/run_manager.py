@@ -1,4 +1,8 @@
-"""Runs that outlive a tool call: started in the server's task group, awaited for up to wait_s.
+"""The one door to runs: every surface (MCP tools and resources, the CLI, the OpenAI-compatible endpoint)
+plans, starts, resumes, drives, waits on, cancels and reads runs through a RunManager, never through the engine or
+the store. The decisions they share are taken here once: whether a run may be resumed, and with which budget.
+
+Runs that outlive a tool call: started in the server's task group, awaited for up to wait_s.
 
 Hosts cut long tool calls off, so a run belongs to the server process, not to the call that started
 it; a later `get_run` or `resume` picks it up by id. `solve` hands out the run's id before the
@@ -20,11 +24,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .errors import ConductorError, RunNotFound, RunStateError, internal_message
-from .models import Budget, Prefer, Run, Usage
-from .planners.base import PlanEvent
+from .models import Budget, Prefer, Run, RunOptions, RunStatus, StepRecord, Usage
+from .planners.base import PlanEvent, PlanSink
 
 if TYPE_CHECKING:
-    from .engine import Engine, StepEvent
+    from .engine import Engine, EventSink, StepEvent
+    from .registry import Registry
 
 log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
@@ -50,10 +55,11 @@ def fallback_reason(run: Run) -> str | None:
 
 
 class RunManager:
-    def __init__(self, workers: str | Path | None = None, db: str | Path | None = None) -> None:
+    def __init__(self, workers: str | Path | None = None, db: str | Path | None = None,
+                 engine: Engine | None = None) -> None:
         self._workers = workers
         self._db = db
-        self._engine: Engine | None = None
+        self._engine: Engine | None = engine
         self._tg: TaskGroup | None = None
         self.handles: dict[str, RunHandle] = {}
 
@@ -66,6 +72,10 @@ class RunManager:
 
             self._engine = Engine(load_registry(self._workers), Store(self._db))
         return self._engine
+
+    @property
+    def registry(self) -> Registry:
+        return self.engine.registry
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RunManager]:
@@ -101,8 +111,8 @@ class RunManager:
 
         return sink
 
-    def start(self, run_id: str, budget: Budget | None = None) -> RunHandle:
-        """Execute (or resume) a stored run in the background; one execution per run at a time."""
+    def _start(self, run_id: str, budget: Budget | None = None) -> RunHandle:
+        """Execute a stored run that `resumable` has passed, in the background; one execution per run at a time."""
         tg = self._task_group()
         if self.active(run_id):
             raise RunStateError(f"run {run_id} is already running in this server; use get_run to wait for it")
@@ -114,7 +124,7 @@ class RunManager:
         async def body() -> None:
             try:
                 with handle.scope:
-                    await engine.resume(run_id, sink, budget)
+                    await engine.execute_checked(run_id, sink, budget)
             except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
@@ -165,7 +175,7 @@ class RunManager:
                     await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
                                             steps=len(run.workflow.steps), source=run.plan.source,
                                             note=fallback_reason(run)))
-                    await engine.resume(run.id, sink)
+                    await engine.execute_checked(run.id, sink)  # planned just now: nothing to check
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:
@@ -215,3 +225,85 @@ class RunManager:
             child_total, child_conductor = self.usage(child)
             total, conductor = total + child_total, conductor + child_conductor
         return total, conductor
+
+    # -- the door: planning, driving and reading runs -------------------------------------------
+    async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
+                   workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None,
+                   prefer: Prefer | None = None, *, on_plan: PlanSink | None = None) -> Run:
+        """Plan (or check the caller's `workflow`) and store the run as `planned`; nothing is spent on workers."""
+        return await self.engine.plan(task, workers, max_steps, workflow=workflow, strategy=strategy, budget=budget,
+                                      prefer=prefer, on_plan=on_plan)
+
+    def budget(self, run_id: str | None = None, *, max_rounds: int | None = None, max_depth: int | None = None,
+               max_total_tokens: int | None = None, max_usd: float | None = None) -> Budget | None:
+        """The budget a run gets: the limits a caller gave over the run's stored budget (none stored: the defaults);
+        None when the caller gave none (a stored run keeps its own)."""
+        given = {"max_rounds": max_rounds, "max_depth": max_depth, "max_total_tokens": max_total_tokens,
+                 "max_usd": max_usd}
+        if all(v is None for v in given.values()):
+            return None
+        base = self.options(run_id).budget.model_dump() if run_id is not None else None
+        return Budget.merged(base, **given)
+
+    def resumable(self, run_id: str) -> Run:
+        """The run, if it may be resumed here: a root run, not running in another process, whose unfinished steps
+        name workers the registry still has; else a clear error, before anything is claimed or spent."""
+        run = self.engine.check_resumable(run_id)
+        if run.status == RunStatus.RUNNING and self.active(run_id) is None:
+            raise RunStateError(f"run {run_id} is running in another process; wait for it to end (get_run waits)")
+        return run
+
+    def resume(self, run_id: str, budget: Budget | None = None) -> RunHandle | None:
+        """Continue a run in the background; the handle of the one already planning or running here, if any; None
+        for a completed run (nothing to do)."""
+        handle = self.active(run_id)
+        if handle is not None:
+            return handle  # planning or running here already: the caller waits for it
+        run = self.resumable(run_id)
+        return None if run.status == RunStatus.COMPLETED else self._start(run_id, budget)
+
+    async def drive(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
+        """Run (or resume) a run to its end in the caller's task, as the CLI does; a completed run as it is."""
+        run = self.resumable(run_id)
+        if run.status == RunStatus.COMPLETED:
+            return run
+        return await self.engine.execute_checked(run_id, on_event, budget)
+
+    async def run_step(self, run_id: str, index: int, instruction: str | None = None,
+                       worker: str | None = None) -> tuple[StepRecord, Run, list[int]]:
+        """Run one step of a run by hand: its record, the run after it, and the steps that can run now."""
+        if self.active(run_id):
+            raise RunStateError(f"run {run_id} is running; wait for it with get_run")
+        record, run = await self.engine.run_step(run_id, index, instruction, worker)
+        return record, run, self.engine.runnable(run)
+
+    def options(self, run_id: str) -> RunOptions:
+        return self.engine.options(run_id)
+
+    def children(self, run_id: str) -> list[Run]:
+        store = self.engine.store
+        return [store.get_run(c) for c in store.children(run_id)]
+
+    def tree_usage(self, run_id: str) -> Usage:
+        """What a run and everything it spawned used (the store's one walk)."""
+        return self.engine.store.tree_usage(run_id)
+
+    def running_seconds(self, run_id: str) -> float:
+        return self.engine.store.running_seconds(run_id)
+
+    def resolve(self, ref: str) -> str:
+        """A run id from a whole id, the start of exactly one, or `last`."""
+        return str(self.engine.store.resolve_run(ref))
+
+    def rate(self, run_id: str, score: float, note: str | None = None, source: str = "host") -> None:
+        self.engine.store.rate(run_id, score, note, source=source)
+
+    def page(self, size: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of run summaries, newest first, and the cursor of the next one."""
+        return self.engine.store.run_page(size, cursor)
+
+    def trace(self, run_id: str) -> dict[str, Any]:
+        """A run's whole trace, its child runs' included."""
+        from .render import trace_tree
+
+        return trace_tree(self.engine.store, run_id)

@@ -28,8 +28,8 @@ from mcp_types import CallToolResult, InputRequiredResult, ResourceLink, TextCon
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .errors import ConductorError, RunNotFound, RunStateError, internal_message
-from .models import MAX_STEPS_LIMIT, Access, Budget, Run, RunStatus, StepStatus, Usage
+from .errors import ConductorError, RunNotFound, internal_message
+from .models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus, Usage
 from .planners.base import PlanEvent
 from .run_manager import Progress, RunManager
 from .tool_schemas import STRATEGY, WORKER_ID, compact, optional_not_null, output_shape, with_worker_ids
@@ -135,7 +135,7 @@ class ConductorServer(MCPServer[RunManager]):
     def worker_ids(self) -> list[str] | None:
         """The ids a tool's `workers` may name; None when the registry does not load (a tool call says why)."""
         try:
-            return self.runs.engine.registry.available_ids() if self.runs is not None else None
+            return self.runs.registry.available_ids() if self.runs is not None else None
         except ConductorError:
             return None
 
@@ -219,7 +219,7 @@ async def warm_litellm(runs: RunManager) -> None:
     """Import litellm on a thread before serving: its import takes seconds, and done by the first worker call it
     would hold the event loop (every other request and run) meanwhile. Only for manifests that use it."""
     try:
-        registry = runs.engine.registry
+        registry = runs.registry
     except ConductorError:
         return  # a bad manifest: the first tool call reports it
     if registry.conductor.model or any(s.spec.kind == "litellm" for s in registry.states):
@@ -275,17 +275,8 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
                           calls=0, trace_uri=_uri(run_id))
         return out(runs.get(run_id))
 
-    def launch(run_id: str, budget: Budget | None = None) -> None:
-        if runs.active(run_id) is not None:
-            return  # planning or running here already: the caller waits for it
-        run = runs.get(run_id)
-        if run.status == RunStatus.RUNNING and runs.active(run_id) is None:
-            raise RunStateError(f"run {run_id} is running in another process; wait for it with get_run")
-        if runs.active(run_id) is None and run.status != RunStatus.COMPLETED:
-            runs.start(run_id, budget)
-
     def out(run: Run) -> RunOut:
-        return _run_out(run, runs.engine.store.tree_usage(run.id))
+        return _run_out(run, runs.tree_usage(run.id))
 
     def run_result(result: RunOut) -> CallToolResult:
         if result.status == RunStatus.COMPLETED:
@@ -307,8 +298,8 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         'running' after wait_s, planning included (poll get_run). A call can take minutes and spend money on
         paid workers."""
         try:
-            budget = Budget.merged(None, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
-                                   max_usd=max_usd)
+            budget = runs.budget(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+                                 max_usd=max_usd)
             handle = await runs.solve(task, workers=workers, max_steps=max_steps, strategy=strategy, budget=budget,
                                       prefer=prefer)
             result = await wait_for(handle.run_id, wait_s, ctx, cancel_on_abort=True)
@@ -334,7 +325,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
 
         try:
             given = workflow.model_dump() if workflow is not None else None
-            run = await runs.engine.plan(task, workers, max_steps, workflow=given, on_plan=progress)
+            run = await runs.plan(task, workers, max_steps, workflow=given, on_plan=progress)
         except ConductorError as exc:
             raise _tool_error(exc) from None
         out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),
@@ -352,13 +343,11 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         if instruction is not None and not instruction.strip():
             raise ToolError("instruction: empty; omit it to keep the planned instruction")
         try:
-            if runs.active(run_id):
-                raise RunStateError(f"run {run_id} is running; wait for it with get_run")
-            record, run = await runs.engine.run_step(run_id, step, instruction, worker)
+            record, run, runnable = await runs.run_step(run_id, step, instruction, worker)
         except ConductorError as exc:
             raise _tool_error(exc) from None
         out = StepResultOut(run_id=run_id, step=step, status=record.status.value, output=record.output,
-                            error=record.error, runnable=runs.engine.runnable(run), run_status=run.status.value,
+                            error=record.error, runnable=runnable, run_status=run.status.value,
                             trace_uri=_uri(run_id))
         return _result(out, run_id, record.output if record.status == StepStatus.COMPLETED else None)
 
@@ -369,13 +358,9 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
         """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted; over
         budget: give more). Completed steps are never re-run."""
         try:
-            if runs.active(run_id) is None:  # a run this server is planning or running is waited for
-                runs.engine.check_resumable(run_id)  # a child run or a removed worker: say so, start nothing
-            given = dict(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
-                         max_usd=max_usd)
-            budget = Budget.merged(runs.engine.store.options(run_id).get("budget") or {}, **given) if any(
-                v is not None for v in given.values()) else None
-            launch(run_id, budget)
+            budget = runs.budget(run_id, max_rounds=max_rounds, max_depth=max_depth,
+                                 max_total_tokens=max_total_tokens, max_usd=max_usd)
+            runs.resume(run_id, budget)  # a run this server is planning or running is waited for
             result = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
         except ConductorError as exc:
             raise _tool_error(exc) from None
@@ -399,7 +384,7 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
                        ) -> Annotated[CallToolResult, RatingOut]:
         """Rate a run's answer; the conductor learns from ratings."""
         try:
-            runs.engine.store.rate(run_id, score, note, source="host")
+            runs.rate(run_id, score, note, source="host")
         except ConductorError as exc:
             raise _tool_error(exc) from None
         return _result(RatingOut(run_id=run_id, reward=score, note=note), run_id)
@@ -416,7 +401,7 @@ def _json(data: Any) -> str:
 
 
 def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
-    from .render import mermaid, run_trace, trace_tree
+    from .render import mermaid, run_trace
 
     def load(run_id: str) -> Run:
         try:
@@ -427,7 +412,7 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
     @server.resource("conductor://workers", title="Workers", mime_type="application/json",
                      description="the worker registry: ids, descriptions, availability")
     def workers_resource() -> str:
-        reg = runs.engine.registry
+        reg = runs.registry
         return _json({"source": reg.source, "workers": [
             {"id": s.spec.id, "description": s.spec.description, "backend": s.spec.kind,
              "model": s.spec.model or Path(str(s.gguf_path)).name, "available": s.available, "reason": s.reason,
@@ -442,7 +427,7 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
                 raise ResourceNotFoundError(f"limit: {limit!r}; give a whole number from 1 to {MAX_RUNS_PAGE}")
             size = int(limit)
         try:
-            rows, after = runs.engine.store.run_page(size, cursor or None)
+            rows, after = runs.page(size, cursor or None)
         except RunNotFound as exc:
             raise ResourceNotFoundError(str(exc)) from None
         return _json({"runs": [{**r, "trace_uri": _uri(r["run_id"])} for r in rows], "next_cursor": after,
@@ -462,7 +447,7 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
                      description="a run's whole trace")
     def run_resource(run_id: str) -> str:
         load(run_id)
-        return _json(trace_tree(runs.engine.store, run_id))
+        return _json(runs.trace(run_id))
 
     @server.resource("conductor://runs/{run_id}/steps/{index}", title="Run step", mime_type="application/json",
                      description="one step of a run, by its 0-based index")
@@ -477,5 +462,4 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
                      description="the workflow as a Mermaid flowchart")
     def diagram_resource(run_id: str) -> str:
         run = load(run_id)
-        store = runs.engine.store
-        return mermaid(run, [store.get_run(c) for c in store.children(run_id)])
+        return mermaid(run, runs.children(run_id))
