@@ -64,7 +64,7 @@ async def test_parallel_steps_prompt_usage_and_answer(server: ScriptedServer, st
     assert c.usage.completion_tokens == count_tokens("MERGED ANSWER") and c.usage.cost_usd is None
     assert run.usage.calls == 3 and run.usage.cost_usd is None
     assert [(e.index, e.phase) for e in events if e.index == 2] == [(2, "start"), (2, "end")]
-    assert events[-1].message.startswith("step 3/3 gamma: Merge the drafts")
+    assert events[-1].message.startswith("step 2 of 0..2 gamma: Merge the drafts")  # 0-based, as run_step and the trace
 
 
 async def test_price_from_manifest(server: ScriptedServer, store: Store) -> None:
