@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -228,8 +228,185 @@ async def warm_litellm(runs: RunManager) -> None:
         await anyio.to_thread.run_sync(litellm_module)
 
 
+AnyContext = Context[RunManager, Any]
+
+
+def _runs(ctx: AnyContext | None) -> RunManager:
+    """The RunManager the server's lifespan yielded: every tool reaches runs through it, and only through it."""
+    if ctx is None:
+        raise ToolError("no request context: the conductor's tools run inside an MCP request")
+    return ctx.request_context.lifespan_context
+
+
+async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext | None,
+                   cancel_on_abort: bool) -> RunOut:
+    """Wait up to wait_s, sending progress; a cancelled call cancels the run it started."""
+    handle = runs.active(run_id)
+    if handle is None:
+        return _out(runs, runs.get(run_id))
+    count = planning = 0
+
+    async def progress(event: Progress) -> None:
+        # one unit per event: planning's count is unknown ahead, then each step starts and ends
+        nonlocal count, planning
+        count += 1
+        if ctx is None:
+            return
+        if isinstance(event, PlanEvent):
+            planning = count
+            await ctx.report_progress(count, message=event.message)
+        else:
+            await ctx.report_progress(count, total=planning + 2 * event.total, message=event.message)
+
+    handle.listener = progress
+    try:
+        await runs.wait(handle, wait_s)
+    except anyio.get_cancelled_exc_class():
+        if cancel_on_abort:
+            await runs.cancel(handle)
+        raise
+    finally:
+        handle.listener = None
+    if handle.planning:  # no run in the store yet: the plan is still being written
+        return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
+                      calls=0, trace_uri=_uri(run_id))
+    return _out(runs, runs.get(run_id))
+
+
+def _out(runs: RunManager, run: Run) -> RunOut:
+    return _run_out(run, runs.tree_usage(run.id))
+
+
+def run_result(result: RunOut) -> CallToolResult:
+    if result.status == RunStatus.COMPLETED:
+        text = result.answer
+    elif result.status == RunStatus.RUNNING and not result.steps:
+        text = (f"run {result.run_id}: the conductor is still planning; wait for it with "
+                f"get_run(run_id={result.run_id!r}, wait_s=...)")
+    else:
+        text = None
+    return _result(result, result.run_id, text)
+
+
+async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
+                wait_s: WaitArg = 50.0, strategy: StrategyArg = "conductor", max_rounds: RoundsArg = None,
+                max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
+                prefer: PreferArg = None, ctx: AnyContext | None = None) -> Annotated[CallToolResult, RunOut]:
+    """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
+    'running' after wait_s, planning included (poll get_run). A call can take minutes and spend money on
+    paid workers."""
+    runs = _runs(ctx)
+    try:
+        budget = runs.budget(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+                             max_usd=max_usd)
+        handle = await runs.solve(task, workers=workers, max_steps=max_steps, strategy=strategy, budget=budget,
+                                  prefer=prefer)
+        result = await wait_for(runs, handle.run_id, wait_s, ctx, cancel_on_abort=True)
+    except ConductorError as exc:
+        raise _tool_error(exc) from None
+    return run_result(result)
+
+
+async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
+                        workflow: Annotated[WorkflowIn | None, Field(
+                            description="your own plan, to check and store instead")] = None,
+                        ctx: AnyContext | None = None) -> Annotated[CallToolResult, PlanOut]:
+    """Plan only, or check your own workflow, and store it as a run; nothing is spent. Run it with resume
+    or run_step."""
+    runs = _runs(ctx)
+    count = 0
+
+    async def progress(event: PlanEvent) -> None:
+        nonlocal count
+        count += 1
+        if ctx is not None:
+            with suppress(Exception):  # a client gone away must not fail the plan
+                await ctx.report_progress(count, message=event.message)
+
+    try:
+        given = workflow.model_dump() if workflow is not None else None
+        run = await runs.plan(task, workers, max_steps, workflow=given, on_plan=progress)
+    except ConductorError as exc:
+        raise _tool_error(exc) from None
+    out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),
+                  plan_source=run.plan.source, trace_uri=_uri(run.id))
+    return _result(out, run.id)
+
+
+async def run_step(run_id: RunIdArg, step: Annotated[int, Field(ge=0, description="0-based step index")],
+                   instruction: Annotated[str | None, Field(description="a new subtask for it")] = None,
+                   worker: Annotated[str | None, Field(json_schema_extra={WORKER_ID: True},
+                                                       description="run it on this worker")] = None,
+                   ctx: AnyContext | None = None) -> Annotated[CallToolResult, StepResultOut]:
+    """Run one step of a planned run, optionally with a new instruction or worker, once the steps it sees
+    are done."""
+    runs = _runs(ctx)
+    if instruction is not None and not instruction.strip():
+        raise ToolError("instruction: empty; omit it to keep the planned instruction")
+    try:
+        record, run, runnable = await runs.run_step(run_id, step, instruction, worker)
+    except ConductorError as exc:
+        raise _tool_error(exc) from None
+    out = StepResultOut(run_id=run_id, step=step, status=record.status.value, output=record.output,
+                        error=record.error, runnable=runnable, run_status=run.status.value,
+                        trace_uri=_uri(run_id))
+    return _result(out, run_id, record.output if record.status == StepStatus.COMPLETED else None)
+
+
+async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0, max_rounds: RoundsArg = None,
+                 max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
+                 ctx: AnyContext | None = None) -> Annotated[CallToolResult, RunOut]:
+    """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted; over
+    budget: give more). Completed steps are never re-run."""
+    runs = _runs(ctx)
+    try:
+        budget = runs.budget(run_id, max_rounds=max_rounds, max_depth=max_depth,
+                             max_total_tokens=max_total_tokens, max_usd=max_usd)
+        runs.resume(run_id, budget)  # a run this server is planning or running is waited for
+        result = await wait_for(runs, run_id, wait_s, ctx, cancel_on_abort=True)
+    except ConductorError as exc:
+        raise _tool_error(exc) from None
+    return run_result(result)
+
+
+async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
+                  ctx: AnyContext | None = None) -> Annotated[CallToolResult, RunOut]:
+    """Status, per-step status and answer of a run; waits up to wait_s while it runs."""
+    runs = _runs(ctx)
+    try:
+        result = await wait_for(runs, run_id, wait_s, ctx, cancel_on_abort=False)
+    except ConductorError as exc:
+        raise _tool_error(exc) from None
+    return run_result(result) if result.status == RunStatus.RUNNING else _result(result, result.run_id)
+
+
+async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(
+                       ge=0, le=1, description="1 correct, 0.5 wrong but well formed, 0 unusable")],
+                   note: Annotated[str | None, Field(max_length=2000, description="why")] = None,
+                   ctx: AnyContext | None = None) -> Annotated[CallToolResult, RatingOut]:
+    """Rate a run's answer; the conductor learns from ratings."""
+    runs = _runs(ctx)
+    try:
+        runs.rate(run_id, score, note, source="host")
+    except ConductorError as exc:
+        raise _tool_error(exc) from None
+    return _result(RatingOut(run_id=run_id, reward=score, note=note), run_id)
+
+
+# name order is tools/list order; titles and hints are part of each tool's contract
+TOOLS: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
+    (solve, "Solve with a team of models", ToolAnnotations(read_only_hint=False, open_world_hint=True)),
+    (plan_workflow, "Plan a workflow", ToolAnnotations(read_only_hint=False, open_world_hint=False)),
+    (run_step, "Run one step", ToolAnnotations(read_only_hint=False, open_world_hint=True)),
+    (resume, "Resume a run", ToolAnnotations(read_only_hint=False, open_world_hint=True)),
+    (get_run, "Get a run", ToolAnnotations(read_only_hint=True, open_world_hint=False)),
+    (rate_run, "Rate a run", ToolAnnotations(read_only_hint=False, idempotent_hint=True, open_world_hint=False)),
+]
+
+
 def build_server(workers: str | Path | None = None, db: str | Path | None = None,
                  manager: RunManager | None = None) -> MCPServer[RunManager]:
+    """The MCP server: its lifespan owns the RunManager (the tools read it from their request's context)."""
     runs = manager or RunManager(workers, db)
 
     @asynccontextmanager
@@ -240,155 +417,9 @@ def build_server(workers: str | Path | None = None, db: str | Path | None = None
 
     server = ConductorServer("conductor-mcp", instructions=INSTRUCTIONS, version=__version__,
                              lifespan=lifespan)
-    server.runs = runs
-
-    async def wait_for(run_id: str, wait_s: float, ctx: Context | None, cancel_on_abort: bool) -> RunOut:
-        """Wait up to wait_s, sending progress; a cancelled call cancels the run it started."""
-        handle = runs.active(run_id)
-        if handle is None:
-            return out(runs.get(run_id))
-        count = planning = 0
-
-        async def progress(event: Progress) -> None:
-            # one unit per event: planning's count is unknown ahead, then each step starts and ends
-            nonlocal count, planning
-            count += 1
-            if ctx is None:
-                return
-            if isinstance(event, PlanEvent):
-                planning = count
-                await ctx.report_progress(count, message=event.message)
-            else:
-                await ctx.report_progress(count, total=planning + 2 * event.total, message=event.message)
-
-        handle.listener = progress
-        try:
-            await runs.wait(handle, wait_s)
-        except anyio.get_cancelled_exc_class():
-            if cancel_on_abort:
-                await runs.cancel(handle)
-            raise
-        finally:
-            handle.listener = None
-        if handle.planning:  # no run in the store yet: the plan is still being written
-            return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
-                          calls=0, trace_uri=_uri(run_id))
-        return out(runs.get(run_id))
-
-    def out(run: Run) -> RunOut:
-        return _run_out(run, runs.tree_usage(run.id))
-
-    def run_result(result: RunOut) -> CallToolResult:
-        if result.status == RunStatus.COMPLETED:
-            text = result.answer
-        elif result.status == RunStatus.RUNNING and not result.steps:
-            text = (f"run {result.run_id}: the conductor is still planning; wait for it with "
-                    f"get_run(run_id={result.run_id!r}, wait_s=...)")
-        else:
-            text = None
-        return _result(result, result.run_id, text)
-
-    @server.tool(title="Solve with a team of models",
-                 annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
-    async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
-                    wait_s: WaitArg = 50.0, strategy: StrategyArg = "conductor", max_rounds: RoundsArg = None,
-                    max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
-                    prefer: PreferArg = None, ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
-        """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
-        'running' after wait_s, planning included (poll get_run). A call can take minutes and spend money on
-        paid workers."""
-        try:
-            budget = runs.budget(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
-                                 max_usd=max_usd)
-            handle = await runs.solve(task, workers=workers, max_steps=max_steps, strategy=strategy, budget=budget,
-                                      prefer=prefer)
-            result = await wait_for(handle.run_id, wait_s, ctx, cancel_on_abort=True)
-        except ConductorError as exc:
-            raise _tool_error(exc) from None
-        return run_result(result)
-
-    @server.tool(title="Plan a workflow", annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
-    async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
-                            workflow: Annotated[WorkflowIn | None, Field(
-                                description="your own plan, to check and store instead")] = None,
-                            ctx: Context | None = None) -> Annotated[CallToolResult, PlanOut]:
-        """Plan only, or check your own workflow, and store it as a run; nothing is spent. Run it with resume
-        or run_step."""
-        count = 0
-
-        async def progress(event: PlanEvent) -> None:
-            nonlocal count
-            count += 1
-            if ctx is not None:
-                with suppress(Exception):  # a client gone away must not fail the plan
-                    await ctx.report_progress(count, message=event.message)
-
-        try:
-            given = workflow.model_dump() if workflow is not None else None
-            run = await runs.plan(task, workers, max_steps, workflow=given, on_plan=progress)
-        except ConductorError as exc:
-            raise _tool_error(exc) from None
-        out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),
-                      plan_source=run.plan.source, trace_uri=_uri(run.id))
-        return _result(out, run.id)
-
-    @server.tool(title="Run one step", annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
-    async def run_step(run_id: RunIdArg, step: Annotated[int, Field(ge=0, description="0-based step index")],
-                       instruction: Annotated[str | None, Field(description="a new subtask for it")] = None,
-                       worker: Annotated[str | None, Field(json_schema_extra={WORKER_ID: True},
-                                                           description="run it on this worker")] = None,
-                       ctx: Context | None = None) -> Annotated[CallToolResult, StepResultOut]:
-        """Run one step of a planned run, optionally with a new instruction or worker, once the steps it sees
-        are done."""
-        if instruction is not None and not instruction.strip():
-            raise ToolError("instruction: empty; omit it to keep the planned instruction")
-        try:
-            record, run, runnable = await runs.run_step(run_id, step, instruction, worker)
-        except ConductorError as exc:
-            raise _tool_error(exc) from None
-        out = StepResultOut(run_id=run_id, step=step, status=record.status.value, output=record.output,
-                            error=record.error, runnable=runnable, run_status=run.status.value,
-                            trace_uri=_uri(run_id))
-        return _result(out, run_id, record.output if record.status == StepStatus.COMPLETED else None)
-
-    @server.tool(title="Resume a run", annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
-    async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0, max_rounds: RoundsArg = None,
-                     max_depth: DepthArg = None, max_total_tokens: TokensArg = None, max_usd: UsdArg = None,
-                     ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
-        """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted; over
-        budget: give more). Completed steps are never re-run."""
-        try:
-            budget = runs.budget(run_id, max_rounds=max_rounds, max_depth=max_depth,
-                                 max_total_tokens=max_total_tokens, max_usd=max_usd)
-            runs.resume(run_id, budget)  # a run this server is planning or running is waited for
-            result = await wait_for(run_id, wait_s, ctx, cancel_on_abort=True)
-        except ConductorError as exc:
-            raise _tool_error(exc) from None
-        return run_result(result)
-
-    @server.tool(title="Get a run", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
-    async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
-                      ctx: Context | None = None) -> Annotated[CallToolResult, RunOut]:
-        """Status, per-step status and answer of a run; waits up to wait_s while it runs."""
-        try:
-            result = await wait_for(run_id, wait_s, ctx, cancel_on_abort=False)
-        except ConductorError as exc:
-            raise _tool_error(exc) from None
-        return run_result(result) if result.status == RunStatus.RUNNING else _result(result, result.run_id)
-
-    @server.tool(title="Rate a run", annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True,
-                                                                 open_world_hint=False))
-    async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(
-                           ge=0, le=1, description="1 correct, 0.5 wrong but well formed, 0 unusable")],
-                       note: Annotated[str | None, Field(max_length=2000, description="why")] = None
-                       ) -> Annotated[CallToolResult, RatingOut]:
-        """Rate a run's answer; the conductor learns from ratings."""
-        try:
-            runs.rate(run_id, score, note, source="host")
-        except ConductorError as exc:
-            raise _tool_error(exc) from None
-        return _result(RatingOut(run_id=run_id, reward=score, note=note), run_id)
-
+    server.runs = runs  # for tools/list, which has no request context: the live worker ids
+    for fn, title, hints in TOOLS:
+        server.add_tool(fn, title=title, annotations=hints)
     register_resources(server, runs)
     return server
 
