@@ -1,7 +1,7 @@
 """Budgets: before each worker call, could it take the run past its token or dollar limit?
 
 The check uses the worst case: an upper bound of the prompt's tokens plus the completion cap that every
-call is sent with (workers.completion_cap), priced from the manifest or litellm's list. Concurrent calls
+call is sent with (llm.completion_cap), priced from the manifest or litellm's list. Concurrent calls
 reserve their worst case, so two calls in parallel cannot together overshoot. One guard covers a run and
 everything it spawns, the conductor's planning and review calls included.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ConductorError, WorkerError
-from .models import Budget, Usage, WorkerSpec
-from .workers import DEFAULT_MAX_TOKENS, completion_cap, known_cost
+from .llm import DEFAULT_MAX_TOKENS, Priced, completion_cap, known_cost
+from .models import Budget, Usage
 
 __all__ = ["DEFAULT_MAX_TOKENS", "BudgetExceeded", "BudgetGuard", "estimate_tokens", "prompt_tokens_bound"]
 
@@ -31,7 +31,7 @@ def prompt_tokens_bound(messages: list[dict[str, str]]) -> int:
     return sum(len((m.get("content") or "").encode()) for m in messages) + 8 * (len(messages) + 1)
 
 
-def estimate_tokens(spec: WorkerSpec, messages: list[dict[str, str]]) -> tuple[int, int]:
+def estimate_tokens(spec: Priced, messages: list[dict[str, str]]) -> tuple[int, int]:
     """The worst case of one call: the prompt's bound, and the completion cap the call is sent with."""
     return prompt_tokens_bound(messages), completion_cap(spec)
 
@@ -43,7 +43,7 @@ class BudgetGuard:
     _reserved_tokens: int = 0
     _reserved_usd: float = 0.0
 
-    def reserve(self, spec: WorkerSpec, messages: list[dict[str, str]]) -> tuple[int, float]:
+    def reserve(self, spec: Priced, messages: list[dict[str, str]]) -> tuple[int, float]:
         """Reserve a call's worst case, or raise: BudgetExceeded, or WorkerError for an unpriced worker."""
         prompt, completion = estimate_tokens(spec, messages)
         tokens, usd = prompt + completion, 0.0

@@ -32,9 +32,9 @@ def emit(text: str) -> None:
 
 def _engine(args: argparse.Namespace, calls_workers: bool = True) -> Any:
     from .engine import Engine
+    from .llm import litellm_module
     from .registry import load_registry
     from .store import Store
-    from .workers import litellm_module
 
     registry = load_registry(args.workers)
     if hasattr(args, "use"):  # solve and plan: mistakes in what they name are found before anything loads

@@ -223,7 +223,7 @@ async def warm_litellm(runs: RunManager) -> None:
     except ConductorError:
         return  # a bad manifest: the first tool call reports it
     if registry.conductor.model or any(s.spec.kind == "litellm" for s in registry.states):
-        from .workers import litellm_module
+        from .llm import litellm_module
 
         await anyio.to_thread.run_sync(litellm_module)
 

@@ -480,7 +480,7 @@ def traced_worker_call(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, C
                                            "conductor.reason": step.last_error or ""})
         attrs = {"gen_ai.operation.name": "chat", "conductor.worker.id": worker_id,
                  **model_attributes(spec.model, spec.gguf, spec.api_base)}
-        from .workers import completion_cap
+        from .llm import completion_cap
 
         attrs["gen_ai.request.max_tokens"] = completion_cap(spec)
         temperature = spec.params.get("temperature")

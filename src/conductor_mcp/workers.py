@@ -1,4 +1,5 @@
-"""Call a worker once: litellm for model strings, an in-process GGUF for local models.
+"""Call a worker once: litellm for model strings, an in-process GGUF for local models (both through llm.py,
+which the conductor's own model calls through too).
 
 One call here is one attempt. Retries, fallbacks and their trace live in the engine, so there is
 exactly one retry layer: litellm and the OpenAI client inside it are told not to retry.
@@ -7,52 +8,23 @@ exactly one retry layer: litellm and the OpenAI client inside it are told not to
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 
 from . import telemetry
 from .errors import WorkerError
+from .llm import MalformedReply, Reply, gguf_complete, litellm_complete, litellm_module
 from .local_model import LocalModel
-from .models import Price, Usage, WorkerSpec
-from .redact import RedactFilter, redact, register_key_envs
+from .models import Usage, WorkerSpec
+from .redact import redact, register_key_envs
 from .registry import Registry
 
+__all__ = ["Completion", "WorkerPool", "litellm_module"]
 log = logging.getLogger(__name__)
-_litellm: Any = None
-# The completion cap sent when a worker's params set none; the budget reserves the same number.
-DEFAULT_MAX_TOKENS = {"litellm": 4096, "gguf": 512}
-
-
-def completion_cap(spec: WorkerSpec) -> int:
-    """The most completion tokens one call to this worker may return: its params' cap, else the default.
-    Every call is sent with it, so the budget's reservation is a real bound."""
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = spec.params.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_MAX_TOKENS[spec.kind]
-
-
-def litellm_module() -> Any:
-    """Import litellm on first use, with its price list local and its stdout banner off."""
-    global _litellm
-    if _litellm is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
-        litellm.suppress_debug_info = True  # else a "Give Feedback" banner reaches stdout on errors
-        litellm.drop_params = True
-        litellm.telemetry = False
-        for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # its logs may quote a request's key
-            logging.getLogger(name).addFilter(RedactFilter())
-        _litellm = litellm
-    return _litellm
 
 
 @dataclass
@@ -60,24 +32,6 @@ class Completion:
     text: str
     usage: Usage
     latency_s: float
-
-
-def price_cost(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
-    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
-
-
-def known_cost(spec: WorkerSpec, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Cost in USD from the manifest's price, else litellm's list; None when neither knows."""
-    if spec.price is not None:
-        return price_cost(spec.price, prompt_tokens, completion_tokens)
-    if spec.kind == "gguf":
-        return 0.0
-    try:
-        p, c = litellm_module().cost_per_token(model=spec.model, prompt_tokens=prompt_tokens,
-                                               completion_tokens=completion_tokens)
-        return float(p) + float(c)
-    except Exception:  # litellm raises for a model missing from its price list
-        return None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -203,34 +157,20 @@ class WorkerPool:
 
     async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]],
                             timeout_s: float | None = None) -> Completion:
-        litellm = litellm_module()
-        kwargs: dict[str, Any] = dict(spec.params)
-        if "max_completion_tokens" not in kwargs:
-            kwargs["max_tokens"] = completion_cap(spec)  # the cap the budget reserved, sent on every call
-        if spec.api_base:
-            kwargs["api_base"] = spec.api_base
-        if spec.api_key_env:
-            kwargs["api_key"] = os.environ.get(spec.api_key_env)
-        elif spec.api_base:
-            kwargs["api_key"] = "none"  # local OpenAI-compatible servers want some key, never a real one
-        response = await litellm.acompletion(model=spec.model, messages=messages, timeout=timeout_s or spec.timeout_s,
-                                             max_retries=0, num_retries=0, **kwargs)
         try:
-            text = response.choices[0].message.content
-            usage = response.usage
-            prompt, completion = int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
-        except (AttributeError, IndexError, TypeError) as exc:
+            reply = await litellm_complete(spec, messages, timeout_s=timeout_s or spec.timeout_s,
+                                           api_base=spec.api_base, api_key_env=spec.api_key_env)
+        except MalformedReply as exc:
             raise WorkerError(f"{spec.id}: malformed completion ({exc})", retryable=True) from exc
-        if not isinstance(text, str):
+        if reply.text is None:
             raise WorkerError(f"{spec.id}: completion has no text content", retryable=True)
-        cost = known_cost(spec, prompt, completion)
-        return Completion(text, Usage(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
-                                      calls=1), 0.0)
+        return _completion(reply)
 
     async def _local_call(self, spec: WorkerSpec, path: Path, messages: list[dict[str, str]]) -> Completion:
-        params = {"temperature": 0.2, **spec.params, "max_tokens": completion_cap(spec)}
-        reply = await self.local_model(path).chat(messages, **params)
-        return Completion(reply.text, Usage(prompt_tokens=reply.prompt_tokens,
-                                            completion_tokens=reply.completion_tokens,
-                                            cost_usd=known_cost(spec, reply.prompt_tokens,
-                                                                reply.completion_tokens), calls=1), 0.0)
+        return _completion(await gguf_complete(self.local_model(path), spec, messages, defaults={"temperature": 0.2}))
+
+
+def _completion(reply: Reply) -> Completion:
+    usage = Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                  cost_usd=reply.cost_usd, calls=1)
+    return Completion(reply.text or "", usage, 0.0)

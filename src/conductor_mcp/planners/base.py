@@ -14,6 +14,7 @@ import anyio
 
 from ..budget import BudgetExceeded, BudgetGuard
 from ..errors import WorkerError, WorkflowError
+from ..llm import ModelCall
 from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, Step, Usage, WorkerSpec, Workflow
 from ..workflows import validate_workflow
 from .checks import check_instructions, repair
@@ -161,7 +162,7 @@ class ModelPlanner(ABC):
         model's final worker is then held to `final` after parsing)."""
         return workflow_schema(names, max_steps, allow_empty=allow_empty)
 
-    def call_spec(self, constraint: Any, max_steps: int) -> WorkerSpec | None:
+    def call_spec(self, constraint: Any, max_steps: int) -> ModelCall | None:
         """One `generate` call as a budget sees it (model, price, completion cap); None for a planner that
         only delegates to another one."""
         return None

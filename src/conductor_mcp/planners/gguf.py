@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import WorkflowError
+from ..llm import ModelCall, gguf_complete
 from ..local_model import LocalModel
-from ..models import Usage, WorkerSpec
+from ..models import Usage
 from .base import Generation, ModelPlanner, Watch
 from .grammar import workflow_grammar
 from .prompts import task_view
@@ -36,30 +37,30 @@ class GGUFPlanner(ModelPlanner):
         # the outcomes' choice of final worker is enforced while decoding, where a small model cannot miss
         return workflow_grammar(names, max_steps, allow_empty=allow_empty, final=final)
 
-    def call_spec(self, constraint: Any, max_steps: int) -> WorkerSpec:
+    def call_spec(self, constraint: Any, max_steps: int) -> ModelCall:
         # the call as a budget sees it: free of charge, its tokens counted against max_total_tokens
         cap = int(self.params.get("max_tokens") or (max_plan_tokens(max_steps) if constraint else 1024))
-        return WorkerSpec(id="conductor-gguf", gguf=str(self.path), params={"max_tokens": cap})
+        return ModelCall(id="conductor-gguf", kind="gguf", params={"max_tokens": cap})
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
                        attempt: int, watch: Watch | None = None) -> Generation:
         from llama_cpp.llama_grammar import LlamaGrammar
 
-        params: dict[str, Any] = {
-            "temperature": self.temperature if attempt == 1 else max(self.temperature, 0.7),
-            **self.params,
-            "max_tokens": self.call_spec(constraint, max_steps).params["max_tokens"],
-        }
+        call = self.call_spec(constraint, max_steps)
+        defaults = {"temperature": self.temperature if attempt == 1 else max(self.temperature, 0.7), **self.params}
+        overrides: dict[str, Any] = {}
         if constraint is not None:
-            params["grammar"] = LlamaGrammar.from_string(constraint, verbose=False)
+            overrides["grammar"] = LlamaGrammar.from_string(constraint, verbose=False)
         if watch is not None:
-            watch.max_tokens = int(params["max_tokens"])
+            watch.max_tokens = int(call.params["max_tokens"])
         try:
-            reply = await self.model.chat(messages, on_token=watch.token if watch is not None else None, **params)
+            reply = await gguf_complete(self.model, call, messages, defaults=defaults,
+                                        on_token=watch.token if watch is not None else None, **overrides)
         except ValueError as exc:  # llama.cpp: the prompt exceeds the context (fit() leaves a margin)
             raise WorkflowError(f"conductor: {exc}") from exc
-        return Generation(reply.text, Usage(prompt_tokens=reply.prompt_tokens,
-                                            completion_tokens=reply.completion_tokens, cost_usd=0.0, calls=1))
+        return Generation(reply.text or "", Usage(prompt_tokens=reply.prompt_tokens,
+                                                  completion_tokens=reply.completion_tokens, cost_usd=reply.cost_usd,
+                                                  calls=1))
 
     async def fit(self, task: str, build: Callable[[str], list[dict[str, str]]],
                   max_steps: int) -> tuple[list[dict[str, str]] | None, list[str]]:

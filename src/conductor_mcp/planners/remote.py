@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 from ..errors import WorkflowError
-from ..models import Price, Usage, WorkerSpec
+from ..llm import ModelCall, litellm_complete
+from ..models import Price, Usage
 from ..redact import redact, register_key_envs
-from ..workers import completion_cap, known_cost, litellm_module
 from .base import Generation, ModelPlanner, Watch
 
 
@@ -27,31 +26,22 @@ class RemotePlanner(ModelPlanner):
         self.price = price
         register_key_envs([api_key_env])  # its value never reaches a trace
 
-    def call_spec(self, constraint: Any, max_steps: int) -> WorkerSpec:
+    def call_spec(self, constraint: Any, max_steps: int) -> ModelCall:
         # the call as a budget sees it: this model, its price and the completion cap it is sent with
-        return WorkerSpec(id="conductor-model", model=self.model, params=self.params, price=self.price)
+        return ModelCall(id="conductor-model", kind="litellm", model=self.model, params=self.params, price=self.price)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
                        attempt: int, watch: Watch | None = None) -> Generation:
-        litellm = litellm_module()
-        kwargs: dict[str, Any] = {"temperature": self.temperature if attempt == 1 else 0.7, **self.params}
-        spec = self.call_spec(constraint, max_steps)
-        if "max_completion_tokens" not in kwargs:
-            kwargs["max_tokens"] = completion_cap(spec)  # the cap the budget reserved
-        if self.api_base:
-            kwargs["api_base"] = self.api_base
-            kwargs["api_key"] = "none"
-        if self.api_key_env:
-            kwargs["api_key"] = os.environ.get(self.api_key_env)
+        overrides: dict[str, Any] = {}
         if constraint is not None:
-            kwargs["response_format"] = {"type": "json_object"}  # the schema is checked on our side
+            overrides["response_format"] = {"type": "json_object"}  # the schema is checked on our side
         try:
-            response = await litellm.acompletion(model=self.model, messages=messages, timeout=self.timeout_s,
-                                                 max_retries=0, num_retries=0, **kwargs)
-            text = response.choices[0].message.content or ""
-            u = response.usage
+            reply = await litellm_complete(self.call_spec(constraint, max_steps), messages, timeout_s=self.timeout_s,
+                                           api_base=self.api_base, api_key_env=self.api_key_env,
+                                           defaults={"temperature": self.temperature if attempt == 1 else 0.7},
+                                           **overrides)
         except Exception as exc:
             raise WorkflowError(redact(f"conductor {self.model}: {type(exc).__name__}: {str(exc)[:300]}")) from exc
-        prompt, completion = int(u.prompt_tokens or 0), int(u.completion_tokens or 0)
-        return Generation(text, Usage(prompt_tokens=prompt, completion_tokens=completion,
-                                      cost_usd=known_cost(spec, prompt, completion), calls=1))
+        return Generation(reply.text or "", Usage(prompt_tokens=reply.prompt_tokens,
+                                                  completion_tokens=reply.completion_tokens, cost_usd=reply.cost_usd,
+                                                  calls=1))
