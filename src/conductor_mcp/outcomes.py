@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from .models import Prefer, Prior, WorkerRecord, WorkerSpec
 from .store import Store
 
-PREFER_VALUES: tuple[Prefer, ...] = ("quality", "balanced", "cost")
 MIN_OUTCOMES = 2  # per worker, before its record counts at all
 PSEUDO_COUNT = 1.0  # weight of the neutral 0.5 every estimate starts from
 # how much a worker's relative cost (0..1) takes off its estimated reward, and the margin by which

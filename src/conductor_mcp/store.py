@@ -635,11 +635,6 @@ class Store:
             raise LeaseLost(f"run {lease.run_id}: taken over by {row['owner'] if row else 'nobody'}; "
                             "this process stops working on it")
 
-    def holds(self, lease: Lease) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT owner, lease FROM runs WHERE id=?", (lease.run_id,)).fetchone()
-        return row is not None and row["owner"] == _OWNER and row["lease"] == lease.epoch
-
     def heartbeat(self, lease: Lease) -> None:
         """Tell other hosts the owner lives; raise LeaseLost if the run was taken over."""
         with self._tx() as db:
