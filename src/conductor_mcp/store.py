@@ -29,6 +29,7 @@ from .models import (
     Attempt,
     PlanInfo,
     Run,
+    RunOptions,
     RunStatus,
     StepRecord,
     StepStatus,
@@ -126,9 +127,11 @@ STRATEGY_SQL = ("CASE WHEN json_extract(plan, '$.source') = 'host' THEN 'host'"
                 " ELSE COALESCE(json_extract(options, '$.strategy'), 'conductor') END")
 
 
-def strategy_of(plan_source: str | None, options: dict[str, Any]) -> str:
+def strategy_of(plan_source: str | None, options: RunOptions | dict[str, Any]) -> str:
     """STRATEGY_SQL in Python."""
-    return "host" if plan_source == "host" else str(options.get("strategy") or "conductor")
+    if plan_source == "host":
+        return "host"
+    return options.strategy if isinstance(options, RunOptions) else str(options.get("strategy") or "conductor")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from conductor_mcp.engine import Engine
 from conductor_mcp.models import PlanInfo, RunStatus, Workflow
 from conductor_mcp.render import mermaid
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 from conductor_mcp.web.app import _read_view
 from conductor_mcp.web.pages import diagram_source
+
+from ..conftest import http_registry
 
 PLAN = PlanInfo(source="host", planner="host")
 DIRECTIVE = "%%{init: {'themeCSS': 'rect{fill:red}'}}%% do"
@@ -25,7 +29,8 @@ def test_a_directive_in_a_task_or_instruction_stays_text(store: Store) -> None:
     store.create_run("a round", wf(DIRECTIVE), PLAN, {"round": 2}, parent=lease)
     run = store.get_run(run_id)
     children = [store.get_run(c) for c in store.children(run_id)]
-    for text in (mermaid(run, children), diagram_source(_read_view(store, run_id))):
+    manager = RunManager(engine=Engine(http_registry("http://127.0.0.1:9"), store))
+    for text in (mermaid(run, children), diagram_source(_read_view(manager, run_id))):
         assert "%" not in text, text
         assert "task: x #37;#37;{init: {'themeCSS': 'rect{fill:re...\"" in text  # cut at 40 characters
         assert "<br/>50#37; more<br/>" in text

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConductorError, RunNotFound
 from ..run_manager import RunManager
-from ..store import Store, strategy_of
+from ..store import strategy_of
 from . import pages
 
 COOKIE = "conductor_ui"
@@ -141,36 +141,33 @@ def _html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
 
-def _read_view(store: Store, run_id: str) -> pages.RunView:
-    run = store.get_run(run_id)
-    options = store.options(run_id)
-    children = [store.get_run(c) for c in store.children(run_id)]
-    rounds = {c.id: int(store.options(c.id).get("round") or 0) for c in children if c.parent_step is None}
-    parent = store.get_run(run.parent_run_id) if run.parent_run_id else None
+def _read_view(manager: RunManager, run_id: str) -> pages.RunView:
+    run = manager.get(run_id)
+    options = manager.options(run_id)
+    children = manager.children(run_id)
+    rounds = {c.id: manager.options(c.id).round or 0 for c in children if c.parent_step is None}
+    parent = manager.get(run.parent_run_id) if run.parent_run_id else None
     if parent is not None and run.parent_step is None:
-        rounds[run.id] = int(options.get("round") or 0)
+        rounds[run.id] = options.round or 0
     return pages.RunView(run=run, strategy=strategy_of(run.plan.source, options),
-                         seconds=store.running_seconds(run_id), tree_usage=store.tree_usage(run_id), children=children,
-                         reviews=list(options.get("reviews") or []), rounds=rounds, parent=parent)
+                         seconds=manager.running_seconds(run_id), tree_usage=manager.tree_usage(run_id),
+                         children=children, reviews=list(options.reviews), rounds=rounds, parent=parent)
 
 
-def _read_list(store: Store, limit: int, cursor: str | None) -> tuple[list[pages.ListRow], str | None]:
-    summaries, after = store.run_page(limit, cursor)
+def _read_list(manager: RunManager, limit: int, cursor: str | None) -> tuple[list[pages.ListRow], str | None]:
+    summaries, after = manager.page(limit, cursor)
     rows = []
     for s in summaries:
-        run = store.get_run(s["run_id"])
+        run = manager.get(s["run_id"])
         rows.append(pages.ListRow(run_id=run.id, status=s["status"], strategy=s["strategy"], task=s["task"],
-                                  created_at=run.created_at, steps=len(run.steps), usage=store.tree_usage(run.id),
-                                  seconds=store.running_seconds(run.id), reward=run.reward))
+                                  created_at=run.created_at, steps=len(run.steps), usage=manager.tree_usage(run.id),
+                                  seconds=manager.running_seconds(run.id), reward=run.reward))
     return rows, after
 
 
 def web_app(manager: RunManager, security: TransportSecuritySettings, token: str | None) -> Starlette:
     gate = Gate(security, token)
     signs_in = token is not None
-
-    def store() -> Store:
-        return manager.engine.store
 
     def guarded(endpoint: Endpoint, *, public: bool = False) -> Endpoint:
         async def handle(request: Request) -> Response:
@@ -202,7 +199,7 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
                          400)
         cursor = request.query_params.get("cursor") or None
         try:
-            rows, after = await anyio.to_thread.run_sync(_read_list, store(), int(limit_text), cursor)
+            rows, after = await anyio.to_thread.run_sync(_read_list, manager, int(limit_text), cursor)
         except RunNotFound as exc:
             return _html(pages.message_page("Bad request", str(exc)), 400)
         except ConductorError as exc:
@@ -212,7 +209,7 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
     async def view_of(request: Request) -> pages.RunView | Response:
         run_id = request.path_params["run_id"]
         try:
-            return await anyio.to_thread.run_sync(_read_view, store(), run_id)
+            return await anyio.to_thread.run_sync(_read_view, manager, run_id)
         except RunNotFound as exc:
             return _html(pages.message_page("No such run", str(exc)), 404)
         except ConductorError as exc:
@@ -245,7 +242,7 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
         if note is not None and len(note) > 2000:
             return _html(pages.message_page("Not rated", "note: at most 2000 characters"), 400)
         try:
-            await anyio.to_thread.run_sync(lambda: store().rate(run_id, score, note, source="user"))
+            await anyio.to_thread.run_sync(lambda: manager.rate(run_id, score, note, source="user"))
         except RunNotFound as exc:
             return _html(pages.message_page("No such run", str(exc)), 404)
         except ConductorError as exc:

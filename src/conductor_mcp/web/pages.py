@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..models import Run, RunStatus, StepRecord, Usage
+from ..models import Review, Run, RunStatus, StepRecord, Usage
 from ..redact import redact
 from ..render import mermaid
 from ..store import FINAL
@@ -145,7 +145,7 @@ class RunView:
     seconds: float  # time spent running: planning plus each execution (the CLI's `secs`)
     tree_usage: Usage
     children: list[Run] = field(default_factory=list)
-    reviews: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[Review] = field(default_factory=list)
     rounds: dict[str, int] = field(default_factory=dict)  # child run id -> its round number
     parent: Run | None = None
 
@@ -277,18 +277,16 @@ def related_fragment(view: RunView) -> str:
         items = []
         by_round = {n: cid for cid, n in view.rounds.items()}
         for r in view.reviews:
-            n = int(r.get("round", 0))
-            info = r.get("info") or {}
-            usage = info.get("usage") or {}
-            tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-            if r.get("accepted"):
+            n = r.round
+            tokens = r.info.usage.prompt_tokens + r.info.usage.completion_tokens
+            if r.accepted:
                 verdict = "accepted the answer"
             else:
                 nxt = by_round.get(n + 1)
                 link = f' <a href="/ui/runs/{text(nxt)}">round {n + 1}</a>' if nxt else f" round {n + 1}"
                 verdict = f"asked for a correction:{link}"
             items.append(f"<li>Review of round {n}: {verdict} <span class=\"muted\">({tokens:,} tokens, "
-                         f"{text(info.get('planner', ''))})</span></li>")
+                         f"{text(r.info.planner)})</span></li>")
         parts.append(f'<h2>Review rounds</h2><ul class="related">{"".join(items)}</ul>')
     if not parts and run.parent_run_id is None:
         return ""
