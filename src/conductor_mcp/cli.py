@@ -53,6 +53,13 @@ def _manager(args: argparse.Namespace, calls_workers: bool = True) -> Any:
     return RunManager(engine=_engine(args, calls_workers))
 
 
+def _reader(args: argparse.Namespace) -> Any:
+    """A RunManager for commands that only read or rate stored runs: it opens the store, not the registry."""
+    from .run_manager import RunManager
+
+    return RunManager(getattr(args, "workers", None), args.db)
+
+
 def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, None]] | None:
     """Planning (a tick a second while the conductor writes) and step progress on stderr; none with --json."""
     if args.json:
@@ -181,11 +188,9 @@ async def _eval(args: argparse.Namespace) -> int:
 
 
 def _rate(args: argparse.Namespace) -> int:
-    from .store import Store
-
-    store = Store(args.db)
-    run_id = _resolve(store.resolve_run, args.run_id)
-    store.rate(run_id, args.score, args.note, source="user")
+    runs = _reader(args)
+    run_id = _resolve(runs.resolve, args.run_id)
+    runs.rate(run_id, args.score, args.note, source="user")
     if args.json:
         emit(json.dumps({"run_id": run_id, "reward": args.score, "note": args.note}))
     else:
@@ -238,55 +243,52 @@ def _answer_only(run: Any) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from .render import iso, run_summary, runs_table
-    from .store import Store
 
-    store = Store(args.db)
-    found = store.find_runs(1 if args.response else args.limit, args.status or (), args.strategy, args.query)
+    runs = _reader(args)
+    found = runs.find(1 if args.response else args.limit, args.status or (), args.strategy, args.query)
     if args.response:  # the newest matching run's answer
         if not found:
             sys.stderr.write("no run matches\n")
             return 1
-        return _answer_only(store.get_run(found[0].run_id))
-    rows = [(store.get_run(f.run_id), f) for f in found]
+        return _answer_only(runs.get(found[0].run_id))
+    rows = [(runs.get(f.run_id), f) for f in found]
     if args.json:
-        emit(json.dumps([{**run_summary(r, store.tree_usage(r.id)), "strategy": f.strategy,
+        emit(json.dumps([{**run_summary(r, runs.tree_usage(r.id)), "strategy": f.strategy,
                           "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
                           "running_s": round(f.running_s, 3)} for r, f in rows], indent=2))
     else:
-        emit(runs_table([(r, store.tree_usage(r.id), f.strategy, f.running_s) for r, f in rows]))
+        emit(runs_table([(r, runs.tree_usage(r.id), f.strategy, f.running_s) for r, f in rows]))
     return 0
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from .store import Store
     from .usage_report import parse_since, usage_report, usage_table
 
-    rows = usage_report(Store(args.db), parse_since(args.since), args.by)
+    rows = usage_report(_reader(args), parse_since(args.since), args.by)
     emit(json.dumps({"since": args.since, "by": args.by, "rows": rows}, indent=2) if args.json
          else usage_table(rows, args.by, args.since))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .render import mermaid, run_text, trace_tree, with_iso_times
-    from .store import Store, strategy_of
+    from .render import mermaid, run_text, with_iso_times
+    from .store import strategy_of
 
-    store = Store(args.db)
-    run = store.get_run(_resolve(store.resolve_run, args.run_id))
+    runs = _reader(args)
+    run = runs.get(_resolve(runs.resolve, args.run_id))
     if args.response:
         return _answer_only(run)
     if args.mermaid:
-        emit(mermaid(run, [store.get_run(c) for c in store.children(run.id)]))
+        emit(mermaid(run, runs.children(run.id)))
     elif args.json:
-        emit(json.dumps({**with_iso_times(trace_tree(store, run.id)),
-                         "running_s": round(store.running_seconds(run.id), 3)}, indent=2))
+        emit(json.dumps({**with_iso_times(runs.trace(run.id)),
+                         "running_s": round(runs.running_seconds(run.id), 3)}, indent=2))
     else:
-        emit(run_text(run, usage=store.tree_usage(run.id), running_s=store.running_seconds(run.id),
-                      strategy=strategy_of(run.plan.source, store.options(run.id))))
-        for child_id in store.children(run.id):
-            child = store.get_run(child_id)
+        emit(run_text(run, usage=runs.tree_usage(run.id), running_s=runs.running_seconds(run.id),
+                      strategy=strategy_of(run.plan.source, runs.options(run.id))))
+        for child in runs.children(run.id):
             kind = f"of step {child.parent_step}" if child.parent_step is not None else "(correction round)"
-            emit(f"\n=== child run {kind}\n" + run_text(child, usage=store.tree_usage(child_id)))
+            emit(f"\n=== child run {kind}\n" + run_text(child, usage=runs.tree_usage(child.id)))
     return 0
 
 

@@ -28,8 +28,12 @@ from .models import Budget, Prefer, Run, RunOptions, RunStatus, StepRecord, Usag
 from .planners.base import PlanEvent, PlanSink
 
 if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Collection
+
     from .engine import Engine, EventSink, StepEvent
     from .registry import Registry
+    from .store import RunListing, Store
 
 log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
@@ -60,6 +64,7 @@ class RunManager:
         self._workers = workers
         self._db = db
         self._engine: Engine | None = engine
+        self._store: Store | None = None  # opened alone when only runs are read: reading needs no registry
         self._tg: TaskGroup | None = None
         self.handles: dict[str, RunHandle] = {}
 
@@ -70,8 +75,19 @@ class RunManager:
             from .registry import load_registry
             from .store import Store
 
-            self._engine = Engine(load_registry(self._workers), Store(self._db))
+            self._engine = Engine(load_registry(self._workers), self._store or Store(self._db))
         return self._engine
+
+    @property
+    def _runs(self) -> Store:
+        """The trace store the reads below use: the engine's, or, until an engine is needed, the store alone."""
+        if self._engine is not None:
+            return self._engine.store
+        if self._store is None:
+            from .store import Store
+
+            self._store = Store(self._db)
+        return self._store
 
     @property
     def registry(self) -> Registry:
@@ -203,7 +219,7 @@ class RunManager:
         """The stored run; for a run that `solve` started and that ended before its plan was stored, a
         RunStateError saying why (RunNotFound while it is still planning)."""
         try:
-            return self.engine.store.get_run(run_id)
+            return self._runs.get_run(run_id)
         except RunNotFound:
             handle = self.handles.get(run_id)
             if handle is not None and handle.error is not None:
@@ -216,10 +232,10 @@ class RunManager:
     def usage(self, run_id: str) -> tuple[Usage, Usage]:
         """What a run tree cost (its plans, steps, reviews and child runs), and the conductor's own share of it:
         its planning and review calls."""
-        store = self.engine.store
+        store = self._runs
         run = store.get_run(run_id)
         total, conductor = run.usage, run.plan.usage  # counted as store.tree_usage counts, in one walk
-        for review in self.engine.options(run_id).reviews:
+        for review in self.options(run_id).reviews:
             total, conductor = total + review.info.usage, conductor + review.info.usage
         for child in store.children(run_id):
             child_total, child_conductor = self.usage(child)
@@ -278,32 +294,42 @@ class RunManager:
         return record, run, self.engine.runnable(run)
 
     def options(self, run_id: str) -> RunOptions:
-        return self.engine.options(run_id)
+        """A run's options, typed (a run stored before a field existed gets its default)."""
+        return RunOptions.load(self._runs.options(run_id))
 
     def children(self, run_id: str) -> list[Run]:
-        store = self.engine.store
+        store = self._runs
         return [store.get_run(c) for c in store.children(run_id)]
 
     def tree_usage(self, run_id: str) -> Usage:
         """What a run and everything it spawned used (the store's one walk)."""
-        return self.engine.store.tree_usage(run_id)
+        return self._runs.tree_usage(run_id)
 
     def running_seconds(self, run_id: str) -> float:
-        return self.engine.store.running_seconds(run_id)
+        return self._runs.running_seconds(run_id)
 
     def resolve(self, ref: str) -> str:
         """A run id from a whole id, the start of exactly one, or `last`."""
-        return str(self.engine.store.resolve_run(ref))
+        return str(self._runs.resolve_run(ref))
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "host") -> None:
-        self.engine.store.rate(run_id, score, note, source=source)
+        self._runs.rate(run_id, score, note, source=source)
 
     def page(self, size: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of run summaries, newest first, and the cursor of the next one."""
-        return self.engine.store.run_page(size, cursor)
+        return self._runs.run_page(size, cursor)
+
+    def find(self, limit: int, statuses: Collection[str] = (), strategy: str | None = None,
+             text: str | None = None) -> list[RunListing]:
+        """Root runs, newest first, as `conductor-mcp runs` filters them (see Store.find_runs)."""
+        return self._runs.find_runs(limit, statuses, strategy, text)
+
+    def usage_rows(self, since: float) -> list[sqlite3.Row]:
+        """Every run of every tree whose root was created since `since`, as `conductor-mcp usage` sums them."""
+        return self._runs.usage_rows(since)
 
     def trace(self, run_id: str) -> dict[str, Any]:
         """A run's whole trace, its child runs' included."""
         from .render import trace_tree
 
-        return trace_tree(self.engine.store, run_id)
+        return trace_tree(self._runs, run_id)

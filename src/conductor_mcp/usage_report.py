@@ -12,11 +12,14 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import UsageError
-from .models import CONDUCTOR_WORKER, PlanInfo, Usage
-from .store import Store, strategy_of
+from .models import CONDUCTOR_WORKER, PlanInfo, RunOptions, Usage
+from .store import strategy_of
+
+if TYPE_CHECKING:
+    from .run_manager import RunManager
 
 By = Literal["worker", "strategy", "day"]
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
@@ -50,7 +53,7 @@ class Group:
                 "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens, "cost_usd": u.cost_usd}
 
 
-def usage_report(store: Store, since: float, by: By) -> list[dict[str, Any]]:
+def usage_report(runs: RunManager, since: float, by: By) -> list[dict[str, Any]]:
     """One row per worker, strategy or day (local time), most tokens first (days: newest first)."""
     groups: dict[str, Group] = {}
 
@@ -59,13 +62,13 @@ def usage_report(store: Store, since: float, by: By) -> list[dict[str, Any]]:
         group.usage = group.usage + usage
         group.roots.add(root)
 
-    for row in store.usage_rows(since):
-        strategy = strategy_of(row["root_source"], json.loads(row["root_options"]))
+    for row in runs.usage_rows(since):
+        strategy = strategy_of(row["root_source"], RunOptions.load(json.loads(row["root_options"])))
         day = datetime.datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d")
         parts: list[tuple[str, Usage]] = []
         planning = PlanInfo.model_validate_json(row["plan"]).usage
-        for review in json.loads(row["options"]).get("reviews") or []:
-            planning = planning + PlanInfo.model_validate(review["info"]).usage
+        for review in RunOptions.load(json.loads(row["options"])).reviews:
+            planning = planning + review.info.usage
         if planning.calls:
             parts.append((CONDUCTOR_WORKER, planning))
         for worker, prompt, completion, cost, calls in json.loads(row["steps"] or "[]"):
