@@ -36,6 +36,7 @@ from conductor_mcp.engine import Engine
 from conductor_mcp.evals import TaskResult, calibration_strategies, run_eval
 from conductor_mcp.grading import SuiteTask, load_suite
 from conductor_mcp.registry import load_manifest
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from .models import ensure_models
@@ -116,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
     async def phase(name: str, workers: Path, store: Store, tasks: list[SuiteTask],
                     strategies: list[str] | None) -> None:
-        engine = Engine(load_manifest(workers), store)
-        chosen = strategies or calibration_strategies(engine)
+        runs = RunManager(engine=Engine(load_manifest(workers), store))
+        chosen = strategies or calibration_strategies(runs)
         started = time.perf_counter()
-        reports = await run_eval(engine, tasks, chosen, progress=recorder(name))
+        reports = await run_eval(runs, tasks, chosen, progress=recorder(name))
         summary["phases"][name] = {"strategies": {n: r.summary() for n, r in reports.items()},
                                    "wall_s": round(time.perf_counter() - started, 1)}
         summary_path.write_text(json.dumps(summary, indent=2))

@@ -166,12 +166,12 @@ async def _eval(args: argparse.Namespace) -> int:
     from .grading import load_suite
 
     tasks = load_suite(args.suite)[: args.limit]
-    engine = _engine(args)
+    runs = _manager(args)
     if args.command == "calibrate":
-        strategies = calibration_strategies(engine)
+        strategies = calibration_strategies(runs)
     else:
         try:
-            strategies = parse_strategies(args.strategies, engine)
+            strategies = parse_strategies(args.strategies, runs)
         except ConductorError as exc:  # --strategies names what the pool lacks
             raise UsageError(str(exc)) from None
 
@@ -181,8 +181,8 @@ async def _eval(args: argparse.Namespace) -> int:
                          f"{r.tokens} tokens, {r.steps} step(s), {r.seconds:.1f}s\n")
 
     sys.stderr.write(f"{args.command}: {len(tasks)} task(s) x {len(strategies)} strategies "
-                     f"({', '.join(strategies)}); store {engine.store.path}\n")
-    reports = await run_eval(engine, tasks, strategies, args.prefer, progress)
+                     f"({', '.join(strategies)}); store {runs.store_path()}\n")
+    reports = await run_eval(runs, tasks, strategies, args.prefer, progress)
     emit(json.dumps(report_json(reports, str(args.suite)), indent=2) if args.json else report_table(reports))
     return 0
 

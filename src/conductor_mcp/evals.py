@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .engine import Engine
 from .errors import ConductorError
 from .grading import SuiteTask, grade_async
 from .models import Prefer, RunStatus
+
+if TYPE_CHECKING:
+    from .run_manager import RunManager
 
 
 @dataclass
@@ -68,9 +70,9 @@ class StrategyReport:
 Progress = Callable[[int, int, TaskResult], Awaitable[None]]
 
 
-def parse_strategies(text: str | None, engine: Engine) -> list[str]:
+def parse_strategies(text: str | None, runs: RunManager) -> list[str]:
     """`conductor,moa,single:W` (default: the conductor, MoA and every available worker alone)."""
-    ids = engine.registry.available_ids()
+    ids = runs.registry.available_ids()
     if not text:
         return ["conductor", *(["moa"] if len(ids) > 1 else []), *[f"single:{i}" for i in ids]]
     names = [s.strip() for s in text.split(",") if s.strip()]
@@ -83,16 +85,17 @@ def parse_strategies(text: str | None, engine: Engine) -> list[str]:
     return names
 
 
-def calibration_strategies(engine: Engine) -> list[str]:
+def calibration_strategies(runs: RunManager) -> list[str]:
     """Every available worker alone, then the conductor: what a new pool needs to learn from."""
-    return [*[f"single:{i}" for i in engine.registry.available_ids()], "conductor"]
+    return [*[f"single:{i}" for i in runs.registry.available_ids()], "conductor"]
 
 
-async def run_one(engine: Engine, task: SuiteTask, strategy: str, prefer: Prefer | None) -> TaskResult:
+async def run_one(runs: RunManager, task: SuiteTask, strategy: str, prefer: Prefer | None) -> TaskResult:
     started = time.perf_counter()
     run_id: str | None = None
     try:
-        run = await engine.solve(task.task, strategy=strategy, prefer=prefer)
+        run = await runs.plan(task.task, strategy=strategy, prefer=prefer)
+        run = await runs.drive(run.id)
         run_id = run.id
     except ConductorError as exc:  # a run that cannot even start counts as wrong
         return TaskResult(task.id, strategy, None, "failed", 0.0, f"not run: {exc}", 0, 0, 0.0,
@@ -101,22 +104,22 @@ async def run_one(engine: Engine, task: SuiteTask, strategy: str, prefer: Prefer
     answer = run.answer if run.status == RunStatus.COMPLETED else None
     grade = await grade_async(task.check, answer)
     detail = grade.detail if answer is not None else f"run {run.status.value}: {run.error or 'no answer'}"
-    engine.store.rate(run.id, grade.score, note=f"eval {task.id}: {detail}"[:500], source="eval")
-    usage = engine.store.tree_usage(run.id)
+    runs.rate(run.id, grade.score, note=f"eval {task.id}: {detail}"[:500], source="eval")
+    usage = runs.tree_usage(run.id)
     return TaskResult(task.id, strategy, run_id, run.status.value, grade.score, detail, usage.total_tokens,
                       usage.calls, usage.cost_usd, seconds, len(run.steps),
                       run.steps[-1].worker if run.steps else None)
 
 
-async def run_eval(engine: Engine, tasks: Sequence[SuiteTask], strategies: Sequence[str],
+async def run_eval(runs: RunManager, tasks: Sequence[SuiteTask], strategies: Sequence[str],
                    prefer: Prefer | None = None, progress: Progress | None = None) -> dict[str, StrategyReport]:
     """Every task under every strategy, task by task (so a stopped eval still compares like with like)."""
-    engine.learn_before = time.time()
+    runs.learn_only_before(time.time())
     reports = {s: StrategyReport(s) for s in strategies}
     total, done = len(tasks) * len(strategies), 0
     for task in tasks:
         for strategy in strategies:
-            result = await run_one(engine, task, strategy, prefer)
+            result = await run_one(runs, task, strategy, prefer)
             reports[strategy].results.append(result)
             done += 1
             if progress is not None:

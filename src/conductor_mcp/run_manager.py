@@ -328,6 +328,14 @@ class RunManager:
         """Every run of every tree whose root was created since `since`, as `conductor-mcp usage` sums them."""
         return self._runs.usage_rows(since)
 
+    def store_path(self) -> Path:
+        """Where the trace store is (for messages)."""
+        return self._runs.path
+
+    def learn_only_before(self, when: float | None) -> None:
+        """Plan from ratings given before `when` only (None: from all), as an eval does while it grades."""
+        self.engine.learn_before = when
+
     def trace(self, run_id: str) -> dict[str, Any]:
         """A run's whole trace, its child runs' included."""
         from .render import trace_tree

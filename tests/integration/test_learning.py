@@ -18,6 +18,7 @@ from conductor_mcp.evals import run_eval
 from conductor_mcp.grading import NumberCheck, SuiteTask
 from conductor_mcp.models import Manifest, WorkerSpec
 from conductor_mcp.registry import build_registry
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from ..servers.openai_server import ScriptedServer
@@ -82,7 +83,7 @@ async def test_calibration_moves_the_final_step_to_the_worker_that_earns_it(engi
     before, runs = await final_workers(engine, new)
     assert all(r.plan.prior is None for r in runs)  # no outcomes: planning as before
 
-    reports = await run_eval(engine, sums(20, seed=1), ["single:bad", "single:good"])
+    reports = await run_eval(RunManager(engine=engine), sums(20, seed=1), ["single:bad", "single:good"])
     assert reports["single:good"].correct == 20 and reports["single:bad"].correct == 0
     engine.learn_before = None  # the eval is over: learn from all of it
 
@@ -104,14 +105,14 @@ async def test_the_same_outcomes_reversed_give_the_final_step_to_the_other_worke
     server.clear_scripts()
     server.script(model="scripted-bad", reply=right)
     server.script(model="scripted-good", reply=wrong)
-    await run_eval(engine, sums(20, seed=1), ["single:bad", "single:good"])
+    await run_eval(RunManager(engine=engine), sums(20, seed=1), ["single:bad", "single:good"])
     engine.learn_before = None
     after, _ = await final_workers(engine, sums(10, seed=7))
     assert after["bad"] >= 9, dict(after)
 
 
 async def test_outcomes_decide_one_step_when_more_steps_do_not_pay(engine: Engine) -> None:
-    await run_eval(engine, sums(6, seed=2), ["single:bad", "single:good"])
+    await run_eval(RunManager(engine=engine), sums(6, seed=2), ["single:bad", "single:good"])
     for t in sums(4, seed=6):  # two-step workflows that earned half marks on similar tasks
         run = await engine.plan(t.task, workflow={"steps": [
             {"worker": "good", "instruction": "Solve the task.", "access": "none"},
@@ -137,7 +138,7 @@ async def test_prefer_cost_picks_the_cheaper_of_two_equal_workers(engine: Engine
     server.clear_scripts()
     server.script(model="scripted-bad", reply=right)  # both right now; `good` pads its answers
     server.script(model="scripted-good", reply=lambda m: right(m) + " " + "padding " * 200)
-    await run_eval(engine, sums(6, seed=3), ["single:bad", "single:good"])
+    await run_eval(RunManager(engine=engine), sums(6, seed=3), ["single:bad", "single:good"])
     engine.learn_before = None
     task = sums(1, seed=4)[0].task
     cheap = engine.prior(task, ["bad", "good"], "cost")
