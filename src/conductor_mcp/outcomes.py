@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .models import Prefer, Prior, WorkerRecord, WorkerSpec
+from .models import Prefer, Prior, RunOptions, WorkerRecord, WorkerSpec
 from .store import Store
 
 MIN_OUTCOMES = 2  # per worker, before its record counts at all
@@ -97,8 +97,8 @@ class Outcomes:
         the grades of its own runs while it measures)."""
         past = []
         for row in store.rated_runs(before=before):
-            options = json.loads(row["options"] or "{}")
-            past.append(PastRun(task=row["task"], strategy=str(options.get("strategy", "conductor")),
+            options = RunOptions.load(json.loads(row["options"] or "{}"))
+            past.append(PastRun(task=row["task"], strategy=options.strategy,
                                 final_worker=row["final_worker"] or "", steps=int(row["n_steps"] or 0),
                                 tokens=int(row["tokens"] or 0), cost_usd=row["cost_usd"],
                                 reward=float(row["reward"])))

@@ -127,11 +127,9 @@ STRATEGY_SQL = ("CASE WHEN json_extract(plan, '$.source') = 'host' THEN 'host'"
                 " ELSE COALESCE(json_extract(options, '$.strategy'), 'conductor') END")
 
 
-def strategy_of(plan_source: str | None, options: RunOptions | dict[str, Any]) -> str:
+def strategy_of(plan_source: str | None, options: RunOptions) -> str:
     """STRATEGY_SQL in Python."""
-    if plan_source == "host":
-        return "host"
-    return options.strategy if isinstance(options, RunOptions) else str(options.get("strategy") or "conductor")
+    return "host" if plan_source == "host" else options.strategy
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from . import __version__
 from .redact import redact
 
 if TYPE_CHECKING:
-    from .models import PlanInfo, Run, WorkerSpec
+    from .models import PlanInfo, Run, RunOptions, WorkerSpec
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -245,19 +245,19 @@ def _describe_plan(span: Span, info: PlanInfo, workflow: Any, registry: Any) -> 
         span.set_attribute("conductor.calls", info.usage.calls)
 
 
-def _describe_run(span: Span, run: Run, options: Mapping[str, Any]) -> None:
+def _describe_run(span: Span, run: Run, options: RunOptions) -> None:
     span.set_attribute("conductor.run.id", run.id)
-    span.set_attribute("conductor.run.kind", str(options.get("kind", "root")))
-    span.set_attribute("conductor.run.depth", int(options.get("depth", 0)))
-    span.set_attribute("conductor.strategy", str(options.get("strategy", "conductor")))
+    span.set_attribute("conductor.run.kind", options.kind)
+    span.set_attribute("conductor.run.depth", options.depth)
+    span.set_attribute("conductor.strategy", options.strategy)
     span.set_attribute("conductor.plan.source", run.plan.source)
     span.set_attribute("conductor.run.steps", len(run.workflow.steps))
     if run.parent_run_id:
         span.set_attribute("conductor.run.parent_id", run.parent_run_id)
     if run.parent_step is not None:
         span.set_attribute("conductor.run.parent_step", run.parent_step)
-    if "round" in options:
-        span.set_attribute("conductor.run.round", int(options["round"]))
+    if options.round is not None:
+        span.set_attribute("conductor.run.round", options.round)
     if capture_content():
         span.set_attribute("gen_ai.input.messages", _messages([{"role": "user", "content": run.task}]))
 
@@ -320,9 +320,9 @@ def _link_of(span: Span) -> dict[str, str]:
     return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
 
-def _stored_link(options: Mapping[str, Any]) -> list[Link]:
-    stored = options.get("otel")
-    if not isinstance(stored, dict):
+def _stored_link(options: RunOptions | None) -> list[Link]:
+    stored = options.otel if options is not None else None
+    if stored is None:
         return []
     try:
         ctx = SpanContext(int(stored["trace_id"], 16), int(stored["span_id"], 16), is_remote=True,
@@ -366,10 +366,9 @@ def traced_planning(fn: Callable[P, Coroutine[Any, Any, Run]]) -> Callable[P, Co
             raise
 
         def describe() -> None:
-            store = engine.store  # type: ignore[attr-defined]
-            options = store.options(run.id)
-            _describe_run(span, run, options)
-            store.update_options(run.id, {"otel": _link_of(span)})  # so another process can link to it
+            _describe_run(span, run, engine.options(run.id))  # type: ignore[attr-defined]
+            # so another process can link to it
+            engine.store.update_options(run.id, {"otel": _link_of(span)})  # type: ignore[attr-defined]
         _quietly("describing a planned run", describe)
         _hold(run.id, span)
         return run
@@ -387,13 +386,13 @@ def traced_execution(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Cor
             return await fn(*args, **kwargs)
         engine = args[0]
         run_id = str(_bind(fn, args, kwargs)["run_id"])
-        options: dict[str, Any] = {}
+        options: list[RunOptions] = []  # read once, if read before the run
         span = _take(run_id)
         if span is None:
             def read() -> None:
-                options.update(engine.store.options(run_id))  # type: ignore[attr-defined]
+                options.append(engine.options(run_id))  # type: ignore[attr-defined]
             _quietly("reading a run's options", read)
-            span = _new_run_span(_stored_link(options))
+            span = _new_run_span(_stored_link(options[0] if options else None))
             span.set_attribute("conductor.run.id", run_id)
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
@@ -405,7 +404,7 @@ def traced_execution(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Cor
         run: Any = result[1] if isinstance(result, tuple) else result  # run_step returns (step, run)
 
         def describe() -> None:
-            _describe_run(span, run, options or engine.store.options(run_id))  # type: ignore[attr-defined]
+            _describe_run(span, run, options[0] if options else engine.options(run_id))  # type: ignore[attr-defined]
             _finish_run(span, run)
         _quietly("describing a run", describe)
         span.end()
