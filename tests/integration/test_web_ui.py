@@ -445,7 +445,8 @@ def test_session_cookie_cannot_be_forged(env: dict[str, str], stop: list[subproc
 
         assert status(cookie(STRONG_TOKEN, now)) == 200  # the scheme as the server makes it
         assert status(cookie("another key of thirty-two chars!", now)) == 303
-        assert status(cookie(STRONG_TOKEN, now)[:-1] + "0") == 303
+        real = cookie(STRONG_TOKEN, now)
+        assert status(real[:-1] + ("1" if real.endswith("0") else "0")) == 303  # one hex digit changed
         assert status(cookie(STRONG_TOKEN, now - 31 * 86400)) == 303
         assert status(f"{now}.") == 303
         r = http.post("/ui/login", data={"token": STRONG_TOKEN, "next": "/ui/"},
