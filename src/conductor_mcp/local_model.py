@@ -94,13 +94,22 @@ class LocalModel:
         return self._llama
 
     def _watch(self, llama: Any) -> None:
-        """Pass every token that `create_chat_completion` samples (through `generate`) to the call's hook."""
+        """Pass every token that `create_chat_completion` samples (through `generate`) to the call's hook.
+
+        An end-of-generation token is sampled too but is not part of the reply (the binding stops on it
+        and usage does not count it), so the hook is not told of it: its count never passes the reply's
+        completion_tokens."""
+        import llama_cpp
+
         generate = llama.generate
+        vocab = llama._model.vocab
 
         def watched(*args: Any, **kwargs: Any) -> Iterator[int]:
-            for n, token in enumerate(generate(*args, **kwargs), 1):
+            n = 0
+            for token in generate(*args, **kwargs):
                 hook = self._hook
-                if hook is not None:
+                if hook is not None and not llama_cpp.llama_vocab_is_eog(vocab, token):
+                    n += 1
                     hook(n)  # may raise GenerationStopped: the binding's state stays that of the last token
                 yield token
 
