@@ -539,6 +539,15 @@ class Engine:
         return [s.index for s in run.steps if s.status != StepStatus.COMPLETED
                 and all(j in done for j in run.workflow.visible(s.index))]
 
+    @staticmethod
+    def _check_step_ready(run: Run, index: int) -> None:
+        if run.steps[index].status == StepStatus.COMPLETED:
+            raise RunStateError(f"step {index} is already completed; its output is kept and never re-bought")
+        waiting = [j for j in run.workflow.visible(index) if run.steps[j].status != StepStatus.COMPLETED]
+        if waiting:
+            raise RunStateError(f"step {index} sees step(s) {waiting}, which are not completed yet; "
+                                f"run those first")
+
     @telemetry.traced_execution
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
                        worker: str | None = None) -> tuple[StepRecord, Run]:
@@ -552,25 +561,28 @@ class Engine:
         n = len(run.steps)
         if not 0 <= index < n:
             raise WorkflowError(f"step: {index} is out of range; this run has steps 0..{n - 1}")
-        if run.steps[index].status == StepStatus.COMPLETED:
-            raise RunStateError(f"step {index} is already completed; its output is kept and never re-bought")
-        waiting = [j for j in run.workflow.visible(index) if run.steps[j].status != StepStatus.COMPLETED]
-        if waiting:
-            raise RunStateError(f"step {index} sees step(s) {waiting}, which are not completed yet; "
-                                f"run those first")
+        self._check_step_ready(run, index)
         opts = self.options(run_id)
         budget = opts.budget
         wf = run.workflow
-        if instruction is not None or worker is not None:
+        edited = instruction is not None or worker is not None
+        if edited:
             allowed = opts.workers or self.registry.available_ids()
             steps = [s.model_copy() for s in wf.steps]
             steps[index] = steps[index].model_copy(update={
                 k: v for k, v in (("instruction", instruction), ("worker", worker)) if v is not None})
             wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT,
                                    allow_recursion=budget.max_depth > 0)
-            self.store.edit_step(run_id, index, wf)
         self._check_worker(run, index, wf.steps[index].worker, run_id)
+        before = run
         lease, run = self.store.claim(run_id)
+        try:  # what was read before the claim may have changed: another process may have run this step
+            self._check_step_ready(run, index)
+        except RunStateError:
+            self.store.finish_run(lease, before.status, error=before.error)  # left as it was found
+            raise
+        if edited:
+            self.store.edit_step(lease, index, wf)  # fenced: only the owner changes a run's workflow
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
         guard = BudgetGuard(budget, self.store.tree_usage(run_id))
         messages = worker_messages(run.task, wf, index, outputs)

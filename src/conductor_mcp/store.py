@@ -689,14 +689,15 @@ class Store:
                 " ORDER BY r.rated_at DESC LIMIT ?",
                 (before if before is not None else math.inf, *sorted(s.value for s in FINAL), limit)).fetchall()
 
-    def edit_step(self, run_id: str, index: int, workflow: Workflow) -> None:
-        """Record a host's change of a step's instruction or worker (run_step)."""
+    def edit_step(self, lease: Lease, index: int, workflow: Workflow) -> None:
+        """Record a host's change of a step's instruction or worker (run_step), as the run's owner."""
         step = workflow.steps[index]
         with self._tx() as db:
+            self._hold(db, lease)
             db.execute("UPDATE runs SET workflow=?, updated_at=? WHERE id=?",
-                       (workflow.model_dump_json(), time.time(), run_id))
+                       (workflow.model_dump_json(), time.time(), lease.run_id))
             db.execute("UPDATE steps SET worker=?, instruction=?, edited=1 WHERE run_id=? AND idx=?",
-                       (step.worker, step.instruction, run_id, index))
+                       (step.worker, step.instruction, lease.run_id, index))
 
     # -- steps and attempts ---------------------------------------------------------------------
     def step_started(self, lease: Lease, index: int) -> None:

@@ -111,12 +111,15 @@ def test_a_later_claim_fences_every_write_of_the_earlier_one(store: Store) -> No
                   lambda: store.attempt_started(old, 1, "a"), lambda: store.step_started(old, 1),
                   lambda: store.heartbeat(old), lambda: store.finish_run(old, RunStatus.COMPLETED, "late"),
                   lambda: store.cancel_in_flight(old), lambda: store.reset_step(old, 0),
-                  lambda: store.create_run("child", WF, PLAN, parent=old)):
+                  lambda: store.create_run("child", WF, PLAN, parent=old),
+                  lambda: store.edit_step(old, 0, Workflow.model_validate(
+                      {"steps": [{"worker": "a", "instruction": "changed by the fenced owner"}]}))):
         with pytest.raises(LeaseLost, match="taken over"):
             write()
     run = store.get_run(run_id)
     # nothing of the fenced commit landed, not even the attempt that shared its transaction
     assert run.steps[0].output is None and [a.status for a in run.steps[0].attempts] == ["interrupted"]
+    assert run.steps[0].instruction != "changed by the fenced owner" and not run.steps[0].edited
     assert run.status == RunStatus.RUNNING and run.answer is None and store.children(run_id) == []
     store.step_completed(new, 0, "out", u, (store.attempt_started(new, 0, "a"), 0.1, u))
     assert [a.status for a in store.get_run(run_id).steps[0].attempts] == ["interrupted", "ok"]
