@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from conductor_mcp.models import Manifest, WorkerSpec
+from conductor_mcp.engine import Engine
+from conductor_mcp.models import Budget, Manifest, Run, WorkerSpec
 from conductor_mcp.registry import Registry, build_registry
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 from conductor_mcp.workers import litellm_module
 
@@ -56,3 +59,14 @@ def http_registry(base_url: str, ids: tuple[str, ...] = ("alpha", "beta", "gamma
                                           "description": f"scripted worker {i}", "timeout_s": 5, **overrides})
                for i in ids]
     return build_registry(Manifest(workers=workers), "test manifest")
+
+
+async def solve(engine: Engine, task: str, **plan: Any) -> Run:
+    """Plan a task and run it to the end through the one door to runs, as the CLI's solve does."""
+    run = await engine.plan(task, **plan)
+    return await RunManager(engine=engine).drive(run.id)
+
+
+async def resume(engine: Engine, run_id: str, budget: Budget | None = None) -> Run:
+    """Resume a run to its end through the one door to runs, as the CLI's resume does."""
+    return await RunManager(engine=engine).drive(run_id, budget=budget)

@@ -231,21 +231,7 @@ class Engine:
         run_id = self.store.create_run(task, wf, info, options.stored(), run_id=run_id)
         return self.store.get_run(run_id)
 
-    async def solve(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
-                    on_event: EventSink | None = None, strategy: str = "conductor",
-                    budget: Budget | None = None, prefer: Prefer | None = None) -> Run:
-        run = await self.plan(task, workers, max_steps, strategy=strategy, budget=budget, prefer=prefer)
-        return await self.execute(run.id, on_event)
-
     # -- execution ------------------------------------------------------------------------------
-    async def resume(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
-        """Continue a run from its first unfinished step (a larger `budget` lifts a budget stop);
-        a completed run is returned as it is."""
-        run = self.check_resumable(run_id)
-        if run.status == RunStatus.COMPLETED:
-            return run
-        return await self.execute_checked(run_id, on_event, budget)
-
     def options(self, run_id: str) -> RunOptions:
         """A run's options, typed (a run stored before a field existed gets its default)."""
         return RunOptions.load(self.store.options(run_id))

@@ -23,6 +23,7 @@ from conductor_mcp.models import PlanInfo, Run, Workflow
 from conductor_mcp.registry import load_registry
 from conductor_mcp.store import Store
 
+from .. import conftest
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, server_env, write_manifest
 
@@ -52,7 +53,7 @@ def engine(env: dict[str, str]) -> Iterator[Engine]:
 
 
 def solve(engine: Engine, task: str, **kw: Any) -> Run:
-    return anyio.run(functools.partial(engine.solve, task, **kw))
+    return anyio.run(functools.partial(conftest.solve, engine, task, **kw))
 
 
 def host_run(engine: Engine, task: str) -> Run:

@@ -15,7 +15,7 @@ from conductor_mcp.registry import build_registry
 from conductor_mcp.resilience import RetryPolicy
 from conductor_mcp.store import Store
 
-from ..conftest import http_registry
+from ..conftest import http_registry, resume
 from ..servers.openai_server import ScriptedServer, count_tokens
 
 pytestmark = pytest.mark.anyio
@@ -90,7 +90,7 @@ async def test_failure_skips_dependents_keeps_others_then_resume(server: Scripte
     # the provider recovers; resume runs only what is unfinished
     server.set_faults(fail_models={})
     before = server.ok_calls_for("Your subtask:\nDraft B for diamond")
-    run = await eng.resume(run.id)
+    run = await resume(eng, run.id)
     assert run.status == RunStatus.COMPLETED
     assert server.ok_calls_for("Your subtask:\nDraft B for diamond") == before == 1  # never re-bought
     assert len(run.steps[0].attempts) == 3  # two failed attempts, then the one that worked

@@ -25,6 +25,7 @@ from conductor_mcp.registry import build_registry
 from conductor_mcp.resilience import RetryPolicy
 from conductor_mcp.store import Store
 
+from ..conftest import resume
 from ..servers.openai_server import FAULT_KINDS, ScriptedServer
 from .mcp_helpers import server_env
 
@@ -59,7 +60,7 @@ async def test_200_solves_with_30_percent_faults(server: ScriptedServer, store: 
     # a run whose every worker failed every try ends `failed` with its trace; resume finishes it
     for run_id in run_ids:
         if store.get_run(run_id).status != RunStatus.COMPLETED:
-            await engine.resume(run_id)
+            await resume(engine, run_id)
     server.set_faults(rate=0.0)
     await anyio.sleep(4.5)  # abandoned hangs are recorded by the server when they end
     runs = [store.get_run(r) for r in run_ids]
@@ -128,7 +129,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, server: ScriptedS
     interrupted = 0
     for run_id in run_ids:
         assert store.get_run(run_id).status in (RunStatus.INTERRUPTED, RunStatus.PLANNED, RunStatus.COMPLETED)
-        run = anyio.run(engine.resume, run_id)
+        run = anyio.run(resume, engine, run_id)
         assert run.status == RunStatus.COMPLETED
         calls = server.calls()
         for step in run.steps:

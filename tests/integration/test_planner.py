@@ -14,6 +14,7 @@ from conductor_mcp.planners.remote import RemotePlanner
 from conductor_mcp.registry import build_registry, bundled_gguf_path
 from conductor_mcp.store import Store
 
+from ..conftest import solve
 from ..servers.openai_server import ScriptedServer
 
 pytestmark = pytest.mark.anyio
@@ -91,7 +92,7 @@ async def test_solve_end_to_end(gguf_planner: GGUFPlanner, server: ScriptedServe
                for i, d in (("big", "strongest, use for final answers"), ("small", "fast drafts"))]
     registry = build_registry(Manifest(workers=workers), "test")
     engine = Engine(registry, store, planner=gguf_planner)
-    run = await engine.solve("Name three prime numbers and explain why they are prime.")
+    run = await solve(engine, "Name three prime numbers and explain why they are prime.")
     assert run.status == RunStatus.COMPLETED and run.answer
     assert run.answer == run.steps[-1].output
     assert server.stats()["ok"] == len(run.steps) == run.usage.calls - 1  # + the conductor's own call

@@ -20,6 +20,7 @@ from conductor_mcp.render import mermaid, trace_tree
 from conductor_mcp.resilience import RetryPolicy
 from conductor_mcp.store import Store
 
+from ..conftest import resume, solve
 from ..servers.openai_server import ScriptedServer
 
 pytestmark = pytest.mark.anyio
@@ -62,7 +63,7 @@ async def test_conductor_step_runs_a_child_workflow(server: ScriptedServer, stor
     assert 'subgraph c0["child of step 1: completed"]' in diagram and "s1 -.-> c0" in diagram
     # resuming the completed run re-buys nothing
     before = server.stats()["ok"]
-    await eng.resume(run.id)
+    await resume(eng, run.id)
     assert server.stats()["ok"] == before
 
 
@@ -107,7 +108,7 @@ async def test_token_budget_stops_then_resume_with_more(server: ScriptedServer, 
     assert run.status == RunStatus.BUDGET_EXCEEDED and "max_total_tokens 1000" in (run.error or "")
     assert [s.status for s in run.steps] == [StepStatus.COMPLETED, StepStatus.PENDING]
     assert run.answer == run.steps[0].output  # the best answer so far
-    run = await eng.resume(run.id, budget=Budget(max_total_tokens=5000))
+    run = await resume(eng, run.id, budget=Budget(max_total_tokens=5000))
     assert run.status == RunStatus.COMPLETED
     assert server.ok_calls_for("Your subtask:\nBudget step one") == 1
 
@@ -129,7 +130,7 @@ async def test_usd_budget(server: ScriptedServer, store: Store) -> None:
 @pytest.mark.parametrize(("strategy", "calls", "last_access"), [("moa", 3, "all"), ("single:b", 1, "none")])
 async def test_strategies(server: ScriptedServer, store: Store, strategy: str, calls: int, last_access: str) -> None:
     eng = make_engine(server, store)
-    run = await eng.solve("compare strategies", strategy=strategy)
+    run = await solve(eng, "compare strategies", strategy=strategy)
     assert run.status == RunStatus.COMPLETED and run.plan.source == "strategy"
     assert run.usage.calls == calls and run.workflow.steps[-1].access == last_access
     assert store.options(run.id)["strategy"] == strategy

@@ -16,6 +16,7 @@ from conductor_mcp.models import Manifest, Price, WorkerSpec
 from conductor_mcp.registry import build_registry
 from conductor_mcp.store import Store
 
+from ..conftest import solve
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import server_env
 
@@ -37,8 +38,8 @@ def test_usage_by_worker_strategy_and_day(tmp_path: Path, server: ScriptedServer
                                     {"worker": "b", "instruction": "check", "access": "all"}]}
     host = anyio.run(functools.partial(engine.plan, "host task\nREPLY: ok", workflow=wf))
     anyio.run(engine.execute, host.id)
-    single = anyio.run(functools.partial(engine.solve, "single task\nREPLY: ok", strategy="single:b"))
-    planned = anyio.run(functools.partial(engine.solve, "planned task\nREPLY: ok", workers=["a"], max_steps=2))
+    single = anyio.run(functools.partial(solve, engine, "single task\nREPLY: ok", strategy="single:b"))
+    planned = anyio.run(functools.partial(solve, engine, "planned task\nREPLY: ok", workers=["a"], max_steps=2))
     runs = [store.get_run(r) for r in (host.id, single.id, planned.id)]
     total = sum((store.tree_usage(r.id) for r in runs[1:]), store.tree_usage(runs[0].id))
 
