@@ -52,7 +52,7 @@ workers:
   - {{id: flaky, model: openai/scripted-flaky, api_base: {server.base_url}, api_key_env: OTEL_TEST_API_KEY,
      fallback: steady, timeout_s: 5}}
   - {{id: steady, model: openai/scripted-steady, api_base: {server.base_url}, api_key_env: OTEL_TEST_API_KEY,
-     timeout_s: 5}}
+     timeout_s: 5, price: {{input_per_mtok: 3.0, output_per_mtok: 15.0}}}}
 """)
     base = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("OTEL_")
             and k not in ("OLLAMA_API_BASE", "CONDUCTOR_OTEL")}
@@ -117,6 +117,10 @@ def test_solve_exports_the_run_tree(env: dict[str, str], server: ScriptedServer,
     assert answered["gen_ai.request.model"] == "scripted-steady" and answered["conductor.worker.id"] == "steady"
     assert answered["server.address"] == "127.0.0.1" and answered["gen_ai.usage.output_tokens"] > 0
     assert answered["gen_ai.request.max_tokens"] == 4096 and calls[3].kind == 3  # SPAN_KIND_CLIENT
+    # a priced worker's call carries its cost, from its manifest price and the tokens it used
+    assert answered["gen_ai.usage.cost"] == pytest.approx(
+        (answered["gen_ai.usage.input_tokens"] * 3.0 + answered["gen_ai.usage.output_tokens"] * 15.0) / 1e6)
+    assert all("gen_ai.usage.cost" not in c.attributes for c in calls[:3])  # failed calls cost nothing known
 
     # the conductor step: the child's plan, then the child run, nested under the step
     (step1,) = named(root, "step 1")
