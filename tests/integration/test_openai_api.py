@@ -186,6 +186,27 @@ async def test_async_stream_shows_progress_then_answer_then_usage(api: Served, s
     assert len(server.calls()) == 3
 
 
+async def test_async_completion_with_extra_body_workflow(api: Served, server: ScriptedServer) -> None:
+    """The async client without streaming: a host workflow through extra_body, one answer, the run tree's usage."""
+    server.script(model="scripted-slow", reply="SECOND DRAFT")
+    async with openai.AsyncOpenAI(base_url=api.base, api_key="x", max_retries=0) as client:
+        r = await client.chat.completions.create(
+            model="conductor", messages=[{"role": "user", "content": "Draft twice, the second from the first."}],
+            extra_body={"conductor": {"workflow": CHAIN}})
+    assert r.object == "chat.completion" and r.choices[0].message.content == "SECOND DRAFT"
+    assert r.choices[0].finish_reason == "stop"
+    meta = ext(r)
+    assert meta["status"] == "completed" and [s["worker"] for s in meta["workflow"]["steps"]] == ["fast", "slow"]
+    assert [c.model for c in server.calls()] == ["scripted-fast", "scripted-slow"]  # a host workflow: no planning
+    store = api.store()
+    try:
+        total = store.tree_usage(meta["run_id"])
+    finally:
+        store.close()
+    assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (
+        total.prompt_tokens, total.completion_tokens)
+
+
 def test_sync_stream_with_the_conductor_planning(api: Served, server: ScriptedServer) -> None:
     """conductor-mini: the bundled conductor plans (at most 2 steps, no rounds, no recursion, prefer cost), the
     planning is streamed as reasoning, and its tokens are the usage's orchestration tokens."""
