@@ -168,6 +168,26 @@ async def test_a_workers_output_is_capped_with_a_marker(tmp_path: Path, server: 
     assert merge and "y" * 1001 not in merge[0]  # the next step saw the capped text
 
 
+async def test_the_default_output_cap_holds_a_huge_reply(tmp_path: Path, server: ScriptedServer) -> None:
+    """A worker with no max_output_chars that answers 2 MB: 200,000 characters are kept, and neither the trace
+    nor the runs list carries the rest."""
+    from conductor_mcp.models import DEFAULT_MAX_OUTPUT_CHARS
+
+    path = manifest(tmp_path, server.base_url)
+    server.script(contains="Draft one", reply="z" * 2_000_000)
+    async with Client(build_server(path, tmp_path / "t.db")) as c:
+        run_id = await plan(c)
+        r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 60})
+        assert r.structured_content is not None and r.structured_content["status"] == "completed"
+        step = await read(c, f"conductor://runs/{run_id}/steps/0")
+        runs = await c.read_resource("conductor://runs")
+    assert DEFAULT_MAX_OUTPUT_CHARS == 200_000
+    assert step["output"].startswith("z" * DEFAULT_MAX_OUTPUT_CHARS)
+    assert "z" * (DEFAULT_MAX_OUTPUT_CHARS + 1) not in step["output"]
+    assert "2000000 characters, the first 200000 kept (max_output_chars of worker fast)" in step["output"]
+    assert sum(len(getattr(part, "text", "")) for part in runs.contents) < 10_000  # summaries, not outputs
+
+
 async def test_the_runs_list_is_summaries_paged_by_a_cursor(mcp_server: MCPServer[Any],
                                                             server: ScriptedServer) -> None:
     server.script(contains="Merge the drafts", reply="a long answer " * 2000)
