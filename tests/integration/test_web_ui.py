@@ -199,6 +199,13 @@ def test_list_and_run_page(browser: tuple[str, str], env: dict[str, str], server
         table = by_css(driver, "table.runs")[0].text
         assert run_id in table and "completed" in table and "host" in table
         assert "Write a haiku about small robots <b>playing</b>" in table  # the task, as text
+        store = Store(Path(env["CONDUCTOR_DB"]))
+        try:
+            total, run = store.tree_usage(run_id), store.get_run(run_id)
+        finally:
+            store.close()
+        cells = [td.text for td in by_css(driver, f'tr:has(a[href="/ui/runs/{run_id}"]) td.num')]
+        assert cells[:2] == ["3", f"{total.total_tokens:,}"], cells  # steps, and tokens as the store counts them
         full_screenshot(driver, shots / "runs-list.png")
         row[0].click()
         wait_until(driver, lambda d: d.current_url.endswith(f"/ui/runs/{run_id}"), "the run's page")
@@ -218,6 +225,8 @@ def test_list_and_run_page(browser: tuple[str, str], env: dict[str, str], server
             assert step["instruction"] in card.find_element("css selector", ".instruction").text
             assert "completed" in card.find_element("css selector", ".meta").text
             assert "1 attempt" in card.find_element("css selector", ".meta").text
+        for card, record in zip(cards, run.steps, strict=True):
+            assert f"{record.usage.total_tokens:,} tokens" in card.find_element("css selector", ".meta").text
         assert "Sees: only the task" in cards[0].text and "Sees: all earlier steps" in cards[2].text
         output = cards[0].find_element("css selector", "details.output pre").text
         assert output == XSS_OUTPUT  # the markup shown as it was written
