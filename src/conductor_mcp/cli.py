@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             sp.add_argument("--strategies", help="comma-separated: conductor, moa, single:<worker> "
                                                  "(default: conductor, moa and every worker alone)")
-        sp.add_argument("--limit", type=int, help="only the first N tasks")
+        sp.add_argument("--limit", type=_count, help="only the first N tasks")
         prefer(sp)
         common(sp)
     run_ref = "a run id, the start of one, or `last` (the newest run)"
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     # a worker call cut short by Ctrl-C leaves litellm's inner coroutine unawaited: noise, not news
     warnings.filterwarnings("ignore", message=r"coroutine '.*acompletion' was never awaited", category=RuntimeWarning)
-    if args.command in ("solve", "plan", "resume", "eval", "calibrate", "serve"):
+    if args.command in ("solve", "plan", "resume", "eval", "calibrate", "serve", "ui"):
         from . import telemetry
 
         telemetry.configure()  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed at exit

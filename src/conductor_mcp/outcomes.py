@@ -28,7 +28,8 @@ from .models import Prefer, Prior, RunOptions, WorkerRecord, WorkerSpec
 from .store import Store
 
 MIN_OUTCOMES = 2  # per worker, before its record counts at all
-PSEUDO_COUNT = 1.0  # weight of the neutral 0.5 every estimate starts from
+NEUTRAL = 0.5  # the reward estimate of a worker with no outcomes
+PSEUDO_COUNT = 1.0  # weight of the neutral estimate every worker starts from
 # how much a worker's relative cost (0..1) takes off its estimated reward, and the margin by which
 # several steps must beat one step before they are allowed
 COST_WEIGHT: dict[str, float] = {"quality": 0.0, "balanced": 0.15, "cost": 0.5}
@@ -81,10 +82,10 @@ def _estimate(pairs: Sequence[tuple[float, float]]) -> float:
     """The similarity-weighted mean reward of n outcomes, pulled toward 0.5 by a pseudo-count so that
     two outcomes do not decide alone: (n * mean + k * 0.5) / (n + k)."""
     if not pairs:
-        return 0.5
+        return NEUTRAL
     mean = sum(w * r for w, r in pairs) / sum(w for w, _ in pairs)
     n = len(pairs)
-    return (n * mean + PSEUDO_COUNT * 0.5) / (n + PSEUDO_COUNT)
+    return (n * mean + PSEUDO_COUNT * NEUTRAL) / (n + PSEUDO_COUNT)
 
 
 class Outcomes:
@@ -134,8 +135,16 @@ class Outcomes:
                 mean_cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs) / len(costs),
                 score=round(reward - COST_WEIGHT[prefer] * mean_cost(runs) / top_cost, 4))
         best = max(records, key=lambda i: (records[i].score, -ids.index(i)))
-        prior = Prior(prefer=prefer, outcomes=len(relevant), workers=records,
-                      untried=[i for i in ids if i not in judged], final=[best])
+        untried = [i for i in ids if i not in judged]
+        final = [best]
+        if untried and records[best].reward < NEUTRAL:
+            # a record worse than knowing nothing loses to the workers not yet tried: explore them, or a
+            # worker rated 0 every time would keep the final step only because nothing else was rated
+            final = untried
+        prior = Prior(prefer=prefer, outcomes=len(relevant), workers=records, untried=untried, final=final)
+        if final != [best]:
+            prior.changes.append(f"final step taken from {best} (estimated reward {records[best].reward:.2f}, "
+                                 f"below an untried worker's {NEUTRAL}) and left to the untried workers")
         # does a workflow of several steps pay, against one step on the chosen worker?
         one = [(w, p.reward) for w, p in judged[best] if p.steps == 1]
         several = [(w, p.reward) for w, p in zip(ws, relevant, strict=True) if p.steps > 1]
@@ -146,6 +155,6 @@ class Outcomes:
         if (prior.one_step_reward is not None and prior.several_steps_reward is not None
                 and prior.several_steps_reward <= prior.one_step_reward + SHAPE_MARGIN[prefer]):
             prior.max_steps = 1
-        if prior.max_steps == 1 or max_steps == 1:
+        if (prior.max_steps == 1 or max_steps == 1) and len(final) == 1:
             prior.decided = True
         return prior

@@ -100,6 +100,11 @@ def test_a_read_only_store_in_the_cli(env: dict[str, str], read_only_db: tuple[P
     proc = cli("rate", run_id, "1", env=ro)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert f"trace store {path} is read-only" in proc.stderr
+    # doctor says so, without calling it a problem: reads are served
+    proc = cli("doctor", env=ro)
+    assert proc.returncode == 0 and f"trace store: {path} (read-only: " in proc.stdout, proc.stdout
+    report = json.loads(cli("doctor", "--json", env=ro).stdout)
+    assert report["store_ok"] is True and report["store_read_only"], report
 
 
 @pytest.mark.anyio

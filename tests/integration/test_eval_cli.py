@@ -85,3 +85,35 @@ def test_calibrate_seeds_outcomes_that_the_next_plan_uses(env: dict[str, str], t
     assert planned["workflow"]["steps"][-1]["worker"] == "good"
     trace = json.loads(cli("show", planned["run_id"], "--json", env=env).stdout)
     assert trace["plan"]["prior"]["final"] == ["good"] and trace["plan"]["prior"]["outcomes"] >= 6
+
+
+def test_eval_counts_a_failed_run_as_wrong_and_runs_python_checks(env: dict[str, str], tmp_path: Path,
+                                                                   server: ScriptedServer) -> None:
+    """A worker that refuses (404 model not found) fails its runs: each is graded 0 with the reason, not
+    dropped. `--limit` takes the first tasks; a python check runs the answer's code through the CLI."""
+    server.clear_scripts()  # the code task's rule first: the first rule that matches answers
+    server.script(contains="def double", reply="Here:\n```python\ndef double(x):\n    return 2 * x\n```")
+    server.script(model="scripted-good", reply=right)
+    server.set_faults(fail_models={"scripted-dead": "404"})
+    manifest = Path(env["CONDUCTOR_WORKERS"])
+    manifest.write_text(manifest.read_text() + f'  - {{id: dead, model: openai/scripted-dead, '
+                        f'api_base: "{server.base_url}"}}\n')
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"id": "code", "task": "Write `def double(x)` returning twice x.",
+             "check": {"type": "python", "tests": "assert double(4) == 8\nassert double(-1) == -2",
+                       "entry_point": "double"}},
+            {"id": "sum", "task": "A box has 10 red and 5 blue balls. How many balls?",
+             "check": {"type": "number", "answer": 15}},
+            {"id": "never", "task": "This third task is past the limit.", "check": {"type": "exact", "answer": "x"}}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = json.loads(cli("eval", str(path), "--strategies", "single:good,single:dead", "--limit", "2",
+                            "--json", env=env).stdout)
+    good, dead = report["strategies"]["single:good"], report["strategies"]["single:dead"]
+    assert (good["correct"], good["n"]) == (2, 2) and (dead["correct"], dead["n"]) == (0, 2)
+    failed = [r for r in report["runs"] if r["strategy"] == "single:dead"]
+    assert {r["task_id"] for r in report["runs"]} == {"code", "sum"}
+    assert all(r["status"] == "failed" and r["score"] == 0 for r in failed), failed
+    trace = json.loads(cli("show", failed[0]["run_id"], "--json", env=env).stdout)
+    assert trace["reward"] == 0 and "run failed" in trace["reward_note"]
+    proc = cli("eval", str(path), "--limit", "0", env=env, check=False)
+    assert proc.returncode == 2 and "--limit" in proc.stderr

@@ -144,3 +144,20 @@ async def test_prefer_cost_picks_the_cheaper_of_two_equal_workers(engine: Engine
     cheap = engine.prior(task, ["bad", "good"], "cost")
     assert cheap is not None and cheap.final == ["bad"]
     assert cheap.workers["good"].mean_tokens > cheap.workers["bad"].mean_tokens
+
+
+async def test_a_worker_rated_0_loses_the_final_step_to_an_untried_one(engine: Engine) -> None:
+    # no calibration: a host rates only the runs it saw, and every one was answered by `bad` (listed
+    # first, described as the strongest). A record worse than knowing nothing must not keep the final step.
+    runs = RunManager(engine=engine)
+    for t in sums(5, seed=8):
+        run = await runs.plan(t.task, strategy="single:bad")
+        await runs.drive(run.id)
+        runs.rate(run.id, 0.0, note="wrong")
+    after, planned = await final_workers(engine, sums(10, seed=11))
+    assert after["good"] == 10, dict(after)
+    for run in planned:
+        prior = run.plan.prior
+        assert prior is not None and prior.untried == ["good"] and prior.final == ["good"]
+        assert prior.workers["bad"].reward < 0.5 and not prior.decided
+        assert any("untried" in c for c in prior.changes)

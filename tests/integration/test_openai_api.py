@@ -369,6 +369,10 @@ def test_malformed_requests(api: Served) -> None:
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = httpx.get(f"{api.base}/embeddings")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    huge = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]})
+    r = httpx.post(f"{api.base}/chat/completions", content=huge, headers={"content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
 def test_failed_run_is_a_502_that_no_client_retries(api: Served, server: ScriptedServer) -> None:

@@ -222,3 +222,40 @@ async def test_a_plan_held_past_its_time_is_not_reused(env: dict[str, str], rece
     assert sorted(str(s.attributes["conductor.run.status"]) for s in runs) == ["completed", "planned"]
     first, second = sorted(runs, key=lambda s: s.attributes["conductor.run.status"] != "planned")
     assert [(t, i) for t, i, _ in second.links] == [(first.trace_id, first.span_id)]
+
+
+def start_ui(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`conductor-mcp ui --port 0`, and the address it prints first (http://127.0.0.1:PORT/ui/)."""
+    proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp.cli", "ui", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().decode().strip()
+
+
+@pytest.mark.anyio
+async def test_the_ui_command_exports_too(env: dict[str, str], receiver: OTLPReceiver) -> None:
+    """`conductor-mcp ui` is the HTTP server with the web view: a run it makes is exported like one of `serve`'s,
+    while the server is still up (the exporter sends within about a second)."""
+    proc, address = start_ui(env)
+    try:
+        assert address.endswith("/ui/"), address
+        port = int(address.rsplit(":", 1)[1].split("/")[0])
+        for _ in range(600):  # the address is printed before the server listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "the server exited"
+                await anyio.sleep(0.1)
+        async with Client(address.removesuffix("ui/") + "mcp") as client:
+            result = await client.call_tool("solve", {"task": TASK, "strategy": "single:steady", "wait_s": 60})
+            assert not result.is_error, result.content
+            run_id = (result.structured_content or {})["run_id"]
+        spans = receiver.wait_for(lambda ss: any(s.attributes.get("conductor.run.id") == run_id
+                                                 and s.attributes.get("conductor.run.status") == "completed"
+                                                 for s in ss))
+        assert run_span(spans, run_id).attributes["conductor.run.status"] == "completed"
+        assert SECRET.encode() not in exported(receiver)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

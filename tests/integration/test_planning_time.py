@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,44 @@ async def test_the_planner_ticks_with_the_tokens_it_has_written() -> None:
     assert max(e.tokens for e in ticks) > 0  # the token hook counts as the model writes
     assert max(e.tokens for e in ticks) <= result.info.usage.completion_tokens
     assert f"of at most {ticks[-1].max_tokens} tokens" in ticks[-1].message
+
+
+async def test_a_plan_waiting_for_a_busy_model_is_bounded_and_tells_progress() -> None:
+    """plan_timeout_s counts from the call, not from when the model is free: a plan queued behind another
+    use of the model (here the model's own lock, held by a thread as a concurrent plan holds it) hears
+    progress at once, ticks while it waits, and falls back at the bound with the reason in the trace."""
+    planner = GGUFPlanner(bundled_gguf_path())
+    planner.plan_timeout_s = 1.0
+    planner.progress_every_s = 0.1
+    planner.model.load()
+    events: list[PlanEvent] = []
+
+    async def hear(event: PlanEvent) -> None:
+        events.append(event)
+
+    held, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        with planner.model._lock:
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        held.wait(10)
+        began = time.perf_counter()
+        result = await planner.plan("Write a Python function that reverses a linked list.", odd_workers(), 3,
+                                    progress=hear)
+        waited = time.perf_counter() - began
+    finally:
+        release.set()
+        thread.join()
+    assert waited < 30  # bounded: the model stayed busy for up to 60 s
+    assert result.info.source == "fallback" and len(result.workflow.steps) == 1
+    assert any("the model was still busy" in n for n in result.info.notes), result.info.notes
+    assert events[0].phase == "start"
+    assert any(e.phase == "waiting" and "waiting for the model" in e.message for e in events), events
 
 
 async def test_a_cancelled_call_stops_at_its_next_token() -> None:

@@ -37,7 +37,7 @@ class PlanEvent:
     progress, since a small conductor on a busy CPU can take longer than a host waits for a tool call."""
 
     planner: str
-    phase: Literal["start", "writing", "planned"]
+    phase: Literal["start", "waiting", "writing", "planned"]  # waiting: for a model busy with another call
     elapsed_s: float
     attempt: int = 1
     tokens: int = 0  # generated so far in this attempt (0 where the planner cannot tell)
@@ -54,6 +54,8 @@ class PlanEvent:
         if self.phase == "planned":
             tail = f": {self.note}" if self.note else ""
             return f"planned {self.steps} step(s) in {self.elapsed_s:.0f} s ({self.source}){tail}"
+        if self.phase == "waiting":
+            return f"planning with {self.planner}: waiting for the model, {self.elapsed_s:.0f} s"
         written = f"{self.tokens} of at most {self.max_tokens} tokens" if self.max_tokens else "waiting for a reply"
         again = f", attempt {self.attempt}" if self.attempt > 1 else ""
         return f"planning with {self.planner}: {written}{again}, {self.elapsed_s:.0f} s"
@@ -180,8 +182,23 @@ class ModelPlanner(ABC):
             prior.changes.append(f"at most {prior.max_steps} step(s): more steps did not pay on similar tasks")
             max_steps = prior.max_steps
         shown, real = self._shown(workers)
-        messages, notes = await self.fit(
-            task, lambda view: planner_messages(view, shown, max_steps, self.fmt, allow_recursion), max_steps)
+        started = time.perf_counter()
+        if progress is not None:  # at once: fitting the prompt may first wait for a model busy with another plan
+            await tell(progress, PlanEvent(self.name, "start", 0.0))
+        messages: list[dict[str, str]] | None = None
+        notes: list[str] = []
+        with anyio.move_on_after(self.plan_timeout_s) as waited:  # plan_timeout_s bounds that wait too
+            async with self._ticking(progress, Watch(), 1, started, phase="waiting"):
+                messages, notes = await self.fit(
+                    task, lambda view: planner_messages(view, shown, max_steps, self.fmt, allow_recursion),
+                    max_steps)
+        if waited.cancelled_caught:
+            late = (f"conductor: no plan within plan_timeout_s={self.plan_timeout_s:g} s (conductor.plan_timeout_s); "
+                    f"the model was still busy before this plan could start")
+            return PlanResult(fallback_workflow(task, workers, prior),
+                              PlanInfo(source="fallback", planner=self.name, attempts=0, errors=[late],
+                                       notes=[late + "; planned the whole task as one step instead"],
+                                       latency_s=time.perf_counter() - started, prior=prior))
         if messages is None:
             notes[-1] += "; planned the whole task as one step instead"
             return PlanResult(fallback_workflow(task, workers, prior),
@@ -193,10 +210,9 @@ class ModelPlanner(ABC):
             final = [alias[f] for f in prior.final]
             if set(prior.final) != {w.id for w in workers}:
                 prior.changes.append(f"final step restricted to {', '.join(prior.final)} by the outcomes")
-        if progress is not None:
-            await tell(progress, PlanEvent(self.name, "start", 0.0))
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion,
-                                            allow_empty=False, final=final, guard=guard, progress=progress)
+                                            allow_empty=False, final=final, guard=guard, progress=progress,
+                                            started=started)
         workflow = self._real(workflow, real)
         if workflow is None and info.notes:  # out of time
             info.notes[-1] += "; planned the whole task as one step instead"
@@ -224,9 +240,10 @@ class ModelPlanner(ABC):
         return ReviewResult(self._real(workflow, real), info)  # no workflow: accepted, or no usable correction
 
     @asynccontextmanager
-    async def _ticking(self, progress: PlanSink | None, watch: Watch, attempt: int,
-                       started: float) -> AsyncIterator[None]:
-        """Tell `progress` how the writing goes every progress_every_s while the body runs."""
+    async def _ticking(self, progress: PlanSink | None, watch: Watch, attempt: int, started: float,
+                       phase: Literal["waiting", "writing"] = "writing") -> AsyncIterator[None]:
+        """Tell `progress` how the writing (or the wait for the model) goes every progress_every_s while the
+        body runs."""
         if progress is None:
             yield
             return
@@ -234,7 +251,7 @@ class ModelPlanner(ABC):
         async def tick() -> None:
             while True:
                 await anyio.sleep(self.progress_every_s)
-                await tell(progress, PlanEvent(self.name, "writing", time.perf_counter() - started, attempt,
+                await tell(progress, PlanEvent(self.name, phase, time.perf_counter() - started, attempt,
                                                watch.tokens, watch.max_tokens))
 
         async with anyio.create_task_group() as tg:
@@ -247,7 +264,8 @@ class ModelPlanner(ABC):
     async def _decide(self, messages: list[dict[str, str]], task: str, workers: Sequence[WorkerSpec],
                       max_steps: int, allow_recursion: bool, allow_empty: bool,
                       final: Sequence[str] | None = None, guard: BudgetGuard | None = None,
-                      progress: PlanSink | None = None) -> tuple[Workflow | None, PlanInfo]:
+                      progress: PlanSink | None = None,
+                      started: float | None = None) -> tuple[Workflow | None, PlanInfo]:
         """A valid workflow and how it was made; no workflow when it was empty (a review accepting) or
         when every try failed (info.source says `fallback`). `final`: the workers allowed to answer
         the last step (the grammar enforces it for a local conductor; a remote one's plan is repaired).
@@ -261,7 +279,7 @@ class ModelPlanner(ABC):
         errors: list[str] = []
         notes: list[str] = []
         usage = Usage()
-        started = time.perf_counter()
+        started = time.perf_counter() if started is None else started  # the plan's clock, if it began earlier
         deadline = None if self.plan_timeout_s is None else started + self.plan_timeout_s
         raw = None
 
