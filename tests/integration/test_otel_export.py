@@ -259,3 +259,26 @@ async def test_the_ui_command_exports_too(env: dict[str, str], receiver: OTLPRec
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_review_and_its_correction_round_nest_under_the_run(env: dict[str, str], server: ScriptedServer,
+                                                              receiver: OTLPReceiver) -> None:
+    """With --max-rounds 2 the conductor reviews round 1 and writes a correction: a `review` span under the run,
+    then the round's own run span under the same run, in the same trace."""
+    server.script(model="conductor-model", contains="Review the answer", reply=steps(
+        ("steady", "Check the orbital periods of Mars and Venus and correct the comparison", "all")))
+    server.script(model="conductor-model", contains=TASK, reply=steps(
+        ("steady", "Compare the orbital periods of Mars and Venus", "none")))
+    result = json.loads(cli("solve", TASK, "--json", "--max-rounds", "2", env={**env, "CONDUCTOR_OTEL": "1"}).stdout)
+    assert result["status"] == "completed"
+    spans = receiver.spans()
+    root = run_span(spans, result["run_id"])
+    names = [c.name for c in root.children]
+    assert names[:2] == ["plan", "step 0"] and "review" in names, names
+    (review,) = named(root, "review")
+    assert review.attributes["conductor.review.accepted"] is False
+    assert review.attributes["gen_ai.request.model"] == "conductor-model"
+    rounds = [c for c in root.children if c.name == "invoke_agent conductor"]
+    assert len(rounds) == 1 and rounds[0].attributes["conductor.run.kind"] == "round"
+    assert rounds[0].attributes["conductor.run.round"] == 2 and rounds[0].trace_id == root.trace_id
+    assert [c.name for c in rounds[0].children] == ["step 0"]

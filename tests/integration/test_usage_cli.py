@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,14 @@ def test_usage_by_worker_strategy_and_day(tmp_path: Path, server: ScriptedServer
     assert len(days) == 1 and days[0]["total_tokens"] == total.total_tokens and days[0]["runs"] == 3
     table = usage(env, "--since", "2999-01-01").stdout
     assert "(no runs since 2999-01-01)" in table
+    # a run made 10 days ago (its whole tree's clock set back) falls out of --since 7d, and into --since 30d
+    with sqlite3.connect(env["CONDUCTOR_DB"]) as db:
+        db.execute("UPDATE runs SET created_at = created_at - 10 * 86400 WHERE id = ? OR parent_run_id = ?",
+                   (single.id, single.id))
+    week = {r["key"]: r for r in json.loads(usage(env, "--by", "strategy", "--since", "7d", "--json").stdout)["rows"]}
+    assert "single:b" not in week and set(week) == {"conductor", "host"}
+    month = {r["key"]: r for r in json.loads(usage(env, "--by", "strategy", "--since", "30d", "--json").stdout)["rows"]}
+    assert month["single:b"]["total_tokens"] == store.tree_usage(single.id).total_tokens
     bad = usage(env, "--since", "last tuesday")
     assert bad.returncode != 0 and "--since: 'last tuesday'" in bad.stderr and "Traceback" not in bad.stderr
     store.close()

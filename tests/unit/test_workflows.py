@@ -106,3 +106,20 @@ def test_prompt_prefix_is_task_independent() -> None:
     assert one[0] == two[0] and one[1] != two[1]
     assert "- a: strong" in one[0]["content"]
     assert "model_id = " in planner_messages("t", workers, 5, "paper")[0]["content"]
+
+
+def test_worker_prompt_tells_only_the_last_worker_it_answers() -> None:
+    """The paper's worker prompt: the task, the visible steps' subtasks and responses, the subtask; the last
+    worker is told its response is the final answer, the others that theirs goes to the next steps."""
+    from conductor_mcp.engine import worker_messages
+
+    wf = validate_workflow({"steps": [
+        {"worker": "a", "instruction": "Draft it", "access": "none"},
+        {"worker": "b", "instruction": "Improve the draft", "access": [0]}]}, IDS, 5)
+    first = worker_messages("Name three moons of Jupiter.", wf, 0, {})
+    last = worker_messages("Name three moons of Jupiter.", wf, 1, {0: "Io, Europa"})
+    assert "final answer" not in first[0]["content"] and "next steps" in first[0]["content"]
+    assert "final answer to the overall task" in last[0]["content"]
+    assert last[1]["content"] == ("Overall task:\nName three moons of Jupiter.\n\nStep 0 subtask:\nDraft it\n\n"
+                                  "Step 0 response:\nIo, Europa\n\nYour subtask:\nImprove the draft")
+    assert "Step 0" not in first[1]["content"]
