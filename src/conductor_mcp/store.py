@@ -203,6 +203,14 @@ def heartbeat_s() -> float:
     return stale_after_s() / 6
 
 
+def _refuse_if_owned(row: sqlite3.Row, run_id: str, now: float) -> None:
+    """Inside a write transaction on a runs row: refuse when another live process runs it."""
+    if (row["status"] == RunStatus.RUNNING and row["owner"] != _OWNER
+            and owner_alive(row["owner"], row["heartbeat_at"], now)):
+        raise RunStateError(f"run {run_id} is running in another live process ({row['owner']}); "
+                            "wait for it, or stop that process first")
+
+
 def owner_alive(owner: str | None, heartbeat_at: float | None, now: float | None = None) -> bool:
     """Whether the process named by `owner` still runs. On this host the pid and its start time decide
     (a paused process is alive whatever its heartbeat says); elsewhere only a fresh heartbeat can."""
@@ -213,7 +221,10 @@ def owner_alive(owner: str | None, heartbeat_at: float | None, now: float | None
     now = time.time() if now is None else now
     parts = owner.rsplit(":", 3)
     if len(parts) == 4 and parts[0] == _host_id() and parts[1].isdigit():
-        started = _start_time(int(parts[1]))
+        try:
+            started = _start_time(int(parts[1]))
+        except psutil.AccessDenied:  # another user's process (macOS hides their start times): the heartbeat decides
+            return heartbeat_at is not None and now - heartbeat_at <= stale_after_s()
         try:
             return started is not None and abs(started - float(parts[2])) < 1.0
         except ValueError:
@@ -590,10 +601,13 @@ class Store:
         with self._tx() as db:
             if lease is not None:
                 self._hold(db, lease)
-            row = db.execute("SELECT options FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = db.execute("SELECT options, status, owner, heartbeat_at FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"run_id: no run {run_id!r}")
-            db.execute("UPDATE runs SET options=? WHERE id=?", (json.dumps({**json.loads(row[0]), **changes}), run_id))
+            if lease is None:  # unfenced: only while no other live process owns the run
+                _refuse_if_owned(row, run_id, time.time())
+            db.execute("UPDATE runs SET options=? WHERE id=?",
+                       (json.dumps({**json.loads(row["options"]), **changes}), run_id))
 
     def tree_usage(self, run_id: str) -> Usage:
         """Everything a run cost: its plan and steps, its reviews, and every child run, counted once."""
@@ -612,10 +626,7 @@ class Store:
             row = db.execute("SELECT status, owner, heartbeat_at, lease FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"run_id: no run {run_id!r}")
-            if (row["status"] == RunStatus.RUNNING and row["owner"] != _OWNER
-                    and owner_alive(row["owner"], row["heartbeat_at"], now)):
-                raise RunStateError(f"run {run_id} is running in another live process ({row['owner']}); "
-                                    "wait for it, or stop that process first")
+            _refuse_if_owned(row, run_id, now)
             lease = Lease(run_id, int(row["lease"]) + 1)
             # an execution that never finished (its process died) counts until its last heartbeat
             db.execute("UPDATE runs SET status=?, owner=?, lease=?, heartbeat_at=?, updated_at=?, error=NULL,"

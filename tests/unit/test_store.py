@@ -138,6 +138,10 @@ def test_a_paused_owner_on_this_host_stays_alive_whatever_its_heartbeat(store: S
     assert store.get_run(run_id).status == RunStatus.RUNNING
     with pytest.raises(RunStateError, match="another live process"):
         store.claim(run_id)
+    # nor are its options changed from outside (a resume's new budget is written only once it may run)
+    with pytest.raises(RunStateError, match="another live process"):
+        store.update_options(run_id, {"budget": {"max_usd": 1.0}})
+    assert "budget" not in store.options(run_id)
     assert not owner_alive(f"{host}:{parent}:{started - 50:.2f}:beef", time.time())  # pid reused
     assert owner_alive(f"elsewhere:{parent}:{started - 50:.2f}:beef", time.time())  # another host: heartbeat
     assert not owner_alive(f"elsewhere:{parent}:{started:.2f}:beef", hour_ago)
