@@ -20,13 +20,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import anyio
 
 from conductor_mcp.grading import load_suite
-from conductor_mcp.models import WorkerSpec
 from conductor_mcp.planners.gguf import GGUFPlanner
 from conductor_mcp.registry import bundled_gguf_path
 
-WORKERS = [WorkerSpec(id="qwen-1.5b", model="openai/a", description="the strongest here, good at code and maths"),
-           WorkerSpec(id="qwen-0.5b", model="openai/b", description="fast, fair at simple code"),
-           WorkerSpec(id="smollm2-135m", model="openai/c", description="tiny, weak at reasoning")]
+from .plans_compare import WORKERS
 
 
 async def measure(planner: GGUFPlanner, suite: Path, limit: int | None) -> dict[str, object]:
