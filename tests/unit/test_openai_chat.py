@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conductor_mcp.openai_chat import MAX_CONTEXT_CHARS, MAX_CONTEXT_MESSAGE_CHARS, ApiError, compose_task
+from conductor_mcp.errors import RunNotFound, RunStateError, StoreError, WorkerError
+from conductor_mcp.openai_chat import (
+    MAX_CONTEXT_CHARS,
+    MAX_CONTEXT_MESSAGE_CHARS,
+    ApiError,
+    compose_task,
+    error_for,
+)
 
 
 def test_a_lone_message_is_the_task() -> None:
@@ -51,3 +58,21 @@ def test_refused(messages: list[dict[str, object]], param: str) -> None:
     with pytest.raises(ApiError) as err:
         compose_task(messages)
     assert err.value.status == 400 and err.value.param == param
+
+
+@pytest.mark.parametrize(("exc", "status", "type_", "code"), [
+    (RunStateError("run r is running in another live process"), 409, "invalid_request_error", "run_busy"),
+    (StoreError("trace store /x.db is read-only"), 503, "server_error", "store_unavailable"),
+    (WorkerError("w: 401 Incorrect API key provided: Bearer sk-abcdefghijklmnopqrstuv"), 502, "server_error",
+     "upstream_error"),
+    (RunNotFound("run_id: no run 'r'"), 404, "invalid_request_error", "run_not_found"),
+    (ValueError("boom with sk-abcdefghijklmnopqrstuvwx"), 500, "server_error", None),
+])
+def test_errors_map_to_openai_envelopes(exc: Exception, status: int, type_: str, code: str | None) -> None:
+    """What a client reads: the status it branches on, the envelope's type and code, no retry by the SDK, and no
+    key in the message."""
+    err = error_for(exc)
+    assert (err.status, err.type, err.code) == (status, type_, code)
+    # the openai SDK retries 408, 409, 429 and 5xx by default: each of those is told not to
+    assert err.retry is False or (status < 500 and status not in (408, 409, 429))
+    assert "sk-abcdefghij" not in err.message and err.body()["error"]["message"] == err.message
