@@ -96,6 +96,26 @@ async def test_solve_plans_with_the_bundled_conductor(mcp_server: MCPServer[Any]
         assert steps[-1].endswith("[completed]")
 
 
+async def test_plan_workflow_tells_progress_while_the_conductor_plans(mcp_server: MCPServer[Any]) -> None:
+    """plan_workflow is the call that outlasted hosts' timeouts: it reports progress from the start of planning
+    (a host that resets its timeout on progress waits), then ticks as the conductor writes."""
+    messages: list[str] = []
+
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with Client(mcp_server) as c:
+        r = await c.call_tool("plan_workflow", {"task": "Write a Python function that reverses a linked list."},
+                              progress_callback=progress)
+        assert not r.is_error, r.content
+        out = r.structured_content
+        assert out is not None and out["plan_source"] in ("conductor", "retry", "fallback")
+        trace = json.loads((await c.read_resource(out["trace_uri"])).contents[0].text)  # type: ignore[union-attr]
+    assert messages and messages[0].startswith("planning with gguf:"), messages
+    if trace["plan"]["latency_s"] > 2.0:  # a tick a second while it writes: "N of at most M tokens, S s"
+        assert any(" tokens, " in m for m in messages[1:]), messages
+
+
 async def test_wait_s_returns_running_then_get_run_finishes(mcp_server: MCPServer[Any],
                                                             server: ScriptedServer) -> None:
     server.set_latency(model_latency={"scripted-slow": 1.5})
