@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             chosen = args.strategies.split(",") if args.strategies else [*singles, "conductor", "moa"]
             await phase("3-before", bundled, empty, suite, chosen)
         if 4 in phases:
+            if not calibration_only.exists():
+                raise SystemExit(f"phase 4 learns from phase 1's outcomes alone, kept in {calibration_only}: "
+                                 "run phase 1 first (--phases 1,4)")
             await phase("4-1.5b-conductor", big, Store(calibration_only), suite, ["conductor"])
         if 5 in phases:
             await phase("5-1.5b-conductor-no-outcomes", big, empty_big, suite, ["conductor"])

@@ -273,22 +273,26 @@ class Engine:
 
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
                               budget: Budget | None = None) -> Run:
-        """`execute` for a run that check_resumable has passed (`budget`: the run's new limits, stored first)."""
-        if budget is not None:
-            self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")})
-        opts = self.options(run_id)
-        limits = opts.budget
+        """`execute` for a run that check_resumable has passed (`budget`: the run's new limits, stored once it
+        is claimed)."""
+        return await self._execute(run_id, on_event, None, budget=budget)
+
+    def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
         limited = limits.max_total_tokens is not None or limits.max_usd is not None
-        guard = BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
-        return await self._execute(run_id, on_event, guard, opts)
+        return BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
 
     @telemetry.traced_execution
-    async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard,
-                       opts: RunOptions | None = None) -> Run:
+    async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
+                       opts: RunOptions | None = None, budget: Budget | None = None) -> Run:
+        """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
+        run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         lease, run = self.store.claim(run_id)  # refuses a run another live process owns
-        opts = opts if opts is not None else self.options(run_id)
         try:
+            if budget is not None:
+                self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")}, lease)
+            opts = opts if opts is not None and budget is None else self.options(run_id)
+            guard = guard if guard is not None else self._guard(run_id, opts.budget)
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._heartbeat, lease)
                 outcome = await self._schedule(run, lease, opts, on_event, guard)

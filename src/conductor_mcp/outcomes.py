@@ -134,17 +134,24 @@ class Outcomes:
                 mean_tokens=round(sum(p.tokens for _, p in runs) / len(runs), 1),
                 mean_cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs) / len(costs),
                 score=round(reward - COST_WEIGHT[prefer] * mean_cost(runs) / top_cost, 4))
-        best = max(records, key=lambda i: (records[i].score, -ids.index(i)))
+        def rank(i: str) -> tuple[float, int]:
+            return records[i].score, -ids.index(i)
+
+        # a worker that does worse than a coin flip answers only when nothing better is known: a cheaper one
+        # under prefer=cost does not outrank a worker with a good record
+        sound = [i for i in records if records[i].reward >= NEUTRAL]
+        best = max(sound or records, key=rank)
         untried = [i for i in ids if i not in judged]
-        final = [best]
-        if untried and records[best].reward < NEUTRAL:
-            # a record worse than knowing nothing loses to the workers not yet tried: explore them, or a
-            # worker rated 0 every time would keep the final step only because nothing else was rated
-            final = untried
+        # a record worse than knowing nothing loses to the workers whose few outcomes (none, or one) promise
+        # more: else a worker rated 0 every time keeps the final step only because nothing else was rated
+        explore = [i for i in untried if _estimate([(w, p.reward) for w, p in by_worker.get(i, [])])
+                   > records[best].reward] if not sound else []
+        final = explore or [best]
         prior = Prior(prefer=prefer, outcomes=len(relevant), workers=records, untried=untried, final=final)
-        if final != [best]:
-            prior.changes.append(f"final step taken from {best} (estimated reward {records[best].reward:.2f}, "
-                                 f"below an untried worker's {NEUTRAL}) and left to the untried workers")
+        if explore:
+            prior.changes.append(f"final step taken from {best} (estimated reward {records[best].reward:.2f}) "
+                                 f"and left to {', '.join(explore)}, whose few outcomes promise more")
+            return prior  # nothing is known of their shapes yet: the model plans, under that final-step rule
         # does a workflow of several steps pay, against one step on the chosen worker?
         one = [(w, p.reward) for w, p in judged[best] if p.steps == 1]
         several = [(w, p.reward) for w, p in zip(ws, relevant, strict=True) if p.steps > 1]
@@ -155,6 +162,6 @@ class Outcomes:
         if (prior.one_step_reward is not None and prior.several_steps_reward is not None
                 and prior.several_steps_reward <= prior.one_step_reward + SHAPE_MARGIN[prefer]):
             prior.max_steps = 1
-        if (prior.max_steps == 1 or max_steps == 1) and len(final) == 1:
+        if prior.max_steps == 1 or max_steps == 1:
             prior.decided = True
         return prior

@@ -20,8 +20,8 @@ def test_make_demo_says_what_it_was_and_what_to_run_next(tmp_path: Path) -> None
     db = tmp_path / "demo.db"
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")
            and k not in ("OLLAMA_API_BASE", "CONDUCTOR_WORKERS")}
-    # the venv running these tests is the one `make` would create: make demo must not reinstall into another
-    proc = subprocess.run(["make", "-s", "--no-print-directory", "demo", f"VENV={sys.prefix}",
+    # the venv running these tests has the project installed: `-o install` keeps make from installing again
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "-o", "install", "demo", f"VENV={sys.prefix}",
                            f"CONDUCTOR_DB={db}"], cwd=ROOT, env={**env, "CONDUCTOR_DB": str(db)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -105,6 +105,7 @@ async def test_plan_workflow_tells_progress_while_the_conductor_plans(mcp_server
         messages.append(message or "")
 
     async with Client(mcp_server) as c:
+        await c.call_tool("plan_workflow", {"task": "Say hello."})  # the model loads: what follows is planning
         r = await c.call_tool("plan_workflow", {"task": "Write a Python function that reverses a linked list."},
                               progress_callback=progress)
         assert not r.is_error, r.content

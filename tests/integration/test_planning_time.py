@@ -93,7 +93,7 @@ async def test_a_plan_waiting_for_a_busy_model_is_bounded_and_tells_progress() -
         thread.join()
     assert waited < 30  # bounded: the model stayed busy for up to 60 s
     assert result.info.source == "fallback" and len(result.workflow.steps) == 1
-    assert any("the model was still busy" in n for n in result.info.notes), result.info.notes
+    assert any("the model was not ready" in n for n in result.info.notes), result.info.notes
     assert events[0].phase == "start"
     assert any(e.phase == "waiting" and "waiting for the model" in e.message for e in events), events
 

@@ -183,27 +183,16 @@ class ModelPlanner(ABC):
             max_steps = prior.max_steps
         shown, real = self._shown(workers)
         started = time.perf_counter()
-        if progress is not None:  # at once: fitting the prompt may first wait for a model busy with another plan
+        if progress is not None:  # at once: fitting the prompt may first wait for the model
             await tell(progress, PlanEvent(self.name, "start", 0.0))
-        messages: list[dict[str, str]] | None = None
-        notes: list[str] = []
-        with anyio.move_on_after(self.plan_timeout_s) as waited:  # plan_timeout_s bounds that wait too
-            async with self._ticking(progress, Watch(), 1, started, phase="waiting"):
-                messages, notes = await self.fit(
-                    task, lambda view: planner_messages(view, shown, max_steps, self.fmt, allow_recursion),
-                    max_steps)
-        if waited.cancelled_caught:
-            late = (f"conductor: no plan within plan_timeout_s={self.plan_timeout_s:g} s (conductor.plan_timeout_s); "
-                    f"the model was still busy before this plan could start")
-            return PlanResult(fallback_workflow(task, workers, prior),
-                              PlanInfo(source="fallback", planner=self.name, attempts=0, errors=[late],
-                                       notes=[late + "; planned the whole task as one step instead"],
-                                       latency_s=time.perf_counter() - started, prior=prior))
+        messages, notes = await self._fit_within(
+            task, lambda view: planner_messages(view, shown, max_steps, self.fmt, allow_recursion), max_steps,
+            started, progress)
         if messages is None:
             notes[-1] += "; planned the whole task as one step instead"
             return PlanResult(fallback_workflow(task, workers, prior),
                               PlanInfo(source="fallback", planner=self.name, attempts=0, errors=list(notes),
-                                       notes=notes, latency_s=0.0, prior=prior))
+                                       notes=notes, latency_s=time.perf_counter() - started, prior=prior))
         final = None
         if prior is not None:
             alias = {r: s for s, r in real.items()}
@@ -224,20 +213,34 @@ class ModelPlanner(ABC):
                      max_steps: int, allow_recursion: bool = False,
                      guard: BudgetGuard | None = None) -> ReviewResult:
         shown, real = self._shown(workers)
-        messages, notes = await self.fit(
+        started = time.perf_counter()
+        messages, notes = await self._fit_within(
             task, lambda view: review_messages(view, round_text, answer, shown, max_steps, self.fmt,
-                                               allow_recursion), max_steps)
+                                               allow_recursion), max_steps, started, None)
         if messages is None:
             notes[-1] += "; no review: the answer stands"
             return ReviewResult(None, PlanInfo(source="review", planner=self.name, attempts=0, errors=list(notes),
-                                               notes=notes, latency_s=0.0))
+                                               notes=notes, latency_s=time.perf_counter() - started))
         workflow, info = await self._decide(messages, task, shown, max_steps, allow_recursion, allow_empty=True,
-                                            guard=guard)
+                                            guard=guard, started=started)
         if info.source == "fallback" and info.notes:  # out of time
             info.notes[-1] += "; no review: the answer stands"
         info.source = "review"
         info.notes.extend(notes)
         return ReviewResult(self._real(workflow, real), info)  # no workflow: accepted, or no usable correction
+
+    async def _fit_within(self, task: str, build: Callable[[str], list[dict[str, str]]], max_steps: int,
+                          started: float, progress: PlanSink | None) -> tuple[list[dict[str, str]] | None, list[str]]:
+        """`fit`, within what is left of plan_timeout_s: counting the prompt needs the model, which may still be
+        loading or busy with another call. No messages (and why, last in the notes) when it did not fit or
+        the time ran out first."""
+        left = None if self.plan_timeout_s is None else self.plan_timeout_s - (time.perf_counter() - started)
+        with anyio.move_on_after(left) as waited:
+            async with self._ticking(progress, Watch(), 1, started, phase="waiting"):
+                return await self.fit(task, build, max_steps)
+        assert waited.cancelled_caught
+        return None, [f"conductor: no plan within plan_timeout_s={self.plan_timeout_s:g} s (conductor.plan_timeout_s); "
+                      f"the model was not ready (loading, or busy with another call) before it could start"]
 
     @asynccontextmanager
     async def _ticking(self, progress: PlanSink | None, watch: Watch, attempt: int, started: float,
