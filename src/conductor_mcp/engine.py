@@ -284,14 +284,14 @@ class Engine:
 
     @telemetry.traced_execution
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
-                       opts: RunOptions | None = None, budget: Budget | None = None) -> Run:
+                       budget: Budget | None = None) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         lease, run = self.store.claim(run_id)  # refuses a run another live process owns
         try:
             if budget is not None:
                 self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")}, lease)
-            opts = opts if opts is not None and budget is None else self.options(run_id)
+            opts = self.options(run_id)
             guard = guard if guard is not None else self._guard(run_id, opts.budget)
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._heartbeat, lease)

@@ -219,17 +219,17 @@ def owner_alive(owner: str | None, heartbeat_at: float | None, now: float | None
     if owner == _OWNER:
         return True
     now = time.time() if now is None else now
+    fresh = heartbeat_at is not None and now - heartbeat_at <= stale_after_s()
     parts = owner.rsplit(":", 3)
     if len(parts) == 4 and parts[0] == _host_id() and parts[1].isdigit():
         try:
             started = _start_time(int(parts[1]))
         except psutil.AccessDenied:  # another user's process (macOS hides their start times): the heartbeat decides
-            return heartbeat_at is not None and now - heartbeat_at <= stale_after_s()
+            return fresh
         try:
             return started is not None and abs(started - float(parts[2])) < 1.0
         except ValueError:
             return False
-    fresh = heartbeat_at is not None and now - heartbeat_at <= stale_after_s()
     if not fresh:
         return False
     host, _, rest = owner.partition(":")  # an owner written before start times were recorded
