@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -87,16 +88,19 @@ def _read_task(args: argparse.Namespace) -> None:
 def _check_request(registry: Any, args: argparse.Namespace) -> None:
     """Worker ids and a strategy named on the command line that the pool lacks are usage errors."""
     from .errors import ConfigError, WorkflowError
-    from .planners.strategies import SinglePlanner, strategy_planner
+    from .models import MAX_STEPS_LIMIT
+    from .planners.strategies import MoAPlanner, strategy_planner
 
     try:
         ids = registry.select(args.use)
-        planner = strategy_planner(args.strategy)
-    except (ConfigError, WorkflowError) as exc:
-        raise UsageError(f"{'--use' if isinstance(exc, ConfigError) else '--strategy'}: {exc}") from None
-    if isinstance(planner, SinglePlanner) and planner.worker not in ids:
-        raise UsageError(f"--strategy: single:{planner.worker}: unknown or unavailable worker; "
-                         f"allowed: {', '.join(ids)}")
+    except ConfigError as exc:
+        raise UsageError(f"--use: {exc}") from None
+    try:
+        planner = strategy_planner(args.strategy, registry.recipes)
+        if planner is not None and not isinstance(planner, MoAPlanner):  # moa's step bound is checked later
+            planner.check([registry.spec(i) for i in ids], MAX_STEPS_LIMIT)
+    except WorkflowError as exc:
+        raise UsageError(f"--strategy: {exc}") from None
 
 
 def _resolve(resolve: Callable[[str], str], ref: str) -> str:
@@ -182,9 +186,25 @@ async def _eval(args: argparse.Namespace) -> int:
 
     sys.stderr.write(f"{args.command}: {len(tasks)} task(s) x {len(strategies)} strategies "
                      f"({', '.join(strategies)}); store {runs.store_path()}\n")
+    started = time.time()
     reports = await run_eval(runs, tasks, strategies, args.prefer, progress)
-    emit(json.dumps(report_json(reports, str(args.suite)), indent=2) if args.json else report_table(reports))
+    report = report_json(reports, str(args.suite))
+    _record_eval(runs, args.command, str(args.suite), started, report)  # before printing, which may fail
+    emit(json.dumps(report, indent=2) if args.json else report_table(reports))
     return 0
+
+
+def _record_eval(runs: Any, command: str, suite: str, started: float, report: dict[str, Any]) -> None:
+    """Keep the report for the web view (/ui/evals). A store that cannot take it costs the record, not the
+    figures: they still print, and stderr says why nothing was kept."""
+    import sqlite3
+
+    try:
+        eval_id = runs.record_eval(command, suite, started, time.time(), report)
+    except (ConductorError, sqlite3.Error) as exc:
+        sys.stderr.write(f"warning: this {command} was not recorded in the trace store: {exc}\n")
+        return
+    sys.stderr.write(f"{command}: recorded as eval {eval_id} (the web view shows it at /ui/evals/{eval_id})\n")
 
 
 def _rate(args: argparse.Namespace) -> int:

@@ -63,12 +63,13 @@ def _targets(registry: Any) -> list[tuple[str, WorkerSpec, Path | None, str | No
 
 async def check_workers(registry: Any, timeout_s: float) -> list[Check]:
     """Call every available worker (and a remote conductor) once, concurrently; never raises for a worker."""
+    from . import python_worker
     from .errors import WorkerError
     from .workers import WorkerPool, litellm_module
 
     pool = WorkerPool(registry)
     rows = _targets(registry)
-    if any(path is None and skipped is None for _, _, path, skipped in rows):
+    if any(path is None and skipped is None and spec.kind == "model" for _, spec, path, skipped in rows):
         litellm_module()  # its import takes seconds on the event loop: not inside any check's time limit
     results: list[Check | None] = [None] * len(rows)
 
@@ -76,6 +77,13 @@ async def check_workers(registry: Any, timeout_s: float) -> list[Check]:
         # a local GGUF cannot hang like a dead server, but loading one takes a while: it gets its own time limit
         limit = spec.timeout_s if path is not None else min(timeout_s, spec.timeout_s)
         started = time.perf_counter()
+        if spec.kind == "python":  # no model to call: run a one-line program in its sandbox
+            ran = await python_worker.run(spec, "print('OK')")
+            took = time.perf_counter() - started
+            results[i] = (Check(name, "failed", f"{name}: {ran.refused or ran.output()[:300]}") if not ran.ok else
+                          Check(name, "ok", f"ran a program in its sandbox in {took:.2f}s "
+                                            f"(network: {spec.network})", round(took, 3)))
+            return
         try:
             done = await pool.probe(spec, path, limit)
         except TimeoutError:
@@ -121,7 +129,8 @@ def doctor(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "version": __version__,
         "workers_source": registry.source,
-        "workers": [{"id": s.spec.id, "backend": s.spec.model or str(s.gguf_path), "available": s.available,
+        "workers": [{"id": s.spec.id, "backend": s.spec.model or (str(s.gguf_path) if s.gguf_path else
+                                                               f"python sandbox, network {s.spec.network}"), "available": s.available,
                      "reason": s.reason} for s in registry.states],
         "conductor": {"model": registry.conductor_label(), "format": c.format,
                       "max_steps": c.max_steps, "n_gpu_layers": c.n_gpu_layers if gpu else 0},

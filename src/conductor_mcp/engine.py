@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from . import telemetry
+from . import python_worker, telemetry
 from .budget import BudgetExceeded, BudgetGuard
 from .errors import LeaseLost, RunStateError, WorkerError, WorkflowError
 from .models import (
@@ -42,6 +42,7 @@ from .outcomes import Outcomes
 from .planners import Planner, make_planner
 from .planners.base import PlanSink
 from .planners.strategies import strategy_planner
+from .recipes import instantiate
 from .registry import Registry
 from .resilience import RetryPolicy, WorkerHealth
 from .store import FINAL, Lease, Store, heartbeat_s
@@ -107,7 +108,12 @@ def round_text(run: Run, limit: int = 1500) -> str:
 def worker_messages(task: str, workflow: Workflow, index: int, outputs: dict[int, str],
                     previous_round: str | None = None) -> list[dict[str, str]]:
     """The paper's worker prompt: the task, each visible step's subtask and response, then this subtask.
-    A corrective round's steps with access "all" also see the previous round."""
+    A corrective round's steps with access "all" also see the previous round. A step that sees nothing and
+    whose subtask is the task itself gets the task as it is: wrapping it in the team prompt only costs."""
+    step = workflow.steps[index]
+    if not workflow.visible(index) and not (previous_round and step.access == "all") and \
+            step.instruction == task.strip():
+        return [{"role": "user", "content": task}]
     parts = [f"Overall task:\n{task}"]
     if previous_round and workflow.steps[index].access == "all":
         parts.append(f"Previous round:\n{previous_round}")
@@ -162,7 +168,7 @@ class Engine:
         return self._planner
 
     def _planner_for(self, strategy: str) -> Planner:
-        fixed = strategy_planner(strategy)
+        fixed = strategy_planner(strategy, self.registry.recipes)
         return fixed if fixed is not None else self.planner
 
     def _specs(self, ids: Sequence[str]) -> list[WorkerSpec]:
@@ -182,7 +188,7 @@ class Engine:
         """What the store's rewarded runs say about `task` over these workers (None: nothing yet)."""
         outcomes = Outcomes.from_store(self.store, before=self.learn_before)
         return outcomes.prior(task, self._specs(ids), prefer or self.registry.conductor.prefer,
-                              self._max_steps(max_steps))
+                              self._max_steps(max_steps), self.registry.recipes)
 
     def check_plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
                    strategy: str = "conductor", budget: Budget | None = None,
@@ -192,9 +198,9 @@ class Engine:
         self.store.require_writable()  # before the conductor spends anything on a plan that cannot be kept
         ids = self.registry.select(workers)
         steps = self._max_steps(max_steps)
-        fixed = strategy_planner(strategy)
+        fixed = strategy_planner(strategy, self.registry.recipes)
         if fixed is not None:
-            fixed.check(ids, steps)
+            fixed.check(self._specs(ids), steps)
         return PlanRequest(task, ids, steps, strategy, budget or Budget(), prefer or self.registry.conductor.prefer)
 
     async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
@@ -222,11 +228,16 @@ class Engine:
             info = PlanInfo(source="host", planner="host", attempts=0)
         else:
             prior = self.prior(task, ids, prefer, steps) if strategy == "conductor" else None
-            # the run's limits cover its conductor calls too (the plan's usage is part of the run's)
-            planning = self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
-                                                        guard=BudgetGuard(budget), progress=on_plan)
-            result = await telemetry.traced_plan("plan", self.registry, planning)
-            wf, info = result.workflow, result.info
+            if prior is not None and prior.recipe is not None:  # the outcomes chose a recipe: nothing to ask
+                wf = instantiate(self.registry.recipes[prior.recipe.name], prior.recipe, task)
+                info = PlanInfo(source="prior", planner=self.planner.name, attempts=0, latency_s=0.0, prior=prior,
+                                recipe=prior.recipe)
+            else:
+                # the run's limits cover its conductor calls too (the plan's usage is part of the run's)
+                planning = self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
+                                                            guard=BudgetGuard(budget), progress=on_plan)
+                result = await telemetry.traced_plan("plan", self.registry, planning)
+                wf, info = result.workflow, result.info
         options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer)
         run_id = self.store.create_run(task, wf, info, options.stored(), run_id=run_id)
         return self.store.get_run(run_id)
@@ -348,7 +359,7 @@ class Engine:
                 if failures or stops or any(j not in outputs for j in wf.visible(i)):
                     return  # a step failed or a budget stopped the run: start nothing new, keep what runs
                 messages = worker_messages(run.task, wf, i, outputs, previous_text)
-                outputs[i] = await self._run_step(run, lease, wf, i, messages, opts, on_event, guard)
+                outputs[i] = await self._run_step(run, lease, wf, i, messages, opts, on_event, guard, outputs)
             except BudgetExceeded as exc:
                 stops[i] = str(exc)
             except WorkerError as exc:
@@ -370,7 +381,8 @@ class Engine:
 
     @telemetry.traced_step
     async def _run_step(self, run: Run, lease: Lease, wf: Workflow, i: int, messages: list[dict[str, str]],
-                        opts: RunOptions, on_event: EventSink | None, guard: BudgetGuard) -> str:
+                        opts: RunOptions, on_event: EventSink | None, guard: BudgetGuard,
+                        outputs: dict[int, str]) -> str:
         step = wf.steps[i]
         total = len(wf.steps)
 
@@ -380,9 +392,12 @@ class Engine:
 
         self.store.step_started(lease, i)
         await emit("start", StepStatus.RUNNING)
+        code = None
         try:
             if step.worker == CONDUCTOR_WORKER:
                 text, usage, attempt = await self._run_child(run, lease, i, messages, opts, guard)
+            elif self.registry.spec(step.worker).kind == "python":
+                text, usage, attempt, code = await self._run_program(lease, wf, i, outputs)
             else:
                 text, usage, attempt = await self._call_with_retries(lease, i, step.worker, messages, guard)
         except BudgetExceeded:
@@ -392,9 +407,33 @@ class Engine:
             self.store.step_ended(lease, i, StepStatus.FAILED, str(exc))
             await emit("end", StepStatus.FAILED)
             raise
-        self.store.step_completed(lease, i, text, usage, attempt)
+        self.store.step_completed(lease, i, text, usage, attempt, code=code)
         await emit("end", StepStatus.COMPLETED)
         return text
+
+    async def _run_program(self, lease: Lease, wf: Workflow, i: int,
+                           outputs: dict[int, str]) -> tuple[str, Usage, Attempted, str | None]:
+        """A python worker's step: the program it sees, run once in the sandbox (it calls no model, so it is
+        not retried: the same code prints the same). Its output is what the program printed; a step that finds
+        no program says so as its output, so that a later step can fall back to reasoning."""
+        spec = self.registry.spec(wf.steps[i].worker)
+        code, where = python_worker.find_program(wf, i, outputs)
+        free = Usage(cost_usd=0.0)
+        n = self.store.attempt_started(lease, i, spec.id)
+        if code is None:
+            self.store.attempt_ended(lease, i, n, "ok", 0.0, free)
+            return f"[no program to run: {where}]", free, (n, 0.0, free), None
+        try:
+            done = await python_worker.run(spec, code, self.pool.limiter(spec.id))
+        except anyio.get_cancelled_exc_class():
+            with suppress(LeaseLost):
+                self.store.attempt_ended(lease, i, n, "cancelled", 0.0)
+            raise
+        if done.refused is not None:  # fail closed: the program was not run without the isolation it asks for
+            error = f"{spec.id}: {done.refused}"
+            self.store.attempt_ended(lease, i, n, "error", done.seconds, error=error)
+            raise WorkerError(error, retryable=False)
+        return spec.capped(done.output()), free, (n, done.seconds, free), code
 
     def _candidates(self, worker: str) -> list[str]:
         """The step's worker, then its declared fallbacks (a cooled-down worker goes last)."""
@@ -577,7 +616,7 @@ class Engine:
         guard = BudgetGuard(budget, self.store.tree_usage(run_id))
         messages = worker_messages(run.task, wf, index, outputs)
         try:
-            await self._run_step(run, lease, wf, index, messages, opts, None, guard)
+            await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
         except BudgetExceeded as exc:
             self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
         except WorkerError as exc:

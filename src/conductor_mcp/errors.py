@@ -22,6 +22,10 @@ class RunNotFound(ConductorError):
     """No run with that id in the store."""
 
 
+class EvalNotFound(ConductorError):
+    """No recorded eval with that id in the store."""
+
+
 class RunStateError(ConductorError):
     """The run cannot do what was asked in its present state (owned elsewhere, not runnable, ...)."""
 

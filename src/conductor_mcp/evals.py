@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConductorError
+from .errors import ConductorError, WorkflowError
 from .grading import SuiteTask, grade_async
-from .models import Prefer, RunStatus
+from .models import MAX_STEPS_LIMIT, Prefer, RunStatus
+from .planners.strategies import strategy_planner
+from .recipes import usable
 
 if TYPE_CHECKING:
     from .run_manager import RunManager
@@ -34,6 +36,7 @@ class TaskResult:
     seconds: float
     steps: int
     final_worker: str | None
+    tool_seconds: float = 0.0  # seconds its python steps ran (they count 0 tokens)
 
 
 @dataclass
@@ -64,30 +67,50 @@ class StrategyReport:
             "mean_cost_usd": None if any(c is None for c in costs) else round(self.mean("cost_usd"), 6),
             "mean_seconds": round(self.mean("seconds"), 2),
             "mean_steps": round(self.mean("steps"), 2),
+            "mean_tool_seconds": round(self.mean("tool_seconds"), 3),
         }
 
 
 Progress = Callable[[int, int, TaskResult], Awaitable[None]]
 
 
+def _models(runs: RunManager) -> list[str]:
+    registry = runs.registry
+    return [i for i in registry.available_ids() if registry.spec(i).kind == "model"]
+
+
+def _recipes(runs: RunManager) -> list[str]:
+    """The recipes this pool can fill, other than `direct` (which `single:<worker>` runs per worker)."""
+    registry = runs.registry
+    specs = [registry.spec(i) for i in registry.available_ids()]
+    return [f"recipe:{n}" for n in usable(registry.recipes, specs) if n != "direct"]
+
+
 def parse_strategies(text: str | None, runs: RunManager) -> list[str]:
-    """`conductor,moa,single:W` (default: the conductor, MoA and every available worker alone)."""
-    ids = runs.registry.available_ids()
+    """`conductor,moa,single:W,recipe:R` (default: the conductor, MoA, every model worker alone and every
+    recipe the pool can fill)."""
+    ids = _models(runs)
     if not text:
-        return ["conductor", *(["moa"] if len(ids) > 1 else []), *[f"single:{i}" for i in ids]]
+        return ["conductor", *(["moa"] if len(ids) > 1 else []), *[f"single:{i}" for i in ids], *_recipes(runs)]
     names = [s.strip() for s in text.split(",") if s.strip()]
+    registry = runs.registry
+    specs = [registry.spec(i) for i in registry.available_ids()]
     for name in names:
-        if name.startswith("single:") and name.removeprefix("single:") not in ids:
-            raise ConductorError(f"--strategies: {name}: no available worker {name.removeprefix('single:')!r}; "
-                                 f"available: {', '.join(ids)}")
-        if name not in ("conductor", "moa") and not name.startswith("single:"):
-            raise ConductorError(f"--strategies: {name!r}; allowed: conductor, moa, single:<worker id>")
+        if name in ("conductor", "moa"):
+            continue
+        try:
+            planner = strategy_planner(name, registry.recipes)
+            if planner is not None:
+                planner.check(specs, MAX_STEPS_LIMIT)
+        except WorkflowError as exc:
+            raise ConductorError(f"--strategies: {name}: {exc}") from None
     return names
 
 
 def calibration_strategies(runs: RunManager) -> list[str]:
-    """Every available worker alone, then the conductor: what a new pool needs to learn from."""
-    return [*[f"single:{i}" for i in runs.registry.available_ids()], "conductor"]
+    """Every model worker alone (the `direct` recipe), every other recipe the pool can fill, then the
+    conductor's own plans: every shape a new pool may choose gets evidence from its first run."""
+    return [*[f"single:{i}" for i in _models(runs)], *_recipes(runs), "conductor"]
 
 
 async def run_one(runs: RunManager, task: SuiteTask, strategy: str, prefer: Prefer | None) -> TaskResult:
@@ -106,9 +129,10 @@ async def run_one(runs: RunManager, task: SuiteTask, strategy: str, prefer: Pref
     detail = grade.detail if answer is not None else f"run {run.status.value}: {run.error or 'no answer'}"
     runs.rate(run.id, grade.score, note=f"eval {task.id}: {detail}"[:500], source="eval")
     usage = runs.tree_usage(run.id)
+    tool_s = sum(s.latency_s or 0.0 for s in run.steps if s.code is not None)
     return TaskResult(task.id, strategy, run_id, run.status.value, grade.score, detail, usage.total_tokens,
                       usage.calls, usage.cost_usd, seconds, len(run.steps),
-                      run.steps[-1].worker if run.steps else None)
+                      run.steps[-1].worker if run.steps else None, tool_s)
 
 
 async def run_eval(runs: RunManager, tasks: Sequence[SuiteTask], strategies: Sequence[str],
@@ -133,7 +157,7 @@ def report_json(reports: dict[str, StrategyReport], suite: str) -> dict[str, Any
         "strategies": {name: r.summary() for name, r in reports.items()},
         "runs": [{"task_id": t.task_id, "strategy": t.strategy, "run_id": t.run_id, "status": t.status,
                   "score": t.score, "detail": t.detail, "tokens": t.tokens, "steps": t.steps,
-                  "final_worker": t.final_worker}
+                  "final_worker": t.final_worker, "tool_seconds": round(t.tool_seconds, 3)}
                  for r in reports.values() for t in r.results],
     }
 

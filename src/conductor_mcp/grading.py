@@ -4,31 +4,28 @@ A suite is JSON Lines, one task a line: `{"id": "...", "task": "...", "check": C
 is a `number`, `exact`, `regex` or `python` check (the models below are the contract). A grade is
 1.0 (correct) or 0.0 (wrong) with a short human reason.
 
-The python grader runs untrusted model output in a child interpreter with resource limits, an empty
-environment and a throwaway working directory. That keeps runaway answers and secrets in check; it is
-not a security sandbox (no filesystem or network isolation), so grade only suites you would run.
+The python grader runs untrusted model output through the sandbox (see sandbox.py): a child interpreter
+with resource limits, an empty environment, a throwaway working directory and, where the platform can cut
+it, no network. Unlike the python worker, a check still runs where the network cannot be cut: suites are
+the user's own. Either way the code can read the user's files, so grade only suites you would run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import textwrap
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .sandbox import Limits, run_script
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 512
@@ -295,14 +292,13 @@ def extract_code(answer: str) -> str:
 
 _MARK = "@@conductor-grade@@"  # the child's own verdict line on stderr, told apart from the answer's output
 
-# Runs in the child: limits first, then the code and the tests in one module namespace named `solution`,
-# not `__main__`, so an answer's demo block (`if __name__ == "__main__": ...`, often reading stdin or
-# calling sys.exit) does not run, as in HumanEval-style harnesses. Both sources are read before any
-# answer code runs, so the code cannot rewrite the tests. Limits are set here rather than in a
-# preexec_fn, which may deadlock when the parent has threads (grade_async runs in one).
-_CHILD = r"""
-import os, sys, traceback, types
-MARK = sys.argv[1]
+# Runs in the sandbox after its prelude (limits, environment, network): the code and the tests in one module
+# namespace named `solution`, not `__main__`, so an answer's demo block (`if __name__ == "__main__": ...`,
+# often reading stdin or calling sys.exit) does not run, as in HumanEval-style harnesses. Both sources are
+# read before any answer code runs, so the code cannot rewrite the tests.
+_CHECK_SCRIPT = r"""
+import traceback, types
+MARK, entry = sys.argv[1], sys.argv[2]
 def verdict(msg):
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -314,23 +310,6 @@ def verdict(msg):
 def describe(exc):
     text = str(exc)
     return type(exc).__name__ + (": " + text if text else "")
-try:
-    import resource
-except ImportError:
-    resource = None
-entry, mem, cpu, fsize, nproc = sys.argv[2], *map(int, sys.argv[3:7])
-for name, soft, hard in (("RLIMIT_AS", mem, mem), ("RLIMIT_CPU", cpu, cpu + 1), ("RLIMIT_FSIZE", fsize, fsize),
-                         ("RLIMIT_NPROC", nproc, nproc), ("RLIMIT_CORE", 0, 0)):
-    kind = getattr(resource, name, None)
-    if kind is None or (hard <= 0 and name != "RLIMIT_CORE"):
-        continue
-    try:
-        cur = resource.getrlimit(kind)[1]
-        if cur != resource.RLIM_INFINITY:
-            soft, hard = min(soft, cur), min(hard, cur)
-        resource.setrlimit(kind, (soft, hard))
-    except (OSError, ValueError):
-        pass
 with open("solution.py", encoding="utf-8") as f:
     code = f.read()
 with open("tests.py", encoding="utf-8") as f:
@@ -365,32 +344,6 @@ except BaseException as exc:
 """
 
 
-def _process_cap() -> int:
-    """RLIMIT_NPROC for the child, 0 for none.
-
-    The kernel counts every task of the user, so a fixed small cap would starve a user who already runs
-    many. The system-wide task count bounds the user's, so this leaves room for 256 more while still
-    stopping a fork bomb.
-    """
-    try:
-        total = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return total + 256
-
-
-def _kill_group(pgid: int) -> None:
-    # The answer may have started children of its own; they share the group and must not outlive it.
-    with contextlib.suppress(OSError):  # the group may already be empty
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _stderr_tail(stream: IO[bytes], limit: int = 65536) -> str:
-    stream.seek(0, os.SEEK_END)
-    stream.seek(max(0, stream.tell() - limit))
-    return stream.read().decode("utf-8", "replace")
-
-
 def _limit(text: str) -> str:
     return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
 
@@ -421,25 +374,12 @@ def _python_verdict(returncode: int, stderr: str) -> Grade:
 
 def _grade_python(check: PythonCheck, answer: str) -> Grade:
     code = extract_code(answer)
-    cpu_s = math.ceil(check.timeout_s) + 1  # the wall clock should fire first; CPU time catches busy threads
-    with tempfile.TemporaryDirectory(prefix="conductor-grade-", ignore_cleanup_errors=True) as tmp:
-        Path(tmp, "solution.py").write_text(code, encoding="utf-8")
-        Path(tmp, "tests.py").write_text(check.tests, encoding="utf-8")
-        # Nothing inherited: no API keys or other secrets reach model-written code.
-        env = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp}
-        argv = [sys.executable, "-I", "-c", _CHILD, _MARK, check.entry_point or "",
-                str(check.memory_mb * 1024 * 1024), str(cpu_s), str(FILE_SIZE_LIMIT), str(_process_cap())]
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, process_group=0, close_fds=True)
-            timed_out = False
-            try:
-                returncode = proc.wait(timeout=check.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc.pid)
-                returncode = proc.wait()
-            if timed_out:
-                return _wrong(f"timed out after {check.timeout_s:g}s")
-            return _python_verdict(returncode, _stderr_tail(err))
+    limits = Limits(timeout_s=check.timeout_s, memory_mb=check.memory_mb, file_size_bytes=FILE_SIZE_LIMIT,
+                    output_chars=0)  # the verdict comes from the exit status and stderr; stdout is not read
+    run = run_script(_CHECK_SCRIPT, code=code, files={"solution.py": code, "tests.py": check.tests},
+                     args=(_MARK, check.entry_point or ""), limits=limits, cut_required=False)
+    if run.timed_out:
+        return _wrong(f"timed out after {check.timeout_s:g}s")
+    if run.exit_status is None:  # only a refused run has none, and cut_required=False never refuses
+        return _wrong(f"not run: {run.refused}")
+    return _python_verdict(run.exit_status, run.stderr)

@@ -30,7 +30,7 @@ class Priced(Protocol):
     @property
     def id(self) -> str: ...
     @property
-    def kind(self) -> Literal["litellm", "gguf"]: ...
+    def backend(self) -> Literal["litellm", "gguf", "python"]: ...
     @property
     def model(self) -> str | None: ...
     @property
@@ -44,7 +44,7 @@ class ModelCall:
     """A model call that is no worker (the conductor's own): what a budget reserves and prices for it."""
 
     id: str
-    kind: Literal["litellm", "gguf"]
+    backend: Literal["litellm", "gguf"]
     model: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     price: Price | None = None
@@ -57,7 +57,7 @@ def completion_cap(call: Priced) -> int:
         value = call.params.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return DEFAULT_MAX_TOKENS[call.kind]
+    return DEFAULT_MAX_TOKENS.get(call.backend, 0)
 
 
 def litellm_module() -> Any:
@@ -84,7 +84,7 @@ def known_cost(call: Priced, prompt_tokens: int, completion_tokens: int) -> floa
     """Cost in USD from the manifest's price, else litellm's list; None when neither knows."""
     if call.price is not None:
         return price_cost(call.price, prompt_tokens, completion_tokens)
-    if call.kind == "gguf":
+    if call.backend == "gguf":
         return 0.0
     try:
         p, c = litellm_module().cost_per_token(model=call.model, prompt_tokens=prompt_tokens,

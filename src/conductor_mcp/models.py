@@ -82,10 +82,19 @@ class ConductorSpec(Strict):
         return self
 
 
+PYTHON_WORKER_DESCRIPTION = ("runs the Python program of the steps it sees (the last ```python block) and returns "
+                             "what it printed; no model, 0 tokens")
+# what a python worker may not have: it calls no model
+_MODEL_FIELDS = ("model", "gguf", "api_key_env", "api_base", "fallback", "params", "price")
+
+
 class WorkerSpec(Strict):
-    """One worker LLM: a litellm model string or an in-process GGUF."""
+    """One worker: a litellm model string, an in-process GGUF, or (`kind: python`) a sandbox that runs code."""
 
     id: WorkerId = Field(description="the name plans use for this worker; `conductor` is reserved")
+    kind: Literal["model", "python"] = Field(
+        default="model", description="model: an LLM (give `model` or `gguf`); python: no model, runs the program "
+                                     "found in the steps it sees in a sandbox and answers with what it printed")
     model: str | None = Field(default=None, description="a litellm model string, e.g. openai/gpt-5, "
                                                         "anthropic/claude-sonnet-4-5, ollama_chat/qwen2.5:7b")
     gguf: str | None = Field(default=None, description='"bundled" or the path of a .gguf file: an in-process '
@@ -98,10 +107,15 @@ class WorkerSpec(Strict):
     fallback: str | None = Field(default=None, description="another worker's id, called when this one keeps "
                                                            "failing")
     max_concurrency: int = Field(default=8, ge=1, description="calls in flight at once")
-    timeout_s: float = Field(default=120.0, gt=0, description="seconds one call may take")
+    timeout_s: float = Field(default=120.0, gt=0, description="seconds one call may take (a python worker: "
+                                                              "one program's wall clock, default 10)")
     params: dict[str, Any] = Field(default_factory=dict, description="call parameters such as temperature and "
                                                                      "max_tokens")
     price: Price | None = Field(default=None, description="USD per million tokens; else litellm's price list")
+    memory_mb: int = Field(default=512, ge=16, description="python worker: the program's address-space limit")
+    network: Literal["deny", "allow"] = Field(
+        default="deny", description="python worker: deny cuts the program's network (the step fails when this "
+                                    "platform cannot); allow runs it with the machine's network")
     # a reply longer than this is cut (with a marker) before it is stored or passed on: one runaway
     # worker must not fill the trace store, the next steps' prompts and every read of the run
     max_output_chars: int = Field(default=DEFAULT_MAX_OUTPUT_CHARS, ge=100,
@@ -116,13 +130,26 @@ class WorkerSpec(Strict):
 
     @model_validator(mode="after")
     def _one_backend(self) -> WorkerSpec:
+        if self.kind == "python":
+            given = [f for f in _MODEL_FIELDS if f in self.model_fields_set and getattr(self, f)]
+            if given:
+                raise ValueError(f"a python worker runs code, not a model: remove field(s) {', '.join(given)}")
+            if "timeout_s" not in self.model_fields_set:
+                self.timeout_s = 10.0
+            if not self.description:
+                self.description = PYTHON_WORKER_DESCRIPTION
+            return self
+        for name in ("memory_mb", "network"):
+            if name in self.model_fields_set:
+                raise ValueError(f"field {name!r} applies to a python worker only (kind: python)")
         if bool(self.model) == bool(self.gguf):
-            raise ValueError("give exactly one of `model` (a litellm model string) or `gguf`")
+            raise ValueError("give exactly one of `model` (a litellm model string) or `gguf` (or set kind: python "
+                             "for a worker that runs code)")
         return self
 
     @property
-    def kind(self) -> Literal["litellm", "gguf"]:
-        return "gguf" if self.gguf else "litellm"
+    def backend(self) -> Literal["litellm", "gguf", "python"]:
+        return "python" if self.kind == "python" else "gguf" if self.gguf else "litellm"
 
     def capped(self, text: str) -> str:
         """`text`, cut to max_output_chars with a marker that says so."""
@@ -132,6 +159,50 @@ class WorkerSpec(Strict):
                 f"{self.max_output_chars} kept (max_output_chars of worker {self.id})]")
 
 
+Access = Literal["all", "none"] | list[Annotated[int, Field(ge=0)]]
+RECIPE_TASK = "{task}"  # a recipe step's instruction that stands for the task itself, handed over as it is
+RecipeName = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")]
+
+
+class RecipeStep(Strict):
+    slot: str = Field(min_length=1, description="the slot whose worker runs this step")
+    instruction: str = Field(min_length=1, max_length=8000,
+                             description=f"the subtask; {RECIPE_TASK} alone hands the task over as it is")
+    access: Access = Field(default="none", description='"all", "none", or earlier step indices it sees')
+
+
+class Recipe(Strict):
+    """A named workflow shape whose steps name slots; planning fills each slot with a worker of its kind."""
+
+    description: str = Field(default="", description="what the shape does, for people and traces")
+    slots: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Literal["model", "python"]] = Field(
+        description="slot name -> the kind of worker that fills it")
+    steps: list[RecipeStep] = Field(min_length=1, max_length=MAX_STEPS_LIMIT)
+
+    @model_validator(mode="after")
+    def _slots_used(self) -> Recipe:
+        for i, step in enumerate(self.steps):
+            if step.slot not in self.slots:
+                raise ValueError(f"steps[{i}].slot: {step.slot!r} is not one of the slots {sorted(self.slots)}")
+            if isinstance(step.access, list) and any(j >= i for j in step.access):
+                raise ValueError(f"steps[{i}].access: a step may only see earlier steps")
+        unused = sorted(set(self.slots) - {s.slot for s in self.steps})
+        if unused:
+            raise ValueError(f"slots {unused} are used by no step")
+        return self
+
+
+class RecipeUse(BaseModel):
+    """A recipe as one plan used it: its name and the worker that filled each slot (kept in the trace)."""
+
+    name: str
+    slots: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}({', '.join(f'{s}={w}' for s, w in sorted(self.slots.items()))})"
+
+
 class Manifest(Strict):
     """A worker manifest (CONDUCTOR_WORKERS or --workers): the conductor and its team of workers."""
 
@@ -139,9 +210,9 @@ class Manifest(Strict):
                                      description="the planning model (default: the bundled GGUF)")
     workers: list[WorkerSpec] = Field(min_length=1, description="the workers, strongest first: the conductor's "
                                                                 "prompt says so, and paper format indexes them")
-
-
-Access = Literal["all", "none"] | list[Annotated[int, Field(ge=0)]]
+    recipes: dict[RecipeName, Recipe | None] = Field(
+        default_factory=dict, description="named workflow shapes the outcomes can choose, added to (or, with "
+                                          "null, removing) the shipped ones")
 
 
 class Step(Strict):
@@ -267,6 +338,7 @@ class StepRecord(BaseModel):
     ended_at: float | None = None
     edited: bool = False  # the host changed its instruction or worker (run_step)
     attempts: list[Attempt] = Field(default_factory=list)
+    code: str | None = None  # a python worker's step: the program it ran (its output is what it printed)
 
     @property
     def latency_s(self) -> float | None:
@@ -286,6 +358,14 @@ class WorkerRecord(BaseModel):
     score: float = Field(description="reward less the cost penalty of `prefer`")
 
 
+class ShapeRecord(WorkerRecord):
+    """The record of one workflow shape: a recipe with its slots, or the conductor's own plans (`own`)."""
+
+    outcomes: int = Field(description="rewarded runs of this shape")
+    steps: float = Field(description="mean steps of its runs")
+    tool_s: float = Field(default=0.0, description="mean seconds its python steps ran (they cost no tokens)")
+
+
 class Prior(BaseModel):
     """What past rewards said for one task, and what the planner did with it (kept in the trace)."""
 
@@ -299,6 +379,10 @@ class Prior(BaseModel):
     max_steps: int | None = Field(default=None, description="step cap from the outcomes, if any")
     decided: bool = Field(default=False, description="one step on one worker: the plan needed no model call")
     changes: list[str] = Field(default_factory=list, description="what the prior changed in the plan")
+    shapes: dict[str, ShapeRecord] = Field(default_factory=dict,
+                                           description="recipes (with their slots) and `own` plans, by record")
+    recipe: RecipeUse | None = Field(default=None, description="the recipe the outcomes chose: planned as it is, "
+                                                               "with no conductor call")
 
 
 class PlanInfo(BaseModel):
@@ -315,6 +399,7 @@ class PlanInfo(BaseModel):
     notes: list[str] = Field(default_factory=list,
                              description="what the planner worked around, e.g. a task too long for its context")
     prior: Prior | None = None
+    recipe: RecipeUse | None = Field(default=None, description="the recipe this workflow was made from, if any")
 
 
 class Run(BaseModel):

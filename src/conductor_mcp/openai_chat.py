@@ -94,7 +94,7 @@ def model_list(registry: Registry) -> list[dict[str, Any]]:
         models.append({"id": name, "object": "model", "created": STARTED, "owned_by": OWNER,
                        "description": preset.description})
     for state in registry.states:
-        if state.available:
+        if state.available and state.spec.kind == "model":  # a python worker answers no chat
             models.append({"id": worker_model_name(state.spec.id), "object": "model", "created": STARTED,
                            "owned_by": OWNER, "description": f"one step on worker {state.spec.id}: "
                            f"{state.spec.description or state.spec.model or 'local model'}"})
@@ -366,7 +366,7 @@ def resolve_model(name: str, registry: Registry) -> tuple[str, Preset]:
                            param="model")
         return preset.strategy, preset
     worker = name.removeprefix(SINGLE)
-    state = next((s for s in registry.states if s.spec.id == worker), None)
+    state = next((s for s in registry.states if s.spec.id == worker and s.spec.kind == "model"), None)
     if state is None or (name != worker_model_name(worker) and not name.startswith(SINGLE)):
         names = ", ".join(m["id"] for m in model_list(registry))
         raise ApiError(404, f"model {name!r} does not exist; the models are: {names}", code="model_not_found",

@@ -13,6 +13,13 @@ The result is a `Prior` the planner applies where a small model cannot go wrong:
 final step's worker in the grammar (or repairs a remote conductor's plan), caps the number of steps
 when several steps have not paid, and decides the plan outright when one step on one worker is left.
 With no outcomes there is no prior and planning is as before.
+
+Shapes are judged the same way, one level up: every recipe with the workers in its slots (recipes.py; a
+`single:` run is the `direct` recipe on its worker) and the conductor's own plans (`own`) get a
+similarity-weighted record. Where one with evidence that it pays (at least MIN_OUTCOMES runs, better than a
+coin flip) scores best, with `prefer` trading reward against tokens and a margin that more steps must
+earn, it is planned as it is, with no conductor call. A shape without evidence is never preferred to one
+with it, so a recipe that does not pay on a kind of task stops being chosen for it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .models import Prefer, Prior, RunOptions, WorkerRecord, WorkerSpec
+from .models import Prefer, Prior, Recipe, RecipeUse, RunOptions, ShapeRecord, WorkerRecord, WorkerSpec
+from .recipes import SHIPPED
 from .store import Store
 
 MIN_OUTCOMES = 2  # per worker, before its record counts at all
@@ -46,6 +54,8 @@ class PastRun:
     tokens: int
     cost_usd: float | None
     reward: float
+    recipe: RecipeUse | None = None
+    tool_s: float = 0.0  # seconds its python steps ran
 
 
 def _words(text: str) -> list[str]:
@@ -99,14 +109,103 @@ class Outcomes:
         past = []
         for row in store.rated_runs(before=before):
             options = RunOptions.load(json.loads(row["options"] or "{}"))
+            recipe = json.loads(row["plan"] or "{}").get("recipe")
             past.append(PastRun(task=row["task"], strategy=options.strategy,
                                 final_worker=row["final_worker"] or "", steps=int(row["n_steps"] or 0),
                                 tokens=int(row["tokens"] or 0), cost_usd=row["cost_usd"],
-                                reward=float(row["reward"])))
+                                reward=float(row["reward"]),
+                                recipe=RecipeUse.model_validate(recipe) if recipe else None,
+                                tool_s=float(row["tool_s"] or 0.0)))
         return cls(past)
 
-    def prior(self, task: str, workers: Sequence[WorkerSpec], prefer: Prefer, max_steps: int) -> Prior | None:
-        """The prior for `task` over `workers`; None when no worker has enough outcomes to judge."""
+    def prior(self, task: str, workers: Sequence[WorkerSpec], prefer: Prefer, max_steps: int,
+              book: Mapping[str, Recipe] | None = None) -> Prior | None:
+        """The prior for `task` over `workers` (`book`: the recipes; default the shipped ones); None when no
+        worker and no shape has enough outcomes to judge."""
+        models = [w for w in workers if w.kind == "model"]  # a python worker never answers a task alone
+        prior = self._worker_prior(task, models, prefer, max_steps)
+        return self._shape_prior(prior, task, workers, prefer, max_steps, SHIPPED if book is None else book)
+
+    def _use(self, p: PastRun, book: Mapping[str, Recipe]) -> RecipeUse | None:
+        if p.recipe is not None:
+            return p.recipe
+        if p.strategy.startswith("single:") and "direct" in book:  # stored before recipes were recorded
+            return RecipeUse(name="direct", slots={"solver": p.strategy.removeprefix("single:")})
+        return None
+
+    def _shape_prior(self, prior: Prior | None, task: str, workers: Sequence[WorkerSpec], prefer: Prefer,
+                     max_steps: int, book: Mapping[str, Recipe]) -> Prior | None:
+        kinds = {w.id: w.kind for w in workers}
+        keyed: list[tuple[str, PastRun, RecipeUse | None]] = []
+        for p in self.past:
+            use = self._use(p, book)
+            if use is not None:
+                recipe = book.get(use.name)
+                if recipe is not None and len(recipe.steps) <= max_steps and all(
+                        kinds.get(use.slots.get(slot, "")) == kind for slot, kind in recipe.slots.items()):
+                    keyed.append((use.key, p, use))
+            elif p.strategy == "conductor" and p.final_worker in kinds:
+                keyed.append(("own", p, None))
+        if not keyed:
+            return prior
+        ws = weights(similarities(task, [p.task for _, p, _ in keyed]))
+        groups: dict[str, list[tuple[float, PastRun]]] = {}
+        uses: dict[str, RecipeUse] = {}
+        for w, (key, p, use) in zip(ws, keyed, strict=True):
+            groups.setdefault(key, []).append((w, p))
+            if use is not None:
+                uses[key] = use
+        judged = {k: g for k, g in groups.items() if len(g) >= MIN_OUTCOMES}
+        if not judged:
+            return prior
+        use_usd = any((p.cost_usd or 0) > 0 for g in judged.values() for _, p in g)
+
+        def mean(values: Sequence[float]) -> float:
+            return sum(values) / len(values)
+
+        def cost(g: list[tuple[float, PastRun]]) -> float:
+            return mean([(p.cost_usd or 0.0) if use_usd else float(p.tokens) for _, p in g])
+
+        top_cost = max(cost(g) for g in judged.values()) or 1.0
+        records = {}
+        for key, g in judged.items():
+            reward = _estimate([(w, p.reward) for w, p in g])
+            costs = [p.cost_usd for _, p in g]
+            records[key] = ShapeRecord(
+                reward=round(reward, 4), outcomes=len(g), mean_tokens=round(mean([p.tokens for _, p in g]), 1),
+                mean_cost_usd=None if any(c is None for c in costs) else mean([c or 0.0 for c in costs]),
+                score=round(reward - COST_WEIGHT[prefer] * cost(g) / top_cost, 4),
+                steps=round(mean([p.steps for _, p in g]), 2), tool_s=round(mean([p.tool_s for _, p in g]), 3))
+        if prior is None:
+            first = next(w.id for w in workers if w.kind == "model")
+            prior = Prior(prefer=prefer, outcomes=len(keyed), workers={}, final=[first])
+        prior.shapes = records
+        sound = [k for k in records if records[k].reward >= NEUTRAL]
+        if not sound:
+            return prior
+
+        def merit(key: str) -> tuple[float, float]:
+            # more steps must earn their place: a longer shape wins only by the margin `prefer` sets
+            r = records[key]
+            return r.score - (SHAPE_MARGIN[prefer] if r.steps > 1 else 0.0), -r.steps
+
+        best = max(sound, key=merit)
+        if best == "own":
+            prior.changes.append(f"the conductor's own plans score best on similar tasks "
+                                 f"(estimated reward {records[best].reward:.2f}): it plans")
+            return prior
+        prior.recipe = uses[best]
+        prior.decided = True
+        others = ", ".join(f"{k} {records[k].reward:.2f}" for k in sorted(records, key=merit, reverse=True)
+                           if k != best)
+        prior.changes.append(f"recipe {best} chosen by the outcomes: estimated reward {records[best].reward:.2f} "
+                             f"at {records[best].mean_tokens:.0f} tokens a task (others: {others or 'none'}); "
+                             "no conductor call")
+        return prior
+
+    def _worker_prior(self, task: str, workers: Sequence[WorkerSpec], prefer: Prefer,
+                      max_steps: int) -> Prior | None:
+        """Which model worker should answer the final step, and whether several steps pay."""
         ids = [w.id for w in workers]
         relevant = [p for p in self.past if p.final_worker in ids]
         if not relevant:

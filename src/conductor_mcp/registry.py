@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from . import hub
 from .errors import ConfigError
-from .models import ConductorSpec, Manifest, WorkerSpec
+from .models import ConductorSpec, Manifest, Recipe, WorkerSpec
+from .recipes import SHIPPED, recipe_book, usable
 
 BUNDLED = "bundled"
 BUNDLED_WORKER_ID = "smollm2-135m"
@@ -92,6 +93,7 @@ class Registry:
     states: list[WorkerState]
     source: str  # a manifest path, "environment" or "embedded default"
     base_dir: Path | None = None
+    recipes: dict[str, Recipe] = field(default_factory=lambda: dict(SHIPPED))
     _by_id: dict[str, WorkerState] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +119,14 @@ class Registry:
 
     def spec(self, worker_id: str) -> WorkerSpec:
         return self.get(worker_id).spec
+
+    def strategies(self) -> list[str]:
+        """Every strategy a run may name over the available workers: the conductor, moa, each model worker
+        alone, and each recipe these workers can fill (`direct` is `single:<worker>`)."""
+        specs = [self.spec(i) for i in self.available_ids()]
+        models = [w.id for w in specs if w.kind == "model"]
+        recipes = [f"recipe:{n}" for n in usable(self.recipes, specs) if n != "direct"]
+        return ["conductor", "moa", *(f"single:{i}" for i in models), *recipes]
 
     def conductor_gguf(self, download: bool = False) -> Path | None:
         """The conductor's GGUF file, None for a remote one. An `hf` file comes from the Hugging Face cache
@@ -208,7 +218,15 @@ def build_registry(manifest: Manifest, source: str, base: Path | None = None,
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(f"{source}: conductor: field 'gguf': cannot read {path}")
     states = [_state(w, base, source, env) for w in manifest.workers]
-    return Registry(manifest.conductor, states, source, base)
+    if not any(s.spec.kind == "model" for s in states):
+        raise ConfigError(f"{source}: workers: no model worker; a python worker only runs the programs that "
+                          "model workers write")
+    kinds = {w.id: w.kind for w in manifest.workers}
+    for i, w in enumerate(manifest.workers):
+        if w.fallback is not None and kinds[w.fallback] != w.kind:
+            raise ConfigError(f"{source}: worker {w.id!r} (workers[{i}]): field 'fallback': {w.fallback!r} is not "
+                              f"a {w.kind} worker")
+    return Registry(manifest.conductor, states, source, base, recipe_book(manifest.recipes))
 
 
 def load_manifest(path: str | Path, env: Mapping[str, str] | None = None) -> Registry:

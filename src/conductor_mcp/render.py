@@ -6,7 +6,7 @@ import datetime
 import textwrap
 from typing import Any
 
-from .models import Run, Usage, Workflow
+from .models import Run, StepRecord, Usage, Workflow
 from .store import Store
 
 
@@ -97,7 +97,8 @@ def run_text(run: Run, full: bool = True, usage: Usage | None = None, running_s:
         + (f"  strategy {strategy}" if strategy else ""),
         f"task: {run.task}",
         f"plan: {run.plan.source} by {run.plan.planner}"
-        + (f" in {run.plan.latency_s:.2f}s" if run.plan.latency_s is not None else ""),
+        + (f" in {run.plan.latency_s:.2f}s" if run.plan.latency_s is not None else "")
+        + (f", recipe {run.plan.recipe.key}" if run.plan.recipe is not None else ""),
         "workflow:",
         workflow_text(run.workflow),
         f"usage: {u.total_tokens} tokens ({u.prompt_tokens} in, {u.completion_tokens} out), {u.calls} calls, "
@@ -116,6 +117,8 @@ def run_text(run: Run, full: bool = True, usage: Usage | None = None, running_s:
             for a in s.attempts:
                 if a.status != "ok":
                     lines.append(f"    attempt {a.n} on {a.worker}: {a.status} {a.error or ''}".rstrip())
+            if s.code is not None:
+                lines += ["    program:", textwrap.indent(s.code.rstrip(), "      "), "    printed:"]
             if s.output:
                 lines.append(textwrap.indent(s.output.strip(), "    "))
             if s.error:
@@ -156,13 +159,23 @@ def _label(text: str, limit: int = 40) -> str:
     return short.replace('"', "'").replace("\n", " ").replace("[", "(").replace("]", ")").replace("%", "#37;")
 
 
+def _node(s: StepRecord) -> str:
+    """A step's label: worker, instruction and status; a python step also shows what it ran and printed."""
+    ran = ""
+    if s.code is not None:
+        first = next((ln.strip() for ln in s.code.splitlines() if ln.strip()), "")
+        printed = (s.output or "").strip().splitlines()
+        ran = (f"<br/>ran {len(s.code.splitlines())} line(s): {_label(first, 30).replace('<', '#lt;')}"
+               f"<br/>printed: {_label(printed[-1] if printed else '', 30).replace('<', '#lt;')}")
+    return f"{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}{ran}<br/><i>{s.status.value}</i>"
+
+
 def mermaid(run: Run, children: list[Run] | None = None) -> str:
     """The workflow as a Mermaid flowchart: steps labelled with worker and instruction, access as edges;
     a `conductor` step's child workflow and correction rounds as linked subgraphs."""
     lines = ["flowchart TD", f'    task(["task: {_label(run.task)}"])']
     for s in run.steps:
-        lines.append(f'    s{s.index}["{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}'
-                     f'<br/><i>{s.status.value}</i>"]:::{s.status.value}')
+        lines.append(f'    s{s.index}["{_node(s)}"]:::{s.status.value}')
     for s in run.steps:
         seen = run.workflow.visible(s.index)
         if not seen:
@@ -179,8 +192,7 @@ def mermaid(run: Run, children: list[Run] | None = None) -> str:
             kind = f"round {rounds}"
         lines.append(f'    subgraph c{n}["{kind}: {child.status.value}"]')
         for s in child.steps:
-            lines.append(f'        c{n}s{s.index}["{s.index}. {_label(s.worker, 30)}<br/>{_label(s.instruction)}'
-                         f'<br/><i>{s.status.value}</i>"]:::{s.status.value}')
+            lines.append(f'        c{n}s{s.index}["{_node(s)}"]:::{s.status.value}')
         for s in child.steps:
             for j in child.workflow.visible(s.index):
                 lines.append(f"        c{n}s{j} --> c{n}s{s.index}")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from .engine import Engine, EventSink, StepEvent
     from .registry import Registry
-    from .store import RunListing, Store
+    from .store import EvalRecord, EvalSummary, RunListing, Store
 
 log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
@@ -341,3 +341,16 @@ class RunManager:
         from .render import trace_tree
 
         return trace_tree(self._runs, run_id)
+
+    def record_eval(self, command: str, suite: str, started_at: float, ended_at: float,
+                    report: dict[str, Any]) -> str:
+        """Keep an `eval` or `calibrate` report (evals.report_json) for the web view; the new eval's id."""
+        return self._runs.add_eval(command, suite, started_at, ended_at, report)
+
+    def list_evals(self, limit: int = 50) -> list[EvalSummary]:
+        """Recorded evals, newest first."""
+        return self._runs.list_evals(limit)
+
+    def get_eval(self, eval_id: str) -> EvalRecord:
+        """A recorded eval with its report; EvalNotFound for an id the store lacks."""
+        return self._runs.get_eval(eval_id)

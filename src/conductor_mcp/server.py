@@ -56,7 +56,8 @@ DepthArg = Annotated[int | None, Field(ge=0, le=4, description="how deep the con
 TokensArg = Annotated[int | None, Field(ge=1, description="stop before using more tokens, planning included")]
 UsdArg = Annotated[float | None, Field(gt=0, description="stop before spending more USD")]
 StrategyArg = Annotated[str, Field(json_schema_extra={STRATEGY: True}, description=(
-    "conductor plans; moa: workers answer alone, the first merges; single:<id>: one worker"))]
+    "conductor plans; moa: workers answer alone, the first merges; single:<id>: one worker; recipe:<name>: a "
+    "fixed shape, e.g. program: a model writes code, the python worker runs it"))]
 PreferArg = Annotated[Literal["quality", "balanced", "cost"] | None, Field(
     description="what past ratings weigh: reward, or reward against cost")]
 
@@ -89,7 +90,9 @@ class RatingOut(BaseModel):
 class StepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key (`acess`) is an error, never silently dropped
 
-    worker: Annotated[str, Field(json_schema_extra={WORKER_ID: True}, description="who runs it")]
+    worker: Annotated[str, Field(json_schema_extra={WORKER_ID: True}, description=(
+        "who runs it; a python worker runs the last ```python block of the steps it sees and answers with "
+        "what it printed"))]
     instruction: str = Field(description="its subtask")
     access: Access = Field("none", description='earlier steps it sees: "all", "none" or 0-based indices')
 
@@ -149,9 +152,11 @@ class ConductorServer(MCPServer[RunManager]):
             "output_schema": output_shape(compact(t.output_schema)),
             "annotations": unstated_defaults(t.annotations)}) for t in await super().list_tools()]
         ids = self.worker_ids()
+        strategies = self.runs.registry.strategies() if ids is not None and self.runs is not None else None
         for everywhere, where in ((True, None), (False, None), (False, "solve"), (False, "")):
             listed = [t.model_copy(update={"input_schema": with_worker_ids(
-                t.input_schema, ids if where is None or t.name == where else None, everywhere)}) for t in tools]
+                t.input_schema, ids if where is None or t.name == where else None, everywhere, strategies)})
+                for t in tools]
             if tools_list_size(listed) < TOOLS_LIST_CAP:
                 break
         return listed
@@ -222,7 +227,7 @@ async def warm_litellm(runs: RunManager) -> None:
         registry = runs.registry
     except ConductorError:
         return  # a bad manifest: the first tool call reports it
-    if registry.conductor.model or any(s.spec.kind == "litellm" for s in registry.states):
+    if registry.conductor.model or any(s.spec.backend == "litellm" for s in registry.states):
         from .llm import litellm_module
 
         await anyio.to_thread.run_sync(litellm_module)
@@ -445,7 +450,7 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
     def workers_resource() -> str:
         reg = runs.registry
         return _json({"source": reg.source, "workers": [
-            {"id": s.spec.id, "description": s.spec.description, "backend": s.spec.kind,
+            {"id": s.spec.id, "description": s.spec.description, "backend": s.spec.backend,
              "model": s.spec.model or Path(str(s.gguf_path)).name, "available": s.available, "reason": s.reason,
              "fallback": s.spec.fallback} for s in reg.states]})
 

@@ -24,7 +24,7 @@ from typing import Any
 import platformdirs
 import psutil
 
-from .errors import LeaseLost, RunNotFound, RunStateError, StoreError
+from .errors import EvalNotFound, LeaseLost, RunNotFound, RunStateError, StoreError
 from .models import (
     Attempt,
     PlanInfo,
@@ -117,6 +117,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN run_s REAL NOT NULL DEFAULT 0;
         ALTER TABLE runs ADD COLUMN claimed_at REAL;
         UPDATE runs SET run_s = MAX(updated_at - created_at, 0) WHERE status <> 'planned';
+    """),
+    # The program a python worker's step ran (its output is what the program printed).
+    ("005_step_code", """
+        ALTER TABLE steps ADD COLUMN code TEXT;
+    """),
+    # Each `eval` and `calibrate`: its report (evals.report_json: per-strategy summaries and per-run rows), so
+    # that the web view can compare strategies after the terminal's table has scrolled away.
+    ("006_evals", """
+        CREATE TABLE evals (
+            id TEXT PRIMARY KEY,
+            command TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL NOT NULL,
+            report TEXT NOT NULL
+        );
+        CREATE INDEX evals_started ON evals(started_at DESC);
     """),
 ]
 
@@ -445,7 +462,7 @@ class Store:
                 usage=Usage(prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"],
                             cost_usd=s["cost_usd"], calls=s["calls"]),
                 started_at=s["started_at"], ended_at=s["ended_at"], edited=bool(s["edited"]),
-                attempts=attempts.get(s["idx"], []),
+                attempts=attempts.get(s["idx"], []), code=s["code"],
             ) for s in steps],
             answer=row["answer"], error=row["error"], created_at=row["created_at"],
             updated_at=row["updated_at"], owner=row["owner"], heartbeat_at=row["heartbeat_at"],
@@ -689,7 +706,9 @@ class Store:
         the final step's worker, the number of steps and the tokens and cost of the run's own steps."""
         with self._lock:
             return self._db.execute(
-                "SELECT r.id, r.task, r.options, r.reward, r.workflow,"
+                "SELECT r.id, r.task, r.options, r.reward, r.workflow, r.plan,"
+                " (SELECT COALESCE(SUM(ended_at - started_at), 0) FROM steps s WHERE s.run_id = r.id"
+                "  AND s.code IS NOT NULL) AS tool_s,"
                 " (SELECT worker FROM steps s WHERE s.run_id = r.id ORDER BY idx DESC LIMIT 1) AS final_worker,"
                 " (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id) AS n_steps,"
                 " (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM steps s"
@@ -742,7 +761,7 @@ class Store:
             self._end_attempt(db, lease.run_id, index, n, status, latency_s, usage, error)
 
     def step_completed(self, lease: Lease, index: int, output: str, usage: Usage,
-                       attempt: tuple[int, float, Usage | None] | None = None) -> None:
+                       attempt: tuple[int, float, Usage | None] | None = None, code: str | None = None) -> None:
         """Commit a step's output, with the successful attempt (n, latency, usage) that produced it, in one
         transaction: a kill between the two would leave a paid call whose output is lost."""
         now = time.time()
@@ -751,9 +770,9 @@ class Store:
             if attempt is not None:
                 self._end_attempt(db, lease.run_id, index, attempt[0], "ok", attempt[1], attempt[2], None)
             db.execute("UPDATE steps SET status=?, output=?, error=NULL, prompt_tokens=?, completion_tokens=?,"
-                       " cost_usd=?, calls=?, ended_at=? WHERE run_id=? AND idx=?",
+                       " cost_usd=?, calls=?, ended_at=?, code=? WHERE run_id=? AND idx=?",
                        (StepStatus.COMPLETED.value, output, usage.prompt_tokens, usage.completion_tokens,
-                        usage.cost_usd, usage.calls, now, lease.run_id, index))
+                        usage.cost_usd, usage.calls, now, code, lease.run_id, index))
             db.execute("UPDATE runs SET updated_at=? WHERE id=?", (now, lease.run_id))
 
     def step_ended(self, lease: Lease, index: int, status: StepStatus, error: str | None,
@@ -793,3 +812,57 @@ class Store:
                 " (SELECT json_group_array(json_array(s.worker, s.prompt_tokens, s.completion_tokens, s.cost_usd,"
                 "  s.calls)) FROM steps s WHERE s.run_id = t.id) AS steps"
                 " FROM tree t JOIN runs r ON r.id = t.id JOIN runs root ON root.id = t.root", (since,)).fetchall()
+
+    # -- evals ----------------------------------------------------------------------------------------
+    def add_eval(self, command: str, suite: str, started_at: float, ended_at: float, report: dict[str, Any]) -> str:
+        """Record an `eval` or `calibrate` with its report (evals.report_json); the new eval's id."""
+        eval_id = new_run_id()
+        with self._tx() as db:
+            db.execute("INSERT INTO evals (id, command, suite, started_at, ended_at, report) VALUES (?,?,?,?,?,?)",
+                       (eval_id, command, suite, started_at, ended_at, json.dumps(report)))
+        return eval_id
+
+    def list_evals(self, limit: int = 50) -> list[EvalSummary]:
+        """Evals, newest first, summarised in SQL: the runs list of each report is counted, not loaded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, command, suite, started_at, ended_at,"
+                " (SELECT COUNT(DISTINCT json_extract(v.value, '$.task_id')) FROM json_each(report, '$.runs') v)"
+                " AS tasks, (SELECT json_group_array(key) FROM json_each(report, '$.strategies')) AS strategies"
+                " FROM evals ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return [EvalSummary(eval_id=r["id"], command=r["command"], suite=r["suite"], started_at=r["started_at"],
+                            ended_at=r["ended_at"], tasks=int(r["tasks"] or 0),
+                            strategies=tuple(json.loads(r["strategies"] or "[]"))) for r in rows]
+
+    def get_eval(self, eval_id: str) -> EvalRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM evals WHERE id=?", (eval_id,)).fetchone()
+        if row is None:
+            raise EvalNotFound(f"eval_id: no eval {eval_id!r} in {self.path} (the web view lists them at /ui/evals)")
+        return EvalRecord(eval_id=row["id"], command=row["command"], suite=row["suite"],
+                          started_at=row["started_at"], ended_at=row["ended_at"], report=json.loads(row["report"]))
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """An eval as the list of evals shows it: when, which command and suite, how many tasks, which strategies."""
+
+    eval_id: str
+    command: str  # `eval` or `calibrate`
+    suite: str
+    started_at: float
+    ended_at: float
+    tasks: int
+    strategies: tuple[str, ...]  # in the report's order
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """A recorded eval with its whole report (evals.report_json)."""
+
+    eval_id: str
+    command: str
+    suite: str
+    started_at: float
+    ended_at: float
+    report: dict[str, Any]

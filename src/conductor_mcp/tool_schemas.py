@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 WORKER_ID = "x-worker-id"  # this string is a worker id
-STRATEGY = "x-strategy"  # this string is conductor, moa or single:<worker id>
+STRATEGY = "x-strategy"  # this string is conductor, moa, single:<worker id> or recipe:<name>
 MARKERS = (WORKER_ID, STRATEGY)
 
 
@@ -91,17 +91,20 @@ def optional_not_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "properties": props} if props else schema
 
 
-def with_worker_ids(schema: Any, ids: Sequence[str] | None, everywhere: bool = True, _item: bool = False) -> Any:
-    """Each marked field given the enum of `ids` (worker ids, or the strategies over them); with no ids
-    (a registry that did not load) the markers are only removed. Not `everywhere`: only the items of an
-    array of worker ids (a tool's `workers`), for a registry whose ids would not fit everywhere."""
+def with_worker_ids(schema: Any, ids: Sequence[str] | None, everywhere: bool = True,
+                    strategies: Sequence[str] | None = None, _item: bool = False) -> Any:
+    """Each marked field given the enum of `ids` (worker ids) or `strategies` (default: the conductor, moa and
+    each id alone); with no ids (a registry that did not load) the markers are only removed. Not `everywhere`:
+    only the items of an array of worker ids (a tool's `workers`), for a registry whose ids would not fit
+    everywhere."""
     if isinstance(schema, list):
-        return [with_worker_ids(v, ids, everywhere) for v in schema]
+        return [with_worker_ids(v, ids, everywhere, strategies) for v in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: with_worker_ids(v, ids, everywhere, _item=k == "items") for k, v in schema.items() if k not in MARKERS}
+    out = {k: with_worker_ids(v, ids, everywhere, strategies, _item=k == "items")
+           for k, v in schema.items() if k not in MARKERS}
     if ids and schema.get(WORKER_ID) and (everywhere or _item):
         out["enum"] = list(ids)
     elif ids and schema.get(STRATEGY) and everywhere:
-        out["enum"] = ["conductor", "moa", *(f"single:{i}" for i in ids)]
+        out["enum"] = list(strategies) if strategies else ["conductor", "moa", *(f"single:{i}" for i in ids)]
     return out

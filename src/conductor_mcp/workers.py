@@ -107,6 +107,10 @@ class WorkerPool:
         self._local: dict[Path, LocalModel] = {}
         register_key_envs(s.spec.api_key_env for s in registry.states)  # their values never reach a trace
 
+    def limiter(self, worker_id: str) -> anyio.CapacityLimiter:
+        """How many calls (or programs) of this worker may be in flight at once."""
+        return self._limiters[worker_id]
+
     def local_model(self, path: Path) -> LocalModel:
         if path not in self._local:
             self._local[path] = LocalModel(path, n_ctx=4096)
@@ -117,6 +121,8 @@ class WorkerPool:
         state = self.registry.get(worker_id)
         if not state.available:
             raise WorkerError(f"{worker_id}: unavailable ({state.reason})", retryable=False)
+        if state.spec.kind == "python":  # the engine runs its programs; it answers no prompt
+            raise WorkerError(f"{worker_id}: a python worker runs programs, not prompts", retryable=False)
         async with self._limiters[worker_id]:
             started = time.perf_counter()
             with anyio.fail_after(state.spec.timeout_s):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from conductor_mcp.store import Store
 
 from ..servers.openai_server import ScriptedServer
 from .test_cli import cli
@@ -117,3 +120,52 @@ def test_eval_counts_a_failed_run_as_wrong_and_runs_python_checks(env: dict[str,
     assert trace["reward"] == 0 and "run failed" in trace["reward_note"]
     proc = cli("eval", str(path), "--limit", "0", env=env, check=False)
     assert proc.returncode == 2 and "--limit" in proc.stderr
+
+
+def recorded(db: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """Each recorded eval's command, suite and report, newest first."""
+    store = Store(db)
+    try:
+        return [(e.command, e.suite, store.get_eval(e.eval_id).report) for e in store.list_evals()]
+    finally:
+        store.close()
+
+
+def test_eval_and_calibrate_are_recorded_for_the_web_view(env: dict[str, str], tmp_path: Path) -> None:
+    path = str(suite(tmp_path, 1))
+    proc = cli("eval", path, "--strategies", "single:good,single:bad", "--json", env=env)
+    assert "recorded as eval " in proc.stderr and "/ui/evals/" in proc.stderr
+    assert recorded(env["CONDUCTOR_DB"]) == [("eval", path, json.loads(proc.stdout))]
+    calibrated = json.loads(cli("calibrate", path, "--json", env=env).stdout)
+    assert recorded(env["CONDUCTOR_DB"])[0] == ("calibrate", path, calibrated)
+
+
+def test_an_eval_is_recorded_before_it_prints(env: dict[str, str], tmp_path: Path) -> None:
+    """Printing the table can fail (a full disk, a closed pipe): the record is already kept by then."""
+    import subprocess
+    import sys
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full to make printing fail")
+    path = str(suite(tmp_path, 1))
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "eval", path, "--strategies", "single:good"],
+                              env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
+    assert proc.returncode != 0, proc.stderr  # the table could not be written
+    [(command, suite_path, report)] = recorded(env["CONDUCTOR_DB"])
+    assert (command, suite_path) == ("eval", path)
+    assert list(report["strategies"]) == ["single:good"] and report["strategies"]["single:good"]["correct"] == 1
+
+
+def test_a_read_only_store_still_prints_the_figures(env: dict[str, str], tmp_path: Path) -> None:
+    db = Path(env["CONDUCTOR_DB"])
+    Store(db).close()
+    db.chmod(0o444)
+    try:
+        proc = cli("eval", str(suite(tmp_path, 1)), "--strategies", "single:good", "--json", env=env)
+    finally:
+        db.chmod(0o644)
+    report = json.loads(proc.stdout)
+    assert report["strategies"]["single:good"]["n"] == 1  # every run failed to start, and says why
+    assert f"warning: this eval was not recorded in the trace store: trace store {db} is read-only" in proc.stderr
+    assert recorded(str(db)) == []

@@ -33,6 +33,9 @@ from conductor_mcp.store import Store
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import server_env
+from .test_cli import cli
+from .test_eval_cli import suite
+from .test_learning import right, wrong
 from .test_mcp_transports import STRONG_TOKEN, start_http
 
 if "SE_OFFLINE" not in os.environ:
@@ -526,3 +529,59 @@ def test_browser_tests_fail_without_chromium(tmp_path: Path, opt_out: bool) -> N
     else:
         assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout  # failed in its fixture
         assert "chromium and chromium-driver" in proc.stdout
+
+
+EVAL_STRATEGIES = ("conductor", "moa", "single:strong", "single:fast")
+
+
+def test_evals_page_compares_a_recorded_eval(browser: tuple[str, str], env: dict[str, str], server: ScriptedServer,
+                                             tmp_path: Path, stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
+    """`conductor-mcp eval` records its report; the view lists it, and its page shows the report's figures for
+    each strategy side by side, a scatter plot with one point per strategy (inline SVG drawn on the server:
+    nothing fetched), and each run's grade linked to the run."""
+    server.script(model="scripted-strong", reply=right)
+    server.script(model="scripted-fast", reply=wrong)
+    server.script(model="scripted-slow", reply=right)
+    proc = cli("eval", str(suite(tmp_path, 2)), "--strategies", ",".join(EVAL_STRATEGIES), "--json", env=env)
+    report = json.loads(proc.stdout)
+    recorded = re.search(r"recorded as eval ([0-9a-f]+)", proc.stderr)
+    assert recorded is not None, proc.stderr
+    eval_id = recorded.group(1)
+    server_proc, port = start_http(env, "http")
+    stop.append(server_proc)
+    base = f"http://127.0.0.1:{port}"
+    with chromium(browser) as driver:
+        driver.get(f"{base}/ui/")
+        wait_until(driver, lambda d: by_css(d, 'header nav a[href="/ui/evals"]'), "the Evals link")[0].click()
+        link = wait_until(driver, lambda d: by_css(d, f'table.evals a[href="/ui/evals/{eval_id}"]'), "the eval listed")
+        row = by_css(driver, "table.evals tbody tr")
+        assert len(row) == 1 and "eval" in row[0].text and "suite.jsonl" in row[0].text
+        assert all(name in row[0].text for name in EVAL_STRATEGIES)
+        assert by_css(driver, "table.evals tbody td.num")[0].text == "2"  # tasks
+        full_screenshot(driver, shots / "evals-list.png")
+        link[0].click()
+        wait_until(driver, lambda d: d.current_url.endswith(f"/ui/evals/{eval_id}"), "the eval's page")
+        rows = wait_until(driver, lambda d: by_css(d, "table.compare tbody tr"), "the strategies table")
+        assert [r.find_element("css selector", "td.strategy").text for r in rows] == list(EVAL_STRATEGIES)
+        for r in rows:
+            figures = report["strategies"][r.get_attribute("data-strategy")]
+            assert r.find_element("css selector", "td.correct").text == f"{figures['correct']}/{figures['n']}"
+            cells = r.find_elements("css selector", "td[data-value]")
+            stored = [float(c.get_attribute("data-value")) for c in cells[:4]]
+            assert stored == [figures[k] for k in ("accuracy", "mean_tokens", "mean_seconds", "mean_steps")]
+            assert [c.text for c in cells[:4]] == [f"{figures['accuracy']:.1%}", f"{figures['mean_tokens']:,.1f}",
+                                                   f"{figures['mean_seconds']:.2f} s", f"{figures['mean_steps']:.2f}"]
+        points = by_css(driver, "figure.plot svg circle.point")
+        assert [p.get_attribute("data-label") for p in points] == list(EVAL_STRATEGIES)
+        assert [t.text for t in by_css(driver, "figure.plot svg text.point-label")] == list(EVAL_STRATEGIES)
+        assert all(p.is_displayed() for p in points)
+        sources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(s.startswith(base) for s in sources), sources  # offline: no script at all, a stylesheet
+        links = {a.get_attribute("href") for a in by_css(driver, "table.matrix a")}
+        assert links == {f"{base}/ui/runs/{r['run_id']}" for r in report["runs"]}
+        full_screenshot(driver, shots / "evals-page.png")
+        by_css(driver, "table.matrix a")[0].click()
+        wait_until(driver, lambda d: "/ui/runs/" in d.current_url and by_css(d, "#summary"), "a run's page")
+    with httpx.Client(base_url=base, timeout=30) as http:
+        r = http.get("/ui/evals/nope")
+        assert r.status_code == 404 and "No such eval" in r.text and "no eval &#x27;nope&#x27;" in r.text

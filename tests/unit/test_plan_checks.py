@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conductor_mcp.errors import WorkflowError
-from conductor_mcp.models import Workflow
+from conductor_mcp.models import WorkerSpec, Workflow
 from conductor_mcp.outcomes import similarities, weights
 from conductor_mcp.planners.checks import check_instructions, repair
 from conductor_mcp.planners.grammar import workflow_grammar
@@ -33,8 +33,10 @@ def test_instructions_about_the_task_pass(instruction: str) -> None:
 
 def test_the_examples_themselves_pass_the_checks_for_any_task() -> None:
     # a copied example instruction is harmless: it speaks of "the task", never of the example's subject
-    for _, example in example_workflows(["a", "b", "c"]):
-        check_instructions(example, TASK, EXAMPLE_SUBJECTS)
+    team = [WorkerSpec(id=i, model="openai/x") for i in "abc"]
+    for workers in (team, [*team, WorkerSpec(id="py", kind="python")]):
+        for _, example in example_workflows(workers):
+            check_instructions(example, TASK, EXAMPLE_SUBJECTS)
 
 
 def test_unreachable_steps_are_pruned_and_indices_remapped() -> None:

@@ -115,7 +115,8 @@ class Generation:
 
 def fallback_workflow(task: str, workers: Sequence[WorkerSpec], prior: Prior | None = None) -> Workflow:
     """The safe plan: the whole task to the worker the outcomes favour, else the first (strongest)."""
-    worker = prior.final[0] if prior is not None else workers[0].id
+    worker = prior.final[0] if prior is not None else next((w.id for w in workers if w.kind == "model"),
+                                                            workers[0].id)
     return Workflow(steps=[Step(worker=worker, instruction=task[:8000], access="none")])
 
 

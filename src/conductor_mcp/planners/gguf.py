@@ -40,7 +40,7 @@ class GGUFPlanner(ModelPlanner):
     def call_spec(self, constraint: Any, max_steps: int) -> ModelCall:
         # the call as a budget sees it: free of charge, its tokens counted against max_total_tokens
         cap = int(self.params.get("max_tokens") or (max_plan_tokens(max_steps) if constraint else 1024))
-        return ModelCall(id="conductor-gguf", kind="gguf", params={"max_tokens": cap})
+        return ModelCall(id="conductor-gguf", backend="gguf", params={"max_tokens": cap})
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
                        attempt: int, watch: Watch | None = None) -> Generation:

@@ -36,15 +36,34 @@ def describe_workers(workers: Sequence[WorkerSpec], numbered: bool = False) -> s
     return "\n".join(lines)
 
 
-def example_workflows(ids: Sequence[str]) -> list[tuple[str, Workflow]]:
-    """Worked examples in the live registry's ids (the first worker is taken as the strongest).
+PYTHON_RULE = """A python worker computes exactly: have a model step write a Python program that prints the
+result, then give a python-worker step access to that step; its answer is what the program printed."""
+
+
+def example_workflows(workers: Sequence[WorkerSpec]) -> list[tuple[str, Workflow]]:
+    """Worked examples in the live registry's ids (the first model worker is taken as the strongest).
 
     Small conductors copy these, so every instruction speaks of "the task" and never of an example's
     subject: a copied instruction is still a sound instruction for any task.
     """
+    ids = [w.id for w in workers if w.kind == "model"]
+    python = next((w.id for w in workers if w.kind == "python"), None)
     strong = ids[0]
     other = ids[1] if len(ids) > 1 else ids[0]
     third = ids[2] if len(ids) > 2 else other
+    arithmetic = Workflow(steps=[
+        Step(worker=third, instruction="Solve the task step by step and state the result.", access="none"),
+        Step(worker=other, instruction="Solve the task independently, step by step, and state the "
+             "result.", access="none"),
+        Step(worker=strong, instruction="Compare the two solutions above, fix any error, and give the "
+             "final answer to the task.", access=[0, 1]),
+    ])
+    if python is not None:  # exact arithmetic: a program, run
+        arithmetic = Workflow(steps=[
+            Step(worker=strong, instruction="Write a Python program that computes the answer to the task and "
+                 "prints it, in one ```python block.", access="none"),
+            Step(worker=python, instruction="Run the program of step 0.", access=[0]),
+        ])
     return [
         ("What is the capital of Australia?",
          Workflow(steps=[Step(worker=strong, instruction="Answer the task directly and concisely.")])),
@@ -55,14 +74,7 @@ def example_workflows(ids: Sequence[str]) -> list[tuple[str, Workflow]]:
              Step(worker=strong, instruction="Write the complete solution to the task, following the "
                   "outline from step 0.", access=[0]),
          ])),
-        ("A train covers 120 km in 1.5 hours, then 80 km in 0.5 hours. What is its average speed?",
-         Workflow(steps=[
-             Step(worker=third, instruction="Solve the task step by step and state the result.", access="none"),
-             Step(worker=other, instruction="Solve the task independently, step by step, and state the "
-                  "result.", access="none"),
-             Step(worker=strong, instruction="Compare the two solutions above, fix any error, and give the "
-                  "final answer to the task.", access=[0, 1]),
-         ])),
+        ("A train covers 120 km in 1.5 hours, then 80 km in 0.5 hours. What is its average speed?", arithmetic),
     ]
 
 
@@ -112,13 +124,15 @@ def planner_messages(task: str, workers: Sequence[WorkerSpec], max_steps: int, f
                      allow_recursion: bool = False) -> list[dict[str, str]]:
     ids = [w.id for w in workers]
     numbered = fmt == "paper"
-    parts = [SYSTEM.format(max_steps=max_steps), "", "Workers (strongest first):",
-             describe_workers(workers, numbered)]
+    parts = [SYSTEM.format(max_steps=max_steps)]
+    if any(w.kind == "python" for w in workers):
+        parts.append(PYTHON_RULE)
+    parts += ["", "Workers (strongest first):", describe_workers(workers, numbered)]
     if allow_recursion:
         label = f"{len(workers)}: {CONDUCTOR_WORKER}" if numbered else CONDUCTOR_WORKER
         parts.append(f"- {label}: you yourself; give a hard subtask to plan and solve as its own workflow")
     parts += ["", "Examples:"]
-    for question, wf in example_workflows(ids):
+    for question, wf in example_workflows(workers):
         shown = render_paper(wf, ids) if numbered else wf.model_dump_json()
         parts += [f"Task: {question}", f"Workflow: {shown}", ""]
     if numbered:

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import ConductorError, RunNotFound
+from ..errors import ConductorError, EvalNotFound, RunNotFound
 from ..run_manager import RunManager
 from ..store import strategy_of
 from . import pages
@@ -34,6 +34,7 @@ from . import pages
 COOKIE = "conductor_ui"
 SESSION_DAYS = 30
 PAGE_SIZE, MAX_PAGE_SIZE = 25, 100
+EVALS_SHOWN = 200  # the evals page lists this many, newest first
 MAX_FORM_BYTES = 16_384
 STATIC_TYPES = {"mermaid.min.js": "text/javascript", "ui.js": "text/javascript", "ui.css": "text/css",
                 "mermaid.LICENSE": "text/plain"}
@@ -249,6 +250,23 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
             return _html(pages.message_page("Not rated", str(exc)), 409)
         return RedirectResponse(f"/ui/runs/{urllib.parse.quote(run_id)}?done=rated#rate", status_code=303)
 
+    async def evals_list(request: Request) -> Response:
+        try:
+            evals = await anyio.to_thread.run_sync(manager.list_evals, EVALS_SHOWN)
+        except ConductorError as exc:
+            return _html(pages.message_page("Cannot read evals", str(exc)), 500)
+        return _html(pages.evals_page(evals, signs_in))
+
+    async def eval_page(request: Request) -> Response:
+        eval_id = request.path_params["eval_id"]
+        try:
+            record = await anyio.to_thread.run_sync(manager.get_eval, eval_id)
+        except EvalNotFound as exc:
+            return _html(pages.message_page("No such eval", str(exc)), 404)
+        except ConductorError as exc:
+            return _html(pages.message_page("Cannot read the eval", str(exc)), 500)
+        return _html(pages.eval_page(record, signs_in))
+
     async def login_form(request: Request) -> Response:
         if not signs_in:
             return RedirectResponse("/ui/", status_code=303)
@@ -289,6 +307,8 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
         Route("/ui/runs/{run_id}", guarded(run_page)),
         Route("/ui/runs/{run_id}/state", guarded(run_state)),
         Route("/ui/runs/{run_id}/rate", guarded(rate), methods=["POST"]),
+        Route("/ui/evals", guarded(evals_list)),
+        Route("/ui/evals/{eval_id}", guarded(eval_page)),
         Route("/ui/login", guarded(login_form, public=True)),
         Route("/ui/login", guarded(login, public=True), methods=["POST"]),
         Route("/ui/logout", guarded(logout, public=True), methods=["POST"]),

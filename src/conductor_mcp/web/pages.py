@@ -18,7 +18,8 @@ from .. import __version__
 from ..models import Review, Run, RunStatus, StepRecord, Usage
 from ..redact import redact
 from ..render import mermaid
-from ..store import FINAL
+from ..store import FINAL, EvalRecord, EvalSummary
+from .plot import Point, scatter_svg
 
 # a run in one of these may still change (a planned run may be started, an interrupted one resumed)
 LIVE = frozenset({RunStatus.PLANNED, RunStatus.RUNNING})
@@ -83,7 +84,8 @@ def layout(title: str, body: str, *, scripts: tuple[str, ...] = (), signed_in: b
             f'initial-scale=1"><link rel="icon" href="data:,"><title>{text(title)} · conductor-mcp</title>'
             f'<link rel="stylesheet" href="{STATIC.format("ui.css")}">{tags}</head>'
             f'<body><header class="top"><a class="brand" href="/ui/">conductor-mcp</a>'
-            f'<nav><a href="/ui/">Runs</a></nav>{signout}</header><main>{body}</main></body></html>\n')
+            f'<nav><a href="/ui/">Runs</a><a href="/ui/evals">Evals</a></nav>{signout}</header>'
+            f"<main>{body}</main></body></html>\n")
 
 
 # -- the list of runs ---------------------------------------------------------------------------------------
@@ -237,8 +239,13 @@ def step_card(run: Run, step: StepRecord, children: list[Run], now: float | None
         f'<p class="child">Child run of this step: <a href="/ui/runs/{text(c.id)}">{text(c.id)}</a> '
         f"{status_badge(c.status.value)}</p>" for c in children if c.parent_step == step.index)
     body = []
+    if step.code is not None:  # a python worker's step: the program it ran, then what it printed
+        body.append(f'<details class="program" id="code-{run.id}-{step.index}" open><summary>Program it ran '
+                    f'<small>({len(step.code.splitlines()):,} lines)</small></summary><pre>{text(step.code)}</pre>'
+                    "</details>")
     if step.output is not None:
-        body.append(f'<details class="output" id="out-{run.id}-{step.index}" open><summary>Output '
+        label = "What it printed" if step.code is not None else "Output"
+        body.append(f'<details class="output" id="out-{run.id}-{step.index}" open><summary>{label} '
                     f'<small>({len(step.output):,} characters)</small></summary><pre>{text(step.output)}</pre>'
                     "</details>")
     if step.error:
@@ -349,6 +356,11 @@ def run_page(view: RunView, signed_in: bool, flash: str = "", now: float | None 
                  f"{'s' if plan.attempts != 1 else ''}"
                  + (f", {seconds(plan.latency_s)}" if plan.latency_s is not None else "")
                  + f", {plan.usage.total_tokens:,} tokens</p>"]
+    if plan.recipe is not None:
+        plan_bits.append(f'<p class="recipe">Recipe: {text(plan.recipe.key)}</p>')
+    if plan.prior is not None and plan.prior.changes:
+        plan_bits.append("<p>What the outcomes said:</p><ul>"
+                         + "".join(f"<li>{text(c)}</li>" for c in plan.prior.changes) + "</ul>")
     for label, items in (("Errors", plan.errors), ("Repairs", plan.repairs), ("Notes", plan.notes)):
         if items:
             plan_bits.append(f"<p>{label}:</p><ul>{''.join(f'<li>{text(i)}</li>' for i in items)}</ul>")
@@ -399,3 +411,107 @@ def login_page(next_path: str, error: str = "", secure_hint: bool = False) -> st
 
 def message_page(title: str, message: str) -> str:
     return layout(title, f'<h1>{text(title)}</h1><p>{text(message)}</p><p><a href="/ui/">All runs</a></p>')
+
+
+# -- evals: the list, and an eval's page ---------------------------------------------------------------------
+
+
+def evals_page(evals: list[EvalSummary], signed_in: bool) -> str:
+    if evals:
+        rows = "".join(
+            f'<tr><td class="when"><a href="/ui/evals/{text(e.eval_id)}" title="{when(e.started_at)}">'
+            f"{when_short(e.started_at)}</a></td><td>{text(e.command)}</td>"
+            f'<td class="suite" title="{text(e.suite)}">{text(e.suite)}</td><td class="num">{e.tasks}</td>'
+            f'<td class="strategies">{", ".join(text(s) for s in e.strategies)}</td>'
+            f'<td class="num">{seconds(e.ended_at - e.started_at)}</td></tr>' for e in evals)
+        table = ('<table class="runs evals"><thead><tr><th>When</th><th>Command</th><th>Suite</th>'
+                 '<th class="num">Tasks</th><th>Strategies</th><th class="num">Took</th></tr></thead>'
+                 f"<tbody>{rows}</tbody></table>")
+    else:
+        table = ('<p class="empty">No evals yet. Run <code>conductor-mcp eval SUITE.jsonl</code> or '
+                 "<code>conductor-mcp calibrate SUITE.jsonl</code> on this store.</p>")
+    body = ('<h1>Evals</h1><p class="lede">Newest first: each <code>eval</code> and <code>calibrate</code> '
+            f"run on this store, its strategies compared on the same tasks.</p>{table}")
+    return layout("Evals", body, signed_in=signed_in)
+
+
+def _figure(value: object, shown: str) -> str:
+    """A table cell with the report's figure as it is stored (data-value) and as it reads."""
+    return f'<td class="num" data-value="{text(value)}">{shown}</td>'
+
+
+def _strategy_row(name: str, s: dict[str, Any]) -> str:
+    accuracy, tokens = float(s.get("accuracy", 0.0)), float(s.get("mean_tokens", 0.0))
+    secs, steps = float(s.get("mean_seconds", 0.0)), float(s.get("mean_steps", 0.0))
+    usd = s.get("mean_cost_usd")
+    return (f'<tr data-strategy="{text(name)}"><td class="strategy">{text(name)}</td>'
+            f'<td class="num correct">{int(s.get("correct", 0))}/{int(s.get("n", 0))}</td>'
+            f"{_figure(accuracy, f'{accuracy:.1%}')}{_figure(tokens, f'{tokens:,.1f}')}"
+            f"{_figure(secs, f'{secs:.2f} s')}{_figure(steps, f'{steps:.2f}')}"
+            f"{_figure(usd, cost(None if usd is None else float(usd)))}</tr>")
+
+
+def _strategies_table(summaries: dict[str, dict[str, Any]]) -> str:
+    rows = "".join(_strategy_row(name, s) for name, s in summaries.items())
+    return ('<table class="runs compare"><thead><tr><th>Strategy</th><th class="num">Correct</th>'
+            '<th class="num">Accuracy</th><th class="num">Tokens / task</th><th class="num">Seconds / task</th>'
+            '<th class="num">Steps / task</th><th class="num">Cost / task</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
+def accuracy_plot(summaries: dict[str, dict[str, Any]]) -> str:
+    """Accuracy against mean tokens per task, one labelled point per strategy (names redacted, then escaped
+    by the plot)."""
+    points = [Point(redact(name), float(s.get("mean_tokens", 0.0)), float(s.get("accuracy", 0.0)))
+              for name, s in summaries.items()]
+    return scatter_svg(points, title="Accuracy against mean tokens per task", x_label="Mean tokens per task",
+                       y_label="Accuracy (%)")
+
+
+def _runs_matrix(strategies: list[str], runs: list[dict[str, Any]]) -> str:
+    """Tasks down, strategies across: each run's score, linked to the run."""
+    by_cell = {(str(r.get("task_id")), str(r.get("strategy"))): r for r in runs}
+    tasks = list(dict.fromkeys(str(r.get("task_id")) for r in runs))
+    rows = []
+    for task in tasks:
+        cells = []
+        for name in strategies:
+            r = by_cell.get((task, name))
+            if r is None:
+                cells.append('<td class="num muted">–</td>')
+                continue
+            score = float(r.get("score") or 0.0)
+            status = "" if r.get("status") == "completed" else f" <small>{text(r.get('status'))}</small>"
+            shown = f"{score:g}{status}"
+            mark = "ok" if score >= 1.0 else "bad"
+            link = (f'<a href="/ui/runs/{text(r["run_id"])}">{shown}</a>' if r.get("run_id") else shown)
+            cells.append(f'<td class="num score {mark}" title="{text(r.get("detail"))}">{link}</td>')
+        rows.append(f'<tr><td class="task-id">{text(task)}</td>{"".join(cells)}</tr>')
+    head = "".join(f'<th class="num">{text(s)}</th>' for s in strategies)
+    return (f'<table class="runs matrix"><thead><tr><th>Task</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _file_name(path: str) -> str:
+    """A suite's file name for a heading (the whole path, as given, is among the facts)."""
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or path
+
+
+def eval_page(record: EvalRecord, signed_in: bool) -> str:
+    report = record.report
+    summaries: dict[str, dict[str, Any]] = report.get("strategies") or {}
+    runs: list[dict[str, Any]] = report.get("runs") or []
+    n_tasks = len({r.get("task_id") for r in runs})
+    facts = [_fact("Command", text(record.command)), _fact("Suite", text(record.suite)), _fact("Tasks", str(n_tasks)),
+             _fact("Strategies", str(len(summaries))), _fact("Started", text(when(record.started_at))),
+             _fact("Took", seconds(record.ended_at - record.started_at))]
+    body = (f'<p class="crumbs"><a href="/ui/evals">Evals</a> / eval <code>{text(record.eval_id)}</code></p>'
+            f'<h1 class="task-title">{text(record.command)} of {text(_file_name(record.suite))}</h1>'
+            f'<dl class="facts">{"".join(facts)}</dl>'
+            f"<h2>Strategies</h2>{_strategies_table(summaries)}"
+            '<p class="muted small">Tokens, seconds, steps and cost are means per task; tokens include the '
+            "conductor's own. A run counts as correct when its grade is 1.</p>"
+            f'<h2>Accuracy against tokens</h2><figure class="plot">{accuracy_plot(summaries)}</figure>'
+            f'<h2 id="runs">Runs</h2><p class="muted small">Each run\'s grade; open one for its trace.</p>'
+            f"{_runs_matrix(list(summaries), runs)}")
+    return layout(f"eval {record.eval_id}", body, signed_in=signed_in)
