@@ -71,6 +71,9 @@ workers:
     timeout_s: 600
     max_concurrency: 1
     params: {{max_tokens: {MAX_TOKENS}, temperature: 0.0}}
+  - id: py
+    kind: python
+    timeout_s: 10
 """)
     return path
 

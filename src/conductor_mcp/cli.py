@@ -394,17 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("task", help="the task; `-` reads it from stdin")
         sp.add_argument("--use", action="append", metavar="WORKER", help="only these worker ids (repeatable)")
         sp.add_argument("--max-steps", type=_max_steps)
-        sp.add_argument("--strategy", default="conductor", help="conductor (default), moa, or single:<worker>")
+        sp.add_argument("--strategy", default="conductor", help="conductor (default), moa, single:<worker>, or "
+                        "recipe:<name>[:<worker>] (e.g. recipe:program)")
         prefer(sp)
         budget(sp)
         common(sp)
     for name, help_text in (("eval", "run a suite under several strategies, grade and compare them"),
-                            ("calibrate", "seed a new pool's outcomes: eval every worker alone and the conductor")):
+                            ("calibrate", "seed a new pool's outcomes: eval every worker alone, every recipe "
+                                          "and the conductor")):
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("suite", help="JSON Lines: {id, task, check} per line")
         if name == "eval":
-            sp.add_argument("--strategies", help="comma-separated: conductor, moa, single:<worker> "
-                                                 "(default: conductor, moa and every worker alone)")
+            sp.add_argument("--strategies", help="comma-separated: conductor, moa, single:<worker>, "
+                                                 "recipe:<name>[:<worker>] (default: conductor, moa, every "
+                                                 "worker alone and every recipe)")
         sp.add_argument("--limit", type=_count, help="only the first N tasks")
         prefer(sp)
         common(sp)

@@ -129,9 +129,10 @@ def doctor(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "version": __version__,
         "workers_source": registry.source,
-        "workers": [{"id": s.spec.id, "backend": s.spec.model or (str(s.gguf_path) if s.gguf_path else
-                                                               f"python sandbox, network {s.spec.network}"), "available": s.available,
-                     "reason": s.reason} for s in registry.states],
+        "workers": [{"id": s.spec.id, "available": s.available, "reason": s.reason,
+                     "backend": s.spec.model or (str(s.gguf_path) if s.gguf_path else
+                                                 f"python sandbox, network {s.spec.network}")}
+                    for s in registry.states],
         "conductor": {"model": registry.conductor_label(), "format": c.format,
                       "max_steps": c.max_steps, "n_gpu_layers": c.n_gpu_layers if gpu else 0},
         "llama_cpp_gpu_backend": gpu,

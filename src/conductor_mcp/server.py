@@ -451,7 +451,8 @@ def register_resources(server: MCPServer[RunManager], runs: RunManager) -> None:
         reg = runs.registry
         return _json({"source": reg.source, "workers": [
             {"id": s.spec.id, "description": s.spec.description, "backend": s.spec.backend,
-             "model": s.spec.model or Path(str(s.gguf_path)).name, "available": s.available, "reason": s.reason,
+             "model": s.spec.model or (Path(str(s.gguf_path)).name if s.gguf_path else None),
+             "available": s.available, "reason": s.reason,
              "fallback": s.spec.fallback} for s in reg.states]})
 
     def runs_page(limit: str | None, cursor: str | None) -> str:

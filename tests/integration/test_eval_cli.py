@@ -82,7 +82,7 @@ def test_eval_and_rate_errors(env: dict[str, str], tmp_path: Path) -> None:
 def test_calibrate_seeds_outcomes_that_the_next_plan_uses(env: dict[str, str], tmp_path: Path) -> None:
     proc = cli("calibrate", str(suite(tmp_path, 3)), "--json", env=env)
     report = json.loads(proc.stdout)
-    assert set(report["strategies"]) == {"single:bad", "single:good", "conductor"}
+    assert set(report["strategies"]) == {"single:bad", "single:good", "recipe:draft-refine", "conductor"}
     planned = json.loads(cli("plan", "A box has 40 red and 2 blue balls. How many balls?", "--json",
                              env=env).stdout)
     assert planned["workflow"]["steps"][-1]["worker"] == "good"

@@ -93,9 +93,10 @@ async def test_calibration_moves_the_final_step_to_the_worker_that_earns_it(engi
         prior = run.plan.prior
         assert prior is not None and prior.final == ["good"]
         assert prior.workers["bad"].reward < 0.1 < 0.9 < prior.workers["good"].reward
-        # only single-step outcomes exist, so nothing says one step is enough: the model still plans,
-        # under a grammar whose final step can only name `good`
-        assert run.plan.source in ("conductor", "retry", "fallback") and not prior.decided
+        # each worker alone is the `direct` recipe on it: the one with evidence that it pays is planned as it
+        # is, the task handed to `good` unwrapped, with no conductor call
+        assert run.plan.source == "prior" and prior.decided and run.plan.recipe is not None
+        assert run.plan.recipe.key == "direct(solver=good)" and run.workflow.steps[0].instruction == run.task
     print(f"\nfinal step before calibration: {dict(before)}; after: {dict(after)}")
 
 

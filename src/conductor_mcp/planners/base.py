@@ -15,7 +15,7 @@ import anyio
 from ..budget import BudgetExceeded, BudgetGuard
 from ..errors import WorkerError, WorkflowError
 from ..llm import ModelCall
-from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, Step, Usage, WorkerSpec, Workflow
+from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, RecipeUse, Step, Usage, WorkerSpec, Workflow
 from ..workflows import validate_workflow
 from .checks import check_instructions, repair
 from .parse import parse_json_plan, parse_paper_plan
@@ -177,8 +177,9 @@ class ModelPlanner(ABC):
             # one step on one worker is all the outcomes allow: nothing is left for the model to decide
             prior.changes.append(f"one step on {prior.final[0]}: decided by the outcomes, no conductor call")
             wf = fallback_workflow(task, workers, prior)
+            use = RecipeUse(name="direct", slots={"solver": wf.steps[0].worker})  # the task, as it is, to one
             return PlanResult(wf, PlanInfo(source="prior", planner=self.name, attempts=0, latency_s=0.0,
-                                           prior=prior))
+                                           prior=prior, recipe=use))
         if prior is not None and prior.max_steps is not None and prior.max_steps < max_steps:
             prior.changes.append(f"at most {prior.max_steps} step(s): more steps did not pay on similar tasks")
             max_steps = prior.max_steps

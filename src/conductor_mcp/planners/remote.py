@@ -28,7 +28,8 @@ class RemotePlanner(ModelPlanner):
 
     def call_spec(self, constraint: Any, max_steps: int) -> ModelCall:
         # the call as a budget sees it: this model, its price and the completion cap it is sent with
-        return ModelCall(id="conductor-model", backend="litellm", model=self.model, params=self.params, price=self.price)
+        return ModelCall(id="conductor-model", backend="litellm", model=self.model, params=self.params,
+                         price=self.price)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
                        attempt: int, watch: Watch | None = None) -> Generation:
