@@ -56,8 +56,8 @@ DepthArg = Annotated[int | None, Field(ge=0, le=4, description="how deep the con
 TokensArg = Annotated[int | None, Field(ge=1, description="stop before using more tokens, planning included")]
 UsdArg = Annotated[float | None, Field(gt=0, description="stop before spending more USD")]
 StrategyArg = Annotated[str, Field(json_schema_extra={STRATEGY: True}, description=(
-    "conductor plans; moa: workers answer alone, the first merges; single:<id>: one worker; recipe:<name>: a "
-    "fixed shape, e.g. program: a model writes code, the python worker runs it"))]
+    "conductor plans; moa: workers answer alone, the first merges; single:<id>: one worker; recipe:<name>: "
+    "a fixed shape"))]
 PreferArg = Annotated[Literal["quality", "balanced", "cost"] | None, Field(
     description="what past ratings weigh: reward, or reward against cost")]
 
@@ -90,9 +90,8 @@ class RatingOut(BaseModel):
 class StepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key (`acess`) is an error, never silently dropped
 
-    worker: Annotated[str, Field(json_schema_extra={WORKER_ID: True}, description=(
-        "who runs it; a python worker runs the last ```python block of the steps it sees and answers with "
-        "what it printed"))]
+    worker: Annotated[str, Field(json_schema_extra={WORKER_ID: True},
+                                 description="who runs it; a python worker runs the code it sees")]
     instruction: str = Field(description="its subtask")
     access: Access = Field("none", description='earlier steps it sees: "all", "none" or 0-based indices')
 

@@ -62,7 +62,8 @@ async def test_tools_list_is_small_and_complete(mcp_server: MCPServer[Any]) -> N
         # the live worker ids, wherever a host writes one: no resource needs reading first
         ids = ["strong", "fast", "slow"]
         assert props["workers"]["items"]["enum"] == ids
-        assert props["strategy"]["enum"] == ["conductor", "moa", "single:strong", "single:fast", "single:slow"]
+        assert props["strategy"]["enum"] == ["conductor", "moa", "single:strong", "single:fast", "single:slow",
+                                    "recipe:draft-refine"]
         assert by_name["plan_workflow"].input_schema["properties"]["workers"]["items"]["enum"] == ids
         step = by_name["plan_workflow"].input_schema["properties"]["workflow"]["properties"]["steps"]["items"]
         assert step["properties"]["worker"]["enum"] == ids and "0-based" in step["properties"]["access"]["description"]

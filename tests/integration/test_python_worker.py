@@ -122,7 +122,7 @@ async def test_the_program_recipe_records_its_slots_and_the_direct_task_goes_as_
     run = await solve(e, "What is 5! + 2?", strategy="single:coder")
     assert run.plan.recipe is not None and run.plan.recipe.key == "direct(solver=coder)"
     assert [c.last_user for c in server.calls()] == ["What is 5! + 2?"]  # not wrapped in the team prompt
-    with pytest.raises(WorkflowError, match="single:py: unknown or unavailable model worker"):
+    with pytest.raises(WorkflowError, match=r"single:py: unknown or unavailable worker \(a model worker\)"):
         await e.plan("What is 5! + 2?", strategy="single:py")
     with pytest.raises(WorkflowError, match="no recipe 'nope'"):
         await e.plan("What is 5! + 2?", strategy="recipe:nope")

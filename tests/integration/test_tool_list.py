@@ -29,7 +29,8 @@ async def test_a_host_sees_the_worker_ids_in_tools_list(tmp_path: Path, server: 
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert size(list(tools.values())) < 8000
         strategy = tools["solve"].input_schema["properties"]["strategy"]
-        assert strategy["enum"] == ["conductor", "moa", "single:strong", "single:fast", "single:slow"]
+        assert strategy["enum"] == ["conductor", "moa", "single:strong", "single:fast", "single:slow",
+                                    "recipe:draft-refine"]
         # an id the schema offers is one the server takes
         r = await c.call_tool("plan_workflow", {"task": "Say hi", "workers": ["slow"], "workflow": {"steps": [
             {"worker": tools["run_step"].input_schema["properties"]["worker"]["enum"][2], "instruction": "Say hi"}]}})

@@ -48,7 +48,7 @@ class SinglePlanner(FixedPlanner):
     def check(self, workers: Sequence[WorkerSpec], max_steps: int) -> None:
         ids = [w.id for w in workers if w.kind == "model"]
         if self.worker not in ids:
-            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable model worker; "
+            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker (a model worker); "
                                 f"allowed: {', '.join(ids)}")
 
     async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
