@@ -363,6 +363,7 @@ class ShapeRecord(WorkerRecord):
 
     outcomes: int = Field(description="rewarded runs of this shape")
     steps: float = Field(description="mean steps of its runs")
+    model_steps: float = Field(description="mean steps that called a model (python steps cost no tokens)")
     tool_s: float = Field(default=0.0, description="mean seconds its python steps ran (they cost no tokens)")
 
 

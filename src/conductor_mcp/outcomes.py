@@ -56,6 +56,7 @@ class PastRun:
     reward: float
     recipe: RecipeUse | None = None
     tool_s: float = 0.0  # seconds its python steps ran
+    model_steps: int | None = None  # steps that called a model (None: all of them)
 
 
 def _words(text: str) -> list[str]:
@@ -115,7 +116,7 @@ class Outcomes:
                                 tokens=int(row["tokens"] or 0), cost_usd=row["cost_usd"],
                                 reward=float(row["reward"]),
                                 recipe=RecipeUse.model_validate(recipe) if recipe else None,
-                                tool_s=float(row["tool_s"] or 0.0)))
+                                tool_s=float(row["tool_s"] or 0.0), model_steps=int(row["model_steps"] or 0)))
         return cls(past)
 
     def prior(self, task: str, workers: Sequence[WorkerSpec], prefer: Prefer, max_steps: int,
@@ -164,7 +165,8 @@ class Outcomes:
             return sum(values) / len(values)
 
         def cost(g: list[tuple[float, PastRun]]) -> float:
-            return mean([(p.cost_usd or 0.0) if use_usd else float(p.tokens) for _, p in g])
+            # weighted like the rewards: a shape's tokens on tasks like this one (maths and code differ)
+            return sum(w * ((p.cost_usd or 0.0) if use_usd else float(p.tokens)) for w, p in g) / sum(w for w, _ in g)
 
         top_cost = max(cost(g) for g in judged.values()) or 1.0
         records = {}
@@ -175,7 +177,8 @@ class Outcomes:
                 reward=round(reward, 4), outcomes=len(g), mean_tokens=round(mean([p.tokens for _, p in g]), 1),
                 mean_cost_usd=None if any(c is None for c in costs) else mean([c or 0.0 for c in costs]),
                 score=round(reward - COST_WEIGHT[prefer] * cost(g) / top_cost, 4),
-                steps=round(mean([p.steps for _, p in g]), 2), tool_s=round(mean([p.tool_s for _, p in g]), 3))
+                steps=round(mean([p.steps for _, p in g]), 2), tool_s=round(mean([p.tool_s for _, p in g]), 3),
+                model_steps=round(mean([p.steps if p.model_steps is None else p.model_steps for _, p in g]), 2))
         if prior is None:
             first = next(w.id for w in workers if w.kind == "model")
             prior = Prior(prefer=prefer, outcomes=len(keyed), workers={}, final=[first])
@@ -185,9 +188,10 @@ class Outcomes:
             return prior
 
         def merit(key: str) -> tuple[float, float]:
-            # more steps must earn their place: a longer shape wins only by the margin `prefer` sets
+            # more model calls must earn their place: such a shape wins only by the margin `prefer` sets (a python
+            # step costs no tokens, and its seconds are small: its cost is in the score already)
             r = records[key]
-            return r.score - (SHAPE_MARGIN[prefer] if r.steps > 1 else 0.0), -r.steps
+            return r.score - (SHAPE_MARGIN[prefer] if r.model_steps > 1 else 0.0), -r.steps
 
         best = max(sound, key=merit)
         if best == "own":

@@ -709,6 +709,8 @@ class Store:
                 "SELECT r.id, r.task, r.options, r.reward, r.workflow, r.plan,"
                 " (SELECT COALESCE(SUM(ended_at - started_at), 0) FROM steps s WHERE s.run_id = r.id"
                 "  AND s.code IS NOT NULL) AS tool_s,"
+                " (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.prompt_tokens + s.completion_tokens > 0)"
+                "  AS model_steps,"
                 " (SELECT worker FROM steps s WHERE s.run_id = r.id ORDER BY idx DESC LIMIT 1) AS final_worker,"
                 " (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id) AS n_steps,"
                 " (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM steps s"

@@ -60,7 +60,7 @@ async def test_a_workflow_through_mcp_runs_step_0s_program_in_step_1(tmp_path: P
         worker_field = tools["plan_workflow"].input_schema["properties"]["workflow"]["properties"]["steps"]
         assert "python worker" in json.dumps(worker_field)  # a host writing its own workflow is told
         r = await c.call_tool("plan_workflow", {"task": "What is 5! + 2?", "workflow": workflow})
-        run_id = r.structured_content["run_id"]  # type: ignore[index]
+        run_id = r.structured_content["run_id"]
         r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 30})
         out: Any = r.structured_content
         assert out["status"] == "completed" and out["answer"].strip() == "122"
