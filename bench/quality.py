@@ -92,26 +92,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", default=str(EVALS / "mixed-24.jsonl"))
     ap.add_argument("--limit", type=int)
     ap.add_argument("--calibration-limit", type=int, default=12)
+    ap.add_argument("--calibration", help="a suite to calibrate on (default: maths and code tasks from evals/ "
+                    "that are not in the suite)")
+    ap.add_argument("--out", default=str(OUT), help="where the stores and figures go")
     ap.add_argument("--phases", default="1,2,3,4,5")
     ap.add_argument("--strategies", help="phase 3's strategies, comma-separated (default: every worker alone, "
                     "the conductor and moa)")
     args = ap.parse_args(argv)
     phases = {int(p) for p in args.phases.split(",")}
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     paths = ensure_models()
     suite = load_suite(args.suite)[: args.limit]
-    calib = calibration_tasks(load_suite(args.suite), args.calibration_limit)
-    bundled = manifest(paths, "bundled", OUT / "quality-workers.yaml")
-    big = manifest(paths, str(paths["qwen2.5-coder-1.5b"]), OUT / "quality-workers-1.5b-conductor.yaml")
-    fresh = {1: OUT / "quality-calibrated.db", 3: OUT / "quality-no-outcomes.db",
-             5: OUT / "quality-1.5b-no-outcomes.db"}
-    calibration_only = OUT / "quality-calibration-only.db"  # phase 1's outcomes alone, for phase 4
+    calib = (load_suite(args.calibration)[: args.calibration_limit] if args.calibration
+             else calibration_tasks(load_suite(args.suite), args.calibration_limit))
+    taken = {t.id for t in suite} & {t.id for t in calib}
+    if taken:
+        raise SystemExit(f"--calibration shares tasks with the suite: {sorted(taken)}")
+    bundled = manifest(paths, "bundled", out / "quality-workers.yaml")
+    big = manifest(paths, str(paths["qwen2.5-coder-1.5b"]), out / "quality-workers-1.5b-conductor.yaml")
+    fresh = {1: out / "quality-calibrated.db", 3: out / "quality-no-outcomes.db",
+             5: out / "quality-1.5b-no-outcomes.db"}
+    calibration_only = out / "quality-calibration-only.db"  # phase 1's outcomes alone, for phase 4
     for number, path in fresh.items():
         if number in phases and path.exists():
             path.unlink()  # these phases start from a store with no outcomes
     calibrated, empty, empty_big = Store(fresh[1]), Store(fresh[3]), Store(fresh[5])
-    log = (OUT / "quality.jsonl").open("a")
-    summary_path = OUT / "quality.json"
+    log = (out / "quality.jsonl").open("a")
+    summary_path = out / "quality.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() and 1 not in phases \
         else {"suite": args.suite, "tasks": len(suite), "calibration_tasks": len(calib), "max_tokens": MAX_TOKENS,
               "phases": {}}
