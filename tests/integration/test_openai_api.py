@@ -436,6 +436,7 @@ async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server:
     """A client that leaves cancels the run's worker calls; the completed step is kept, and MCP's resume finishes
     the run without calling it again."""
     server.set_latency(model_latency={"scripted-slow": 60.0})
+    in_flight = server.stats(include_calls=False)["in_flight"]
     run_id = None
     async with httpx.AsyncClient(timeout=60) as http, http.stream(
             "POST", f"{api.base}/chat/completions",
@@ -446,7 +447,11 @@ async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server:
                 payload = json.loads(line[6:])
                 run_id = run_id or payload["conductor"]["run_id"]  # the first chunk says which run it is
                 if payload["choices"][0]["delta"].get("reasoning_content") == "step 1 (slow) started: Draft two\n":
-                    break  # step 1 is committed and step 2's call is in flight: leave
+                    # step 0 is committed and step 1 has started; a step starts before its call is sent, so leave
+                    # only once that call has reached the worker (a client gone before would cancel a call never
+                    # made: nothing paid, and nothing for the worker to see dropped)
+                    await until(lambda: server.stats(include_calls=False)["in_flight"] > in_flight)
+                    break
     assert run_id is not None
     # the scripted server sees the worker call dropped
     await until(lambda: any(c.model == "scripted-slow" and c.outcome == "client_gone" for c in server.calls()))
