@@ -82,3 +82,19 @@ workers:
     # without --check nothing is called
     server.reset_stats()
     assert doctor(env=env).returncode == 0 and server.calls() == []
+
+
+def test_check_runs_a_program_on_each_python_worker(tmp_path: Path, server: ScriptedServer) -> None:
+    env = environment(tmp_path, f"""
+workers:
+  - {{id: remote, model: openai/scripted-remote, api_base: {server.base_url}}}
+  - {{id: py, kind: python, timeout_s: 5}}
+""")
+    proc = doctor("--check", "--json", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    checks = {c["id"]: c for c in report["checks"]}
+    assert checks["py"]["status"] == "ok" and "ran a program in its sandbox" in checks["py"]["detail"]
+    assert "network: deny" in checks["py"]["detail"]
+    py = next(w for w in report["workers"] if w["id"] == "py")
+    assert py["backend"] == "python sandbox, network deny" and py["available"]
