@@ -20,6 +20,7 @@ from pyinstrument import Profiler
 
 from conductor_mcp.engine import Engine, worker_messages
 from conductor_mcp.models import RunStatus, Workflow
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 from conductor_mcp.workers import litellm_module
 
@@ -60,7 +61,7 @@ class Paths:
         started = time.perf_counter()
         run = await self.engine.plan(TASK, workflow=WORKFLOW)
         planned = time.perf_counter()
-        run = await self.engine.execute(run.id)
+        run = await RunManager(engine=self.engine).drive(run.id)
         done = time.perf_counter()
         if run.status != RunStatus.COMPLETED:
             raise RuntimeError(f"engine run ended {run.status}: {run.error}")

@@ -119,7 +119,7 @@ def server_side(db: Path, since: float) -> dict[str, Any]:
     queued: plan stored to first step started (resume's round trip and launch)."""
     store = Store(db)
     try:
-        runs = [r for r in store.list_runs(limit=100_000) if r.created_at >= since]
+        runs = [r for r in (store.get_run(found.run_id) for found in store.find_runs(100_000)) if r.created_at >= since]
     finally:
         store.close()
     calls: list[float] = []

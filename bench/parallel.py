@@ -16,6 +16,7 @@ import anyio
 
 from conductor_mcp.engine import Engine
 from conductor_mcp.models import RunStatus
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 from conductor_mcp.workers import litellm_module
 
@@ -58,7 +59,7 @@ async def _measure(repeats: int) -> dict[str, list[float]]:
         async def one_run() -> float:
             run = await engine.plan(TASK, workflow=WORKFLOW)
             started = time.perf_counter()
-            run = await engine.execute(run.id)
+            run = await RunManager(engine=engine).drive(run.id)
             wall = time.perf_counter() - started
             if run.status != RunStatus.COMPLETED:
                 raise RuntimeError(f"run ended {run.status}: {run.error}")

@@ -18,6 +18,7 @@ import anyio
 
 from conductor_mcp.engine import Engine
 from conductor_mcp.models import Run, RunStatus, Usage
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from .child import emit, run_rows
@@ -55,7 +56,7 @@ async def _measure(n_tasks: int, out: TextIO) -> None:
         for n, task in enumerate(TASKS[:n_tasks]):
             for strategy in STRATEGIES:
                 run = await engine.plan(task, strategy=strategy)
-                run = await engine.execute(run.id)
+                run = await RunManager(engine=engine).drive(run.id)
                 workers, planner, n_runs = usage_split(engine.store, run.id)
                 emit(out, {
                     "task": n, "strategy": strategy, "status": run.status.value, "steps": len(run.workflow.steps),

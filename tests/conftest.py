@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,15 @@ async def solve(engine: Engine, task: str, **plan: Any) -> Run:
 async def resume(engine: Engine, run_id: str, budget: Budget | None = None) -> Run:
     """Resume a run to its end through the one door to runs, as the CLI's resume does."""
     return await RunManager(engine=engine).drive(run_id, budget=budget)
+
+
+def applied_migrations(path: str | Path) -> list[str]:
+    """The migrations a store file records as applied, read with sqlite3 itself."""
+    with closing(sqlite3.connect(path)) as db:
+        return [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY name")]
+
+
+def root_run_ids(path: str | Path) -> list[str]:
+    """The root runs a store file holds, newest first, read with sqlite3 itself."""
+    with closing(sqlite3.connect(path)) as db:
+        return [r[0] for r in db.execute("SELECT id FROM runs WHERE parent_run_id IS NULL ORDER BY created_at DESC")]

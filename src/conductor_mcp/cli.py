@@ -15,13 +15,18 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from . import __version__
 from .errors import ConductorError, UsageError, internal_message, leaf_error
 from .redact import RedactingFormatter
+
+if TYPE_CHECKING:
+    from .models import Budget, Run
+    from .registry import Registry
+    from .run_manager import RunManager
 
 log = logging.getLogger("conductor_mcp")
 
@@ -31,30 +36,24 @@ def emit(text: str) -> None:
     sys.stdout.flush()
 
 
-def _engine(args: argparse.Namespace, calls_workers: bool = True) -> Any:
-    from .engine import Engine
+def _manager(args: argparse.Namespace, calls_workers: bool = True) -> RunManager:
+    """The RunManager, the door every surface plans, runs and reads runs through. For solve and plan, what the
+    command line names is checked against the registry before the store opens or a model loads."""
     from .llm import litellm_module
     from .registry import load_registry
-    from .store import Store
+    from .run_manager import RunManager
 
     registry = load_registry(args.workers)
-    if hasattr(args, "use"):  # solve and plan: mistakes in what they name are found before anything loads
+    if hasattr(args, "use"):
         _check_request(registry, args)
     if registry.conductor.model or (calls_workers and any(s.available and s.spec.model for s in registry.states)):
         # litellm's import takes seconds on the event loop: inside the first call it would eat that call's
         # time limit, and on a busy machine time it out
         litellm_module()
-    return Engine(registry, Store(args.db))
+    return RunManager(registry, args.db)
 
 
-def _manager(args: argparse.Namespace, calls_workers: bool = True) -> Any:
-    """The RunManager, the door every surface plans, runs and reads runs through, over the checked engine."""
-    from .run_manager import RunManager
-
-    return RunManager(engine=_engine(args, calls_workers))
-
-
-def _reader(args: argparse.Namespace) -> Any:
+def _reader(args: argparse.Namespace) -> RunManager:
     """A RunManager for commands that only read or rate stored runs: it opens the store, not the registry."""
     from .run_manager import RunManager
 
@@ -72,35 +71,31 @@ def _progress(args: argparse.Namespace) -> Callable[[Any], Coroutine[Any, Any, N
     return show
 
 
+# where each argument of a request is on the command line
+_FLAGS = {"task": "task", "workers": "--use", "strategy": "--strategy", "max_steps": "--max-steps",
+          "workflow": "workflow"}
+
+
 def _read_task(args: argparse.Namespace) -> None:
     """`-` reads the task from stdin; an empty task is a usage error, found before anything loads."""
-    from .engine import check_task
-    from .errors import WorkflowError
+    from .request import RequestError, check_task
 
     if args.task == "-":
         args.task = sys.stdin.read()
     try:
         args.task = check_task(args.task)
-    except WorkflowError as exc:
+    except RequestError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _check_request(registry: Any, args: argparse.Namespace) -> None:
+def _check_request(registry: Registry, args: argparse.Namespace) -> None:
     """Worker ids and a strategy named on the command line that the pool lacks are usage errors."""
-    from .errors import ConfigError, WorkflowError
-    from .models import MAX_STEPS_LIMIT
-    from .planners.strategies import MoAPlanner, strategy_planner
+    from .request import RequestError, check_request
 
     try:
-        ids = registry.select(args.use)
-    except ConfigError as exc:
-        raise UsageError(f"--use: {exc}") from None
-    try:
-        planner = strategy_planner(args.strategy, registry.recipes)
-        if planner is not None and not isinstance(planner, MoAPlanner):  # moa's step bound is checked later
-            planner.check([registry.spec(i) for i in ids], MAX_STEPS_LIMIT)
-    except WorkflowError as exc:
-        raise UsageError(f"--strategy: {exc}") from None
+        check_request(registry, args.task, args.use, args.max_steps, args.strategy)
+    except RequestError as exc:
+        raise UsageError(str(exc) if exc.param == "task" else f"{_FLAGS[exc.param]}: {exc}") from None
 
 
 def _resolve(resolve: Callable[[str], str], ref: str) -> str:
@@ -128,13 +123,13 @@ async def _solve(args: argparse.Namespace) -> int:
     return _report(runs, run, args)
 
 
-def _budget(runs: Any, args: argparse.Namespace, run_id: str | None = None) -> Any:
+def _budget(runs: RunManager, args: argparse.Namespace, run_id: str | None = None) -> Budget | None:
     """The limits given on the command line, over the run's stored budget (the RunManager merges them)."""
     return runs.budget(run_id, **{k: getattr(args, k, None)
                                   for k in ("max_rounds", "max_depth", "max_total_tokens", "max_usd")})
 
 
-def _report(runs: Any, run: Any, args: argparse.Namespace) -> int:
+def _report(runs: RunManager, run: Run, args: argparse.Namespace) -> int:
     from .render import run_summary, run_text
 
     usage = runs.tree_usage(run.id)
@@ -194,7 +189,7 @@ async def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_eval(runs: Any, command: str, suite: str, started: float, report: dict[str, Any]) -> None:
+def _record_eval(runs: RunManager, command: str, suite: str, started: float, report: dict[str, Any]) -> None:
     """Keep the report for the web view (/ui/evals). A store that cannot take it costs the record, not the
     figures: they still print, and stderr says why nothing was kept."""
     import sqlite3
@@ -251,7 +246,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _answer_only(run: Any) -> int:
+def _answer_only(run: Run) -> int:
     """`-r`: the answer alone on stdout, as `llm logs -r` prints a response; a run without one says why."""
     if run.answer is None:
         why = f": {run.error}" if run.error else ""
@@ -261,7 +256,7 @@ def _answer_only(run: Any) -> int:
     return 0
 
 
-def _runs(args: argparse.Namespace) -> int:
+def _list_runs(args: argparse.Namespace) -> int:
     from .render import iso, run_summary, runs_table
 
     runs = _reader(args)
@@ -469,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
-    "solve": _solve, "plan": _plan, "resume": _resume, "runs": _runs, "show": _show, "doctor": _doctor,
+    "solve": _solve, "plan": _plan, "resume": _resume, "runs": _list_runs, "show": _show, "doctor": _doctor,
     "serve": _serve, "ui": _serve, "eval": _eval, "calibrate": _eval, "rate": _rate, "pull": _pull, "usage": _usage,
     "schema": _schema,
 }

@@ -44,13 +44,13 @@ from .planners.base import PlanSink
 from .planners.strategies import strategy_planner
 from .recipes import instantiate
 from .registry import Registry
+from .request import PlanRequest, check_max_steps, check_request
 from .resilience import RetryPolicy, WorkerHealth
 from .store import FINAL, Lease, Store, heartbeat_s
 from .workers import WorkerPool
 from .workflows import validate_workflow
 
 log = logging.getLogger(__name__)
-MAX_TASK_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -77,20 +77,8 @@ EventSink = Callable[[StepEvent], Awaitable[None]]
 Attempted = tuple[int, float, Usage | None]  # the successful attempt: number, latency, usage
 
 
-@dataclass(frozen=True)
-class PlanRequest:
-    """A plan's arguments once Engine.check_plan has passed them."""
-
-    task: str
-    workers: list[str]
-    max_steps: int
-    strategy: str
-    budget: Budget
-    prefer: Prefer
-
-
 @dataclass
-class Outcome:
+class RoundResult:
     status: RunStatus
     answer: str | None = None
     error: str | None = None
@@ -142,14 +130,6 @@ def lease_lost(exc: BaseException) -> LeaseLost | None:
     return None
 
 
-def check_task(task: str) -> str:
-    if not task or not task.strip():
-        raise WorkflowError("task: empty; give the task to solve")
-    if len(task) > MAX_TASK_CHARS:
-        raise WorkflowError(f"task: {len(task)} characters, at most {MAX_TASK_CHARS}")
-    return task.strip()
-
-
 class Engine:
     def __init__(self, registry: Registry, store: Store, planner: Planner | None = None,
                  pool: WorkerPool | None = None, policy: RetryPolicy | None = None) -> None:
@@ -175,33 +155,21 @@ class Engine:
         return [self.registry.spec(i) for i in ids]
 
     # -- planning -------------------------------------------------------------------------------
-    def _max_steps(self, max_steps: int | None) -> int:
-        limit = self.registry.conductor.max_steps
-        if max_steps is None:
-            return limit
-        if not 1 <= max_steps <= MAX_STEPS_LIMIT:
-            raise WorkflowError(f"max_steps: {max_steps}; allowed 1..{MAX_STEPS_LIMIT}")
-        return max_steps
-
     def prior(self, task: str, ids: Sequence[str], prefer: Prefer | None = None,
               max_steps: int | None = None) -> Prior | None:
         """What the store's rewarded runs say about `task` over these workers (None: nothing yet)."""
         outcomes = Outcomes.from_store(self.store, before=self.learn_before)
         return outcomes.prior(task, self._specs(ids), prefer or self.registry.conductor.prefer,
-                              self._max_steps(max_steps), self.registry.recipes)
+                              check_max_steps(max_steps, self.registry.conductor.max_steps),
+                              self.registry.recipes)
 
     def check_plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
                    strategy: str = "conductor", budget: Budget | None = None,
-                   prefer: Prefer | None = None) -> PlanRequest:
+                   prefer: Prefer | None = None, workflow: Any = None) -> PlanRequest:
         """A plan's arguments, checked (a clear error for the first bad one) before anything is spent."""
-        task = check_task(task)
+        request = check_request(self.registry, task, workers, max_steps, strategy, budget, prefer, workflow)
         self.store.require_writable()  # before the conductor spends anything on a plan that cannot be kept
-        ids = self.registry.select(workers)
-        steps = self._max_steps(max_steps)
-        fixed = strategy_planner(strategy, self.registry.recipes)
-        if fixed is not None:
-            fixed.check(self._specs(ids), steps)
-        return PlanRequest(task, ids, steps, strategy, budget or Budget(), prefer or self.registry.conductor.prefer)
+        return request
 
     async def plan(self, task: str, workers: Sequence[str] | None = None, max_steps: int | None = None,
                    workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None,
@@ -213,18 +181,22 @@ class Engine:
         what past rewards say (`prefer` trades reward against cost; default the manifest's). `on_plan`
         hears how planning goes; `run_id`: the id to store the run under (one from store.new_run_id()).
         """
-        request = self.check_plan(task, workers, max_steps, strategy, budget, prefer)
-        return await self.plan_checked(request, workflow, on_plan=on_plan, run_id=run_id)
+        request = self.check_plan(task, workers, max_steps, strategy, budget, prefer, workflow)
+        return await self.plan_checked(request, on_plan=on_plan, run_id=run_id)
 
-    @telemetry.traced_planning
-    async def plan_checked(self, request: PlanRequest, workflow: Any = None, *, on_plan: PlanSink | None = None,
+    async def plan_checked(self, request: PlanRequest, *, on_plan: PlanSink | None = None,
                            run_id: str | None = None) -> Run:
         """`plan` for arguments that check_plan has passed."""
+        with telemetry.tracer().planning() as run_span:
+            return await self._plan_run(request, run_span, on_plan, run_id)
+
+    async def _plan_run(self, request: PlanRequest, run_span: telemetry.RunSpan, on_plan: PlanSink | None,
+                        run_id: str | None) -> Run:
         task, ids, steps, strategy, budget, prefer = (request.task, request.workers, request.max_steps,
                                                       request.strategy, request.budget, request.prefer)
         recursion = budget.max_depth > 0
-        if workflow is not None:
-            wf = validate_workflow(workflow, ids, steps, allow_recursion=recursion)
+        if request.workflow is not None:
+            wf = request.workflow
             info = PlanInfo(source="host", planner="host", attempts=0)
         else:
             prior = self.prior(task, ids, prefer, steps) if strategy == "conductor" else None
@@ -236,11 +208,16 @@ class Engine:
                 # the run's limits cover its conductor calls too (the plan's usage is part of the run's)
                 planning = self._planner_for(strategy).plan(task, self._specs(ids), steps, recursion, prior,
                                                             guard=BudgetGuard(budget), progress=on_plan)
-                result = await telemetry.traced_plan("plan", self.registry, planning)
+                with telemetry.tracer().plan("plan", self.registry.conductor.api_base) as plan_span:
+                    result = await planning
+                    plan_span.planned(result.info, result.workflow)
                 wf, info = result.workflow, result.info
-        options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer)
+        options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer,
+                             otel=run_span.link)  # so that a run resumed in another process links to its plan
         run_id = self.store.create_run(task, wf, info, options.stored(), run_id=run_id)
-        return self.store.get_run(run_id)
+        run = self.store.get_run(run_id)
+        run_span.planned(run, options)
+        return run
 
     # -- execution ------------------------------------------------------------------------------
     def options(self, run_id: str) -> RunOptions:
@@ -278,14 +255,10 @@ class Engine:
             f"{where}: worker {worker!r} is not in the workers of {self.registry.source} any more (they are "
             f"{', '.join(self.registry.ids)}); add it back to go on, or {instead}plan the task again")
 
-    async def execute(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
-        self.check_resumable(run_id)
-        return await self.execute_checked(run_id, on_event, budget)
-
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
                               budget: Budget | None = None) -> Run:
-        """`execute` for a run that check_resumable has passed (`budget`: the run's new limits, stored once it
-        is claimed)."""
+        """Carry out a run that check_resumable has passed (`budget`: the run's new limits, stored once it is
+        claimed). RunManager is the door to it."""
         return await self._execute(run_id, on_event, None, budget=budget)
 
     def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
@@ -293,36 +266,38 @@ class Engine:
         limited = limits.max_total_tokens is not None or limits.max_usd is not None
         return BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
 
-    @telemetry.traced_execution
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
                        budget: Budget | None = None) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
-        lease, run = self.store.claim(run_id)  # refuses a run another live process owns
-        try:
-            if budget is not None:
-                self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")}, lease)
-            opts = self.options(run_id)
-            guard = guard if guard is not None else self._guard(run_id, opts.budget)
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self._heartbeat, lease)
-                outcome = await self._schedule(run, lease, opts, on_event, guard)
-                if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
-                    outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
-                outer.cancel_scope.cancel()
-        except BaseException as exc:
-            lost = lease_lost(exc)
-            if lost is not None:  # another process runs it now: write nothing, call nothing
-                log.warning("%s", lost)
-                raise lost from None
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                self._settle_cancelled(lease)
-            else:
-                with suppress(LeaseLost):
-                    self.store.finish_run(lease, RunStatus.FAILED, error=f"internal error: {exc!r}")
-            raise
-        self.store.finish_run(lease, outcome.status, answer=outcome.answer, error=outcome.error)
-        return self.store.get_run(run_id)
+        with telemetry.tracer().run(run_id, self.options) as run_span:
+            lease, run = self.store.claim(run_id)  # refuses a run another live process owns
+            try:
+                if budget is not None:
+                    self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")}, lease)
+                opts = self.options(run_id)
+                guard = guard if guard is not None else self._guard(run_id, opts.budget)
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._heartbeat, lease)
+                    outcome = await self._schedule(run, lease, opts, on_event, guard)
+                    if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
+                        outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
+                    outer.cancel_scope.cancel()
+            except BaseException as exc:
+                lost = lease_lost(exc)
+                if lost is not None:  # another process runs it now: write nothing, call nothing
+                    log.warning("%s", lost)
+                    raise lost from None
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    self._settle_cancelled(lease)
+                else:
+                    with suppress(LeaseLost):
+                        self.store.finish_run(lease, RunStatus.FAILED, error=f"internal error: {exc!r}")
+                raise
+            self.store.finish_run(lease, outcome.status, answer=outcome.answer, error=outcome.error)
+            run = self.store.get_run(run_id)
+            run_span.finished(run)
+        return run
 
     def _settle_cancelled(self, lease: Lease) -> None:
         # store calls are synchronous, so cancellation cannot interrupt these writes
@@ -337,7 +312,7 @@ class Engine:
             self.store.heartbeat(lease)
 
     async def _schedule(self, run: Run, lease: Lease, opts: RunOptions, on_event: EventSink | None,
-                        guard: BudgetGuard) -> Outcome:
+                        guard: BudgetGuard) -> RoundResult:
         wf = run.workflow
         outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
         finished = {i: anyio.Event() for i in range(len(wf.steps))}
@@ -373,13 +348,12 @@ class Engine:
                     tg.start_soon(run_one, i)
         if failures:
             first = min(failures)
-            return Outcome(RunStatus.FAILED, None, f"step {first} failed: {failures[first]}")
+            return RoundResult(RunStatus.FAILED, None, f"step {first} failed: {failures[first]}")
         if stops:
             best = outputs[max(outputs)] if outputs else None
-            return Outcome(RunStatus.BUDGET_EXCEEDED, best, stops[min(stops)])
-        return Outcome(RunStatus.COMPLETED, outputs[len(wf.steps) - 1], None)
+            return RoundResult(RunStatus.BUDGET_EXCEEDED, best, stops[min(stops)])
+        return RoundResult(RunStatus.COMPLETED, outputs[len(wf.steps) - 1], None)
 
-    @telemetry.traced_step
     async def _run_step(self, run: Run, lease: Lease, wf: Workflow, i: int, messages: list[dict[str, str]],
                         opts: RunOptions, on_event: EventSink | None, guard: BudgetGuard,
                         outputs: dict[int, str]) -> str:
@@ -390,25 +364,28 @@ class Engine:
             if on_event:
                 await on_event(StepEvent(run.id, i, total, step.worker, phase, status, step.instruction))
 
-        self.store.step_started(lease, i)
-        await emit("start", StepStatus.RUNNING)
-        code = None
-        try:
-            if step.worker == CONDUCTOR_WORKER:
-                text, usage, attempt = await self._run_child(run, lease, i, messages, opts, guard)
-            elif self.registry.spec(step.worker).kind == "python":
-                text, usage, attempt, code = await self._run_program(lease, wf, i, outputs)
-            else:
-                text, usage, attempt = await self._call_with_retries(lease, i, step.worker, messages, guard)
-        except BudgetExceeded:
-            self.store.reset_step(lease, i)
-            raise
-        except WorkerError as exc:
-            self.store.step_ended(lease, i, StepStatus.FAILED, str(exc))
-            await emit("end", StepStatus.FAILED)
-            raise
-        self.store.step_completed(lease, i, text, usage, attempt, code=code)
-        await emit("end", StepStatus.COMPLETED)
+        with telemetry.tracer().step(run.id, i, step) as step_span:
+            self.store.step_started(lease, i)
+            await emit("start", StepStatus.RUNNING)
+            code = None
+            try:
+                if step.worker == CONDUCTOR_WORKER:
+                    text, usage, attempt = await self._run_child(run, lease, i, messages, opts, guard)
+                elif self.registry.spec(step.worker).kind == "python":
+                    text, usage, attempt, code = await self._run_program(lease, wf, i, outputs)
+                else:
+                    text, usage, attempt = await self._call_with_retries(lease, i, step.worker, messages, guard,
+                                                                    step_span)
+            except BudgetExceeded:
+                self.store.reset_step(lease, i)
+                raise
+            except WorkerError as exc:
+                self.store.step_ended(lease, i, StepStatus.FAILED, str(exc))
+                await emit("end", StepStatus.FAILED)
+                raise
+            self.store.step_completed(lease, i, text, usage, attempt, code=code)
+            await emit("end", StepStatus.COMPLETED)
+            step_span.completed(text)
         return text
 
     async def _run_program(self, lease: Lease, wf: Workflow, i: int,
@@ -446,7 +423,7 @@ class Engine:
         return sorted(chain, key=self.health.cooling)  # stable: order kept among equals
 
     async def _call_with_retries(self, lease: Lease, index: int, worker: str, messages: list[dict[str, str]],
-                                 guard: BudgetGuard) -> tuple[str, Usage, Attempted]:
+                                 guard: BudgetGuard, step_span: telemetry.StepSpan) -> tuple[str, Usage, Attempted]:
         """Call the step's worker (then its fallbacks) until one answers. The successful attempt is
         returned, not recorded: the step's commit records it with the output, in one transaction."""
         errors: list[str] = []
@@ -461,7 +438,9 @@ class Engine:
                     raise
                 started = time.perf_counter()
                 try:
-                    done = await self.pool.complete(candidate, messages)
+                    with step_span.model_call(spec, messages) as call_span:
+                        done = await self.pool.complete(candidate, messages)
+                        call_span.answered(done.text, done.usage)
                 except anyio.get_cancelled_exc_class():
                     guard.settle(reservation, None)
                     with suppress(LeaseLost):
@@ -508,7 +487,9 @@ class Engine:
                     subtask = messages[-1]["content"]
                     planning = self.planner.plan(subtask, self._specs(ids), opts.max_steps,
                                                  depth < guard.budget.max_depth, guard=guard)  # reserved, added
-                    result = await telemetry.traced_plan("plan", self.registry, planning)
+                    with telemetry.tracer().plan("plan", self.registry.conductor.api_base) as plan_span:
+                        result = await planning
+                        plan_span.planned(result.info, result.workflow)
                     child_opts = opts.model_copy(update={"kind": "recursion", "depth": depth})
                     child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts.stored(),
                                                      parent=lease, parent_step=i)
@@ -525,8 +506,8 @@ class Engine:
             raise BudgetExceeded(error)
         raise WorkerError(f"conductor: {error}", retryable=False)
 
-    async def _rounds(self, run: Run, lease: Lease, opts: RunOptions, outcome: Outcome,
-                      on_event: EventSink | None, guard: BudgetGuard) -> Outcome:
+    async def _rounds(self, run: Run, lease: Lease, opts: RunOptions, outcome: RoundResult,
+                      on_event: EventSink | None, guard: BudgetGuard) -> RoundResult:
         """Review the answer; run corrective rounds until the conductor accepts or max_rounds is reached."""
         if guard.budget.max_rounds <= 1:
             return outcome
@@ -544,7 +525,9 @@ class Engine:
                 planning = planner.review(run.task, round_text(self.store.get_run(prev_id)), answer,
                                           self._specs(ids), opts.max_steps,
                                           guard.budget.max_depth > 0, guard=guard)  # reserved and added
-                result = await telemetry.traced_plan("review", self.registry, planning)
+                with telemetry.tracer().plan("review", self.registry.conductor.api_base) as plan_span:
+                    result = await planning
+                    plan_span.planned(result.info, result.workflow)
                 reviews.append(Review(round=current, accepted=result.workflow is None, info=result.info))
                 self.store.update_options(run.id, {"reviews": [r.model_dump(mode="json") for r in reviews]}, lease)
                 if result.workflow is None:
@@ -558,9 +541,9 @@ class Engine:
             child = await self._execute(child_id, on_event, guard)
             if child.status != RunStatus.COMPLETED or child.answer is None:
                 status = child.status if child.status in FINAL else RunStatus.FAILED
-                return Outcome(status, answer, f"round {current + 1}: {child.error}")
+                return RoundResult(status, answer, f"round {current + 1}: {child.error}")
             answer, prev_id, current = child.answer, child_id, current + 1
-        return Outcome(RunStatus.COMPLETED, answer, None)
+        return RoundResult(RunStatus.COMPLETED, answer, None)
 
     # -- host-driven steps ----------------------------------------------------------------------
     def runnable(self, run: Run) -> list[int]:
@@ -577,58 +560,59 @@ class Engine:
             raise RunStateError(f"step {index} sees step(s) {waiting}, which are not completed yet; "
                                 f"run those first")
 
-    @telemetry.traced_execution
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
                        worker: str | None = None) -> tuple[StepRecord, Run]:
         """Run one step of a run (optionally changed); refuse when a step it sees is not done."""
-        run = self.store.get_run(run_id)
-        if run.parent_run_id is not None:  # its parent's execution drives it: a step run here would be lost
-            raise RunStateError(f"run {run_id} is part of run {run.parent_run_id}; drive that one "
-                                "(resume, or run_step on its steps)")
-        if run.status == RunStatus.RUNNING:
-            raise RunStateError(f"run {run_id} is running; wait for it (get_run) before driving steps by hand")
-        n = len(run.steps)
-        if not 0 <= index < n:
-            raise WorkflowError(f"step: {index} is out of range; this run has steps 0..{n - 1}")
-        self._check_step_ready(run, index)
-        opts = self.options(run_id)
-        budget = opts.budget
-        wf = run.workflow
-        edited = instruction is not None or worker is not None
-        if edited:
-            allowed = opts.workers or self.registry.available_ids()
-            steps = [s.model_copy() for s in wf.steps]
-            steps[index] = steps[index].model_copy(update={
-                k: v for k, v in (("instruction", instruction), ("worker", worker)) if v is not None})
-            wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT,
-                                   allow_recursion=budget.max_depth > 0)
-        self._check_worker(run, index, wf.steps[index].worker, run_id)
-        before = run
-        lease, run = self.store.claim(run_id)
-        try:  # what was read before the claim may have changed: another process may have run this step
+        with telemetry.tracer().run(run_id, self.options) as run_span:
+            run = self.store.get_run(run_id)
+            if run.parent_run_id is not None:  # its parent's execution drives it: a step run here would be lost
+                raise RunStateError(f"run {run_id} is part of run {run.parent_run_id}; drive that one "
+                                    "(resume, or run_step on its steps)")
+            if run.status == RunStatus.RUNNING:
+                raise RunStateError(f"run {run_id} is running; wait for it (get_run) before driving steps by hand")
+            n = len(run.steps)
+            if not 0 <= index < n:
+                raise WorkflowError(f"step: {index} is out of range; this run has steps 0..{n - 1}")
             self._check_step_ready(run, index)
-        except RunStateError:
-            self.store.finish_run(lease, before.status, error=before.error)  # left as it was found
-            raise
-        if edited:
-            self.store.edit_step(lease, index, wf)  # fenced: only the owner changes a run's workflow
-        outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
-        guard = BudgetGuard(budget, self.store.tree_usage(run_id))
-        messages = worker_messages(run.task, wf, index, outputs)
-        try:
-            await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
-        except BudgetExceeded as exc:
-            self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
-        except WorkerError as exc:
-            self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index} failed: {exc}")
-        except anyio.get_cancelled_exc_class():
-            self._settle_cancelled(lease)
-            raise
-        else:
-            after = self.store.get_run(run_id)
-            if all(s.status == StepStatus.COMPLETED for s in after.steps):
-                self.store.finish_run(lease, RunStatus.COMPLETED, answer=after.steps[-1].output)
+            opts = self.options(run_id)
+            budget = opts.budget
+            wf = run.workflow
+            edited = instruction is not None or worker is not None
+            if edited:
+                allowed = opts.workers or self.registry.available_ids()
+                steps = [s.model_copy() for s in wf.steps]
+                steps[index] = steps[index].model_copy(update={
+                    k: v for k, v in (("instruction", instruction), ("worker", worker)) if v is not None})
+                wf = validate_workflow({"steps": [s.model_dump() for s in steps]}, allowed, MAX_STEPS_LIMIT,
+                                       allow_recursion=budget.max_depth > 0)
+            self._check_worker(run, index, wf.steps[index].worker, run_id)
+            before = run
+            lease, run = self.store.claim(run_id)
+            try:  # what was read before the claim may have changed: another process may have run this step
+                self._check_step_ready(run, index)
+            except RunStateError:
+                self.store.finish_run(lease, before.status, error=before.error)  # left as it was found
+                raise
+            if edited:
+                self.store.edit_step(lease, index, wf)  # fenced: only the owner changes a run's workflow
+            outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
+            guard = BudgetGuard(budget, self.store.tree_usage(run_id))
+            messages = worker_messages(run.task, wf, index, outputs)
+            try:
+                await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
+            except BudgetExceeded as exc:
+                self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
+            except WorkerError as exc:
+                self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index} failed: {exc}")
+            except anyio.get_cancelled_exc_class():
+                self._settle_cancelled(lease)
+                raise
             else:
-                self.store.finish_run(lease, RunStatus.PLANNED)
-        final = self.store.get_run(run_id)
+                after = self.store.get_run(run_id)
+                if all(s.status == StepStatus.COMPLETED for s in after.steps):
+                    self.store.finish_run(lease, RunStatus.COMPLETED, answer=after.steps[-1].output)
+                else:
+                    self.store.finish_run(lease, RunStatus.PLANNED)
+            final = self.store.get_run(run_id)
+            run_span.finished(final)
         return final.steps[index], final

@@ -43,6 +43,11 @@ class WorkerError(ConductorError):
         self.retry_after = retry_after
 
 
+class NoTextContent(WorkerError):
+    """The provider answered, but with no text content (content null): a step fails on it (and may retry); a probe
+    that only asks whether the worker answers counts it as an answer."""
+
+
 class StoreError(ConductorError):
     """The trace store cannot be opened, is damaged, or is read-only and was asked to write."""
 

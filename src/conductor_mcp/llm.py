@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .models import Price
+from .models import Price, Usage
 from .redact import RedactFilter
 
 if TYPE_CHECKING:
@@ -94,14 +95,16 @@ def known_cost(call: Priced, prompt_tokens: int, completion_tokens: int) -> floa
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reply:
-    """A call's text (None: the provider sent no text content) and its usage, priced."""
+    """A model's answer, the one type every backend (litellm, an in-process GGUF) returns to every caller (a
+    worker call, the conductor's own): its text and its usage, priced where the price is known, as one call."""
 
-    text: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
+    text: str
+    usage: Usage
+    latency_s: float = 0.0  # the call's wall time as its caller measured it (WorkerPool: with the wait for a model)
+    finish_reason: str | None = None  # as the backend reported it ("stop", "length"); None where it did not
+    content_null: bool = False  # the provider sent no text content (text is then ""): a worker call fails on it
 
 
 class MalformedReply(Exception):
@@ -124,15 +127,22 @@ async def litellm_complete(call: Priced, messages: list[dict[str, str]], *, time
         kwargs["api_key"] = os.environ.get(api_key_env)
     elif api_base:
         kwargs["api_key"] = "none"  # local OpenAI-compatible servers want some key
+    started = time.perf_counter()
     response = await litellm.acompletion(model=call.model, messages=messages, timeout=timeout_s,
                                          max_retries=0, num_retries=0, **kwargs)
+    latency = time.perf_counter() - started
     try:
-        text = response.choices[0].message.content
+        choice = response.choices[0]
+        text = choice.message.content
         usage = response.usage
         prompt, completion = int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
     except (AttributeError, IndexError, TypeError) as exc:
         raise MalformedReply(str(exc)) from exc
-    return Reply(text if isinstance(text, str) else None, prompt, completion, known_cost(call, prompt, completion))
+    reason = getattr(choice, "finish_reason", None)
+    return Reply(text if isinstance(text, str) else "",
+                 Usage(prompt_tokens=prompt, completion_tokens=completion,
+                       cost_usd=known_cost(call, prompt, completion), calls=1),
+                 latency, reason if isinstance(reason, str) else None, content_null=not isinstance(text, str))
 
 
 async def gguf_complete(model: LocalModel, call: Priced, messages: list[dict[str, str]], *,
@@ -142,6 +152,7 @@ async def gguf_complete(model: LocalModel, call: Priced, messages: list[dict[str
     params = {**(defaults or {}), **call.params, "max_tokens": completion_cap(call), **overrides}
     if on_token is not None:
         params["on_token"] = on_token
-    reply = await model.chat(messages, **params)
-    return Reply(reply.text, reply.prompt_tokens, reply.completion_tokens,
-                 known_cost(call, reply.prompt_tokens, reply.completion_tokens))
+    reply = await model.chat(messages, **params)  # its usage unpriced: the model knows no manifest
+    usage = reply.usage
+    return replace(reply, usage=usage.model_copy(
+        update={"cost_usd": known_cost(call, usage.prompt_tokens, usage.completion_tokens)}))

@@ -22,9 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .llm import Reply
+from .models import Usage
 
 log = logging.getLogger(__name__)
 TokenHook = Callable[[int], None]  # called on the model's thread with the count of tokens sampled so far
@@ -55,15 +57,6 @@ def gpu_offload_supported() -> bool:
     import llama_cpp
 
     return bool(llama_cpp.llama_supports_gpu_offload())
-
-
-@dataclass
-class LocalReply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    finish_reason: str | None
 
 
 class LocalModel:
@@ -120,7 +113,7 @@ class LocalModel:
             self._load()
 
     def _chat_blocking(self, messages: list[dict[str, str]], params: dict[str, Any], on_token: TokenHook | None,
-                       stop: threading.Event) -> LocalReply:
+                       stop: threading.Event) -> Reply:
         def hook(n: int) -> None:
             if stop.is_set():
                 raise GenerationStopped(f"stopped after {n - 1} tokens: the caller has gone")
@@ -140,9 +133,10 @@ class LocalModel:
             latency = time.perf_counter() - started
         choice = out["choices"][0]
         usage = out.get("usage") or {}
-        return LocalReply(text=choice["message"]["content"] or "", prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                          completion_tokens=int(usage.get("completion_tokens", 0)), latency_s=latency,
-                          finish_reason=choice.get("finish_reason"))
+        return Reply(choice["message"]["content"] or "",
+                     Usage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                           completion_tokens=int(usage.get("completion_tokens", 0)), calls=1),  # unpriced
+                     latency, choice.get("finish_reason"))
 
     def _tokenize_blocking(self, texts: list[str]) -> list[list[int]]:
         with self._lock:
@@ -168,7 +162,7 @@ class LocalModel:
         return sum(len(c) for c in counts) + 16 * (len(messages) + 1)
 
     async def chat(self, messages: list[dict[str, str]], *, on_token: TokenHook | None = None,
-                   **params: Any) -> LocalReply:
+                   **params: Any) -> Reply:
         """One chat completion. `on_token` runs on the model's thread after each sampled token (keep it
         short; it may raise GenerationStopped to end the call). A cancelled caller returns at once and the
         call stops at its next token (the prompt's evaluation, once begun, is finished first)."""

@@ -11,8 +11,8 @@ Host and Origin checks and token.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,7 +41,7 @@ from .openai_chat import (
 from .planners.base import PlanEvent
 
 if TYPE_CHECKING:
-    from .run_manager import Listener, Progress, RunHandle, RunManager
+    from .run_manager import Following, RunHandle, RunManager
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # as the MCP transport's default
 KEEPALIVE_S = 15.0  # an SSE comment while a step runs, so proxies keep the stream open
@@ -53,27 +53,28 @@ class ClientGone(Exception):
 
 
 class ChatRuns:
-    """A request's run through the RunManager, the door every surface uses: start it, wait for it, cancel it
+    """A request's run through the RunManager, the door every surface uses: start it, follow it, cancel it
     when the client leaves (completed steps are kept; the run can be resumed)."""
 
     def __init__(self, runs: RunManager) -> None:
         self.runs = runs
 
-    async def start(self, req: ChatRequest, listener: Listener | None) -> RunHandle:
-        """Raises ConductorError for arguments the engine refuses, before anything is spent or answered."""
-        return await self.runs.solve(req.task, workers=req.workers, max_steps=req.max_steps, strategy=req.strategy,
-                                     budget=req.budget, prefer=req.prefer, listener=listener, workflow=req.workflow)
-
-    async def wait(self, handle: RunHandle) -> Run:
-        """The finished run. Whatever stops the wait (the client gone, a write failed) cancels the run."""
+    async def start(self, req: ChatRequest) -> RunHandle:
+        """Raises ApiError for arguments the engine refuses, before anything is spent or answered."""
         try:
-            await handle.done.wait()
-        except BaseException:
-            if not handle.done.is_set():
-                await self.runs.cancel(handle)
-            raise
-        finally:
-            handle.listener = None
+            return await self.runs.solve(req.task, workers=req.workers, max_steps=req.max_steps,
+                                         strategy=req.strategy, budget=req.budget, prefer=req.prefer,
+                                         workflow=req.workflow)
+        except ConductorError as exc:
+            raise error_for(exc) from None
+
+    def follow(self, handle: RunHandle) -> AbstractAsyncContextManager[Following]:
+        """Its progress and its end. Whatever ends the block before the run (the client gone, a write failed)
+        cancels the run."""
+        return self.runs.follow(handle, cancel="on_exit")
+
+    def result(self, handle: RunHandle) -> Run:
+        """The ended run; an ApiError for one that ended before it was stored (planning failed or was cancelled)."""
         if handle.error is not None:
             raise ApiError(502, f"run {handle.run_id}: {handle.error}", "server_error", code="planning_failed",
                            retry=False)
@@ -178,16 +179,14 @@ class OpenAIApp:
         if req.stream:
             await StreamAnswer(self.chat, req).send(receive, send)
             return
-        try:
-            handle = await self.chat.start(req, None)
-        except ConductorError as exc:
-            raise error_for(exc) from None
+        handle = await self.chat.start(req)
         answer: dict[str, Any] | None = None
         error: ApiError | None = None
-        async with anyio.create_task_group() as tg:
+        async with self.chat.follow(handle) as following, anyio.create_task_group() as tg:
             tg.start_soon(until_gone, receive, tg.cancel_scope)
             try:
-                run = await self.chat.wait(handle)
+                await following.wait()
+                run = self.chat.result(handle)
                 total, conductor = self.chat.usage(run.id)
                 ext = extension(run, total, conductor)
                 reason = finish_reason(run, ext)
@@ -212,8 +211,6 @@ class StreamAnswer:
     def __init__(self, chat: ChatRuns, req: ChatRequest) -> None:
         self.chat = chat
         self.req = req
-        self.lines_in, self.lines_out = anyio.create_memory_object_stream[str](math.inf)
-        self.handle: RunHandle | None = None
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         req = self.req
@@ -225,42 +222,30 @@ class StreamAnswer:
             payload["usage"] = None
         return sse(payload)
 
-    async def listen(self, event: Progress) -> None:
-        """Runs on the run's side: never blocks it (the buffer is unbounded; a run has few events)."""
-        if isinstance(event, PlanEvent):
-            self.lines_in.send_nowait(f"{event.message}\n")
-            if event.phase == "planned":
-                self.lines_in.send_nowait("")  # the plan is stored: show it
-            return
-        root = self.handle.run_id if self.handle is not None else event.run_id
-        self.lines_in.send_nowait(step_text(event, root))
-
     async def send(self, receive: Receive, send: Send) -> None:
         req = self.req
-        try:
-            self.handle = handle = await self.chat.start(req, self.listen)
-        except ConductorError as exc:
-            raise error_for(exc) from None
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no")]})
+        handle = await self.chat.start(req)
+        async with self.chat.follow(handle) as following:  # entered before any await: it hears every event
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]})
+            await self._answer(receive, send, following)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _answer(self, receive: Receive, send: Send, following: Following) -> None:
+        req, handle = self.req, following.handle
 
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-        async def close_when_done() -> None:
-            await handle.done.wait()
-            self.lines_in.close()
-
         async with anyio.create_task_group() as tg:
             tg.start_soon(until_gone, receive, tg.cancel_scope)
-            tg.start_soon(close_when_done)
             try:
                 first = {"role": "assistant", "content": "", "reasoning_content": start_text(req)}
                 await write(self.chunk(first, conductor={"run_id": handle.run_id,
                                                          "trace_uri": trace_uri(handle.run_id)}))
-                await self._progress(write)
-                run = await self.chat.wait(handle)
+                await self._progress(write, following)
+                run = self.chat.result(handle)
                 total, conductor = self.chat.usage(run.id)
                 ext = extension(run, total, conductor)
                 reason = finish_reason(run, ext)
@@ -275,26 +260,22 @@ class StreamAnswer:
                 await write(b"data: [DONE]\n\n")
             except Exception as exc:
                 await write(sse(error_for(exc).body()))
-            finally:
-                if not handle.done.is_set():  # the client left (or a write failed): stop its run, keep its steps
-                    with anyio.CancelScope(shield=True):
-                        await self.chat.runs.cancel(handle)
             tg.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _progress(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+    async def _progress(self, write: Callable[[bytes], Awaitable[None]], following: Following) -> None:
         """Progress lines until the run ends, with an SSE comment while nothing happens."""
-        assert self.handle is not None
-        async with self.lines_out:
-            while True:
-                with anyio.move_on_after(KEEPALIVE_S) as timer:
-                    try:
-                        line = await self.lines_out.receive()
-                    except anyio.EndOfStream:
-                        return
-                if timer.cancelled_caught:
-                    await write(b": running\n\n")
-                elif line:
-                    await write(self.chunk({"reasoning_content": line}))
-                else:
-                    await write(self.chunk({"reasoning_content": plan_text(self.chat.get(self.handle.run_id))}))
+        root = following.run_id
+        while True:
+            with anyio.move_on_after(KEEPALIVE_S) as timer:
+                try:
+                    event = await anext(following)
+                except StopAsyncIteration:
+                    return
+            if timer.cancelled_caught:
+                await write(b": running\n\n")
+            elif isinstance(event, PlanEvent):
+                await write(self.chunk({"reasoning_content": f"{event.message}\n"}))
+                if event.phase == "planned":  # the plan is stored: show it
+                    await write(self.chunk({"reasoning_content": plan_text(self.chat.get(root))}))
+            else:
+                await write(self.chunk({"reasoning_content": step_text(event, root)}))

@@ -30,7 +30,8 @@ from .errors import (
 )
 from .models import MAX_STEPS_LIMIT, Budget, Prefer, Run, RunStatus, Usage
 from .redact import redact
-from .workflows import field_problems, validate_workflow
+from .request import MAX_TASK_CHARS, RequestError, check_request
+from .workflows import field_problems
 
 if TYPE_CHECKING:
     from .engine import StepEvent
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_TASK_CHARS = 100_000  # as the engine's
 MAX_CONTEXT_CHARS = 12_000  # earlier messages sent with the task: about 3,000 tokens
 MAX_CONTEXT_MESSAGE_CHARS = 4_000  # one earlier message at most
 STARTED = int(time.time())
@@ -324,36 +324,26 @@ def parse_request(body: Any, registry: Registry) -> ChatRequest:
         raise bad_request("conductor: " + "; ".join(problems), param=param) from None
     task, context = compose_task(messages)
     strategy, preset = resolve_model(model, registry)
+    budget = Budget.merged(None, max_total_tokens=opts.max_total_tokens, max_usd=opts.max_usd,
+                           max_rounds=opts.max_rounds or preset.max_rounds,
+                           max_depth=opts.max_depth if opts.max_depth is not None else preset.max_depth)
     try:
-        workers = registry.select(opts.workers)
-    except ConfigError as exc:
-        raise bad_request(str(exc), param="conductor.workers") from None
-    if strategy.startswith(SINGLE) and strategy[len(SINGLE):] not in workers:
-        raise bad_request(f"conductor.workers: {workers} leaves out worker {strategy[len(SINGLE):]!r}, which model "
-                          f"{model!r} runs", param="conductor.workers")
-    max_steps = opts.max_steps or preset.max_steps or registry.conductor.max_steps
-    if strategy == "moa" and max_steps < 2 and opts.workflow is None:
-        raise bad_request("conductor.max_steps: moa needs at least 2 (proposers, then an aggregator)",
-                          param="conductor.max_steps")
-    try:
-        budget = Budget.model_validate({k: v for k, v in {
-            "max_total_tokens": opts.max_total_tokens, "max_usd": opts.max_usd,
-            "max_rounds": opts.max_rounds or preset.max_rounds,
-            "max_depth": opts.max_depth if opts.max_depth is not None else preset.max_depth}.items()
-            if v is not None})
-    except ValidationError as exc:  # pragma: no cover - the options' own bounds are the budget's
-        raise bad_request("conductor: " + "; ".join(field_problems(exc)), param="conductor") from None
-    if opts.workflow is not None:
-        try:
-            validate_workflow(opts.workflow, workers, max_steps, allow_recursion=budget.max_depth > 0)
-        except WorkflowError as exc:
-            raise bad_request(f"conductor.workflow: {exc}", param="conductor.workflow") from None
-    if len(task) > MAX_TASK_CHARS:
-        raise bad_request(f"messages: the task and its context are {len(task)} characters, at most {MAX_TASK_CHARS}",
-                          param="messages", code="context_length_exceeded")
-    return ChatRequest(model=model, task=task, strategy=strategy, workers=workers, max_steps=max_steps,
-                       budget=budget, prefer=opts.prefer or preset.prefer, workflow=opts.workflow, stream=stream,
+        req = check_request(registry, task, opts.workers, opts.max_steps or preset.max_steps, strategy, budget,
+                            opts.prefer or preset.prefer, opts.workflow)
+    except RequestError as exc:
+        if exc.too_long:
+            raise bad_request(f"messages: the task and its context are {len(task)} characters, at most "
+                              f"{MAX_TASK_CHARS}", param="messages", code="context_length_exceeded") from None
+        param = _PARAMS[exc.param]
+        raise bad_request(f"{param}: {exc.detail}", param=param) from None
+    return ChatRequest(model=model, task=req.task, strategy=strategy, workers=req.workers, max_steps=req.max_steps,
+                       budget=req.budget, prefer=req.prefer, workflow=opts.workflow, stream=stream,
                        include_usage=include_usage, context_messages=context)
+
+
+# where each argument of a request is in a chat completion's body
+_PARAMS = {"task": "messages", "workers": "conductor.workers", "max_steps": "conductor.max_steps",
+           "strategy": "model", "workflow": "conductor.workflow"}
 
 
 def resolve_model(name: str, registry: Registry) -> tuple[str, Preset]:

@@ -13,23 +13,26 @@ built on first use, so start-up imports nothing heavy.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .errors import ConductorError, RunNotFound, RunStateError, internal_message
 from .models import Budget, Prefer, Run, RunOptions, RunStatus, StepRecord, Usage
-from .planners.base import PlanEvent, PlanSink
+from .planners.base import PlanEvent, PlanSink, tell
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Collection
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from .engine import Engine, EventSink, StepEvent
     from .registry import Registry
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
 Listener = Callable[[Progress], Awaitable[None]]
+CancelWhen = Literal["on_exit", "on_abort", "never"]  # what leaving a follow() block before its run ends does
 
 
 @dataclass
@@ -45,9 +49,45 @@ class RunHandle:
     run_id: str
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    listener: Listener | None = None  # the tool call waiting on this run, if any
+    listener: Listener | None = None  # solve's `listener`, if any
     planning: bool = False  # the conductor is still writing the workflow: the store has no run yet
     error: str | None = None  # why a run ended before it was stored (planning failed or was cancelled)
+    followers: list[MemoryObjectSendStream[Progress]] = field(default_factory=list)  # one per follow() block
+
+    def end(self) -> None:
+        """The run is over, stored or not: its waiters wake, and its followers' events end."""
+        self.done.set()
+        for follower in self.followers:
+            follower.close()
+
+
+class Following:
+    """A run as a `RunManager.follow` block sees it: `async for event in following` hears its progress, in order,
+    until it ends; `await following.wait(s)` waits up to s seconds for its end."""
+
+    def __init__(self, runs: RunManager, handle: RunHandle, events: MemoryObjectReceiveStream[Progress]) -> None:
+        self.runs = runs
+        self.handle = handle
+        self._events = events
+
+    @property
+    def run_id(self) -> str:
+        return self.handle.run_id
+
+    def __aiter__(self) -> Following:
+        return self
+
+    async def __anext__(self) -> Progress:
+        """The next event; StopAsyncIteration once the run has ended and its every event has been read."""
+        try:
+            return await self._events.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def wait(self, wait_s: float | None = None) -> bool:
+        """Whether the run has ended, waiting up to wait_s seconds (None: until it does). Events that come
+        meanwhile are kept for `async for`."""
+        return await self.runs.wait(self.handle, wait_s)
 
 
 def fallback_reason(run: Run) -> str | None:
@@ -59,8 +99,9 @@ def fallback_reason(run: Run) -> str | None:
 
 
 class RunManager:
-    def __init__(self, workers: str | Path | None = None, db: str | Path | None = None,
+    def __init__(self, workers: str | Path | Registry | None = None, db: str | Path | None = None,
                  engine: Engine | None = None) -> None:
+        """`workers`: a manifest's path (None: the default one) or a registry already loaded from one."""
         self._workers = workers
         self._db = db
         self._engine: Engine | None = engine
@@ -72,14 +113,15 @@ class RunManager:
     def engine(self) -> Engine:
         if self._engine is None:
             from .engine import Engine
-            from .registry import load_registry
+            from .registry import Registry, load_registry
             from .store import Store
 
-            self._engine = Engine(load_registry(self._workers), self._store or Store(self._db))
+            registry = self._workers if isinstance(self._workers, Registry) else load_registry(self._workers)
+            self._engine = Engine(registry, self._store or Store(self._db))
         return self._engine
 
     @property
-    def _runs(self) -> Store:
+    def _trace_store(self) -> Store:
         """The trace store the reads below use: the engine's, or, until an engine is needed, the store alone."""
         if self._engine is not None:
             return self._engine.store
@@ -119,11 +161,10 @@ class RunManager:
     @staticmethod
     def _sink(handle: RunHandle) -> Callable[[Progress], Awaitable[None]]:
         async def sink(event: Progress) -> None:
+            for follower in handle.followers:
+                follower.send_nowait(event)  # unbounded: a follower never holds the run up
             if handle.listener is not None:
-                try:
-                    await handle.listener(event)
-                except Exception:  # a client gone away must not fail the run
-                    handle.listener = None
+                await tell(handle.listener, event)
 
         return sink
 
@@ -144,7 +185,7 @@ class RunManager:
             except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
-                handle.done.set()
+                handle.end()
 
         tg.start_soon(body)
         return handle
@@ -157,18 +198,13 @@ class RunManager:
         Bad arguments raise ConductorError here, before anything starts. Then the conductor plans
         (`handle.planning` is true, and `get` answers RunNotFound until the plan is stored) and the run
         executes. `listener` hears PlanEvents while the conductor writes, then a StepEvent as each step
-        starts and ends. Wait with `wait(handle, s)`, read with `get(handle.run_id)`, stop with `cancel`;
+        starts and ends. Follow it with `follow(handle)`, read with `get(handle.run_id)`, stop with `cancel`;
         a run that ended before it was stored (planning cancelled or failed) has `handle.error`.
         `workflow`: the caller's own, checked here; nothing is planned.
         """
         tg = self._task_group()
         engine = self.engine
-        request = engine.check_plan(task, workers, max_steps, strategy, budget, prefer)
-        if workflow is not None:
-            from .workflows import validate_workflow
-
-            workflow = validate_workflow(workflow, request.workers, request.max_steps,
-                                         allow_recursion=request.budget.max_depth > 0)
+        request = engine.check_plan(task, workers, max_steps, strategy, budget, prefer, workflow)
         from .store import new_run_id
 
         handle = RunHandle(new_run_id(), listener=listener, planning=True)
@@ -184,7 +220,7 @@ class RunManager:
                 with handle.scope:
                     started = time.perf_counter()
                     try:
-                        run = await engine.plan_checked(request, workflow, on_plan=on_plan, run_id=handle.run_id)
+                        run = await engine.plan_checked(request, on_plan=on_plan, run_id=handle.run_id)
                         stored = True
                     finally:
                         handle.planning = False
@@ -200,15 +236,44 @@ class RunManager:
             finally:
                 if not stored and handle.error is None:
                     handle.error = "cancelled while the conductor was planning; nothing was stored"
-                handle.done.set()
+                handle.end()
 
         tg.start_soon(body)
         return handle
 
-    async def wait(self, handle: RunHandle, wait_s: float) -> bool:
+    async def wait(self, handle: RunHandle, wait_s: float | None) -> bool:
+        """Whether the run has ended, waiting up to wait_s seconds (None: until it does)."""
         with anyio.move_on_after(wait_s):
             await handle.done.wait()
         return handle.done.is_set()
+
+    @asynccontextmanager
+    async def follow(self, handle: RunHandle, *, cancel: CancelWhen = "on_exit") -> AsyncIterator[Following]:
+        """Follow a run that `solve` or `resume` started, as httpx's `Client.stream()` reads a response: the block
+        gets the run's progress events and its end through the Following it yields; leaving the block detaches it.
+        Enter it before the first await after `solve`, or the first events are missed; several blocks may follow
+        one run. What leaving the block before the run ends does to the run, by `cancel`:
+          on_exit   cancel it, whatever ended the block (an OpenAI completion: its run is its request's);
+          on_abort  cancel it when an exception ends the block, the caller's cancellation included (an MCP call
+                    whose client left); a normal exit (a wait that timed out) leaves it running;
+          never     leave it running (get_run: the run is its starter's).
+        A cancelled run keeps its completed steps and can be resumed."""
+        send, receive = anyio.create_memory_object_stream[Progress](math.inf)  # few events: the run never waits
+        handle.followers.append(send)
+        if handle.done.is_set():
+            send.close()
+        aborted = False
+        try:
+            yield Following(self, handle, receive)
+        except BaseException:
+            aborted = True
+            raise
+        finally:
+            handle.followers.remove(send)
+            send.close()
+            receive.close()
+            if not handle.done.is_set() and (cancel == "on_exit" or (cancel == "on_abort" and aborted)):
+                await self.cancel(handle)  # shielded: it waits for the run to end
 
     async def cancel(self, handle: RunHandle) -> None:
         handle.scope.cancel()
@@ -219,7 +284,7 @@ class RunManager:
         """The stored run; for a run that `solve` started and that ended before its plan was stored, a
         RunStateError saying why (RunNotFound while it is still planning)."""
         try:
-            return self._runs.get_run(run_id)
+            return self._trace_store.get_run(run_id)
         except RunNotFound:
             handle = self.handles.get(run_id)
             if handle is not None and handle.error is not None:
@@ -232,7 +297,7 @@ class RunManager:
     def usage(self, run_id: str) -> tuple[Usage, Usage]:
         """What a run tree cost (its plans, steps, reviews and child runs), and the conductor's own share of it:
         its planning and review calls."""
-        store = self._runs
+        store = self._trace_store
         run = store.get_run(run_id)
         total, conductor = run.usage, run.plan.usage  # counted as store.tree_usage counts, in one walk
         for review in self.options(run_id).reviews:
@@ -295,42 +360,42 @@ class RunManager:
 
     def options(self, run_id: str) -> RunOptions:
         """A run's options, typed (a run stored before a field existed gets its default)."""
-        return RunOptions.load(self._runs.options(run_id))
+        return RunOptions.load(self._trace_store.options(run_id))
 
     def children(self, run_id: str) -> list[Run]:
-        store = self._runs
+        store = self._trace_store
         return [store.get_run(c) for c in store.children(run_id)]
 
     def tree_usage(self, run_id: str) -> Usage:
         """What a run and everything it spawned used (the store's one walk)."""
-        return self._runs.tree_usage(run_id)
+        return self._trace_store.tree_usage(run_id)
 
     def running_seconds(self, run_id: str) -> float:
-        return self._runs.running_seconds(run_id)
+        return self._trace_store.running_seconds(run_id)
 
     def resolve(self, ref: str) -> str:
         """A run id from a whole id, the start of exactly one, or `last`."""
-        return str(self._runs.resolve_run(ref))
+        return str(self._trace_store.resolve_run(ref))
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "host") -> None:
-        self._runs.rate(run_id, score, note, source=source)
+        self._trace_store.rate(run_id, score, note, source=source)
 
     def page(self, size: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of run summaries, newest first, and the cursor of the next one."""
-        return self._runs.run_page(size, cursor)
+        return self._trace_store.run_page(size, cursor)
 
     def find(self, limit: int, statuses: Collection[str] = (), strategy: str | None = None,
              text: str | None = None) -> list[RunListing]:
         """Root runs, newest first, as `conductor-mcp runs` filters them (see Store.find_runs)."""
-        return self._runs.find_runs(limit, statuses, strategy, text)
+        return self._trace_store.find_runs(limit, statuses, strategy, text)
 
     def usage_rows(self, since: float) -> list[sqlite3.Row]:
         """Every run of every tree whose root was created since `since`, as `conductor-mcp usage` sums them."""
-        return self._runs.usage_rows(since)
+        return self._trace_store.usage_rows(since)
 
     def store_path(self) -> Path:
         """Where the trace store is (for messages)."""
-        return self._runs.path
+        return self._trace_store.path
 
     def learn_only_before(self, when: float | None) -> None:
         """Plan from ratings given before `when` only (None: from all), as an eval does while it grades."""
@@ -340,17 +405,17 @@ class RunManager:
         """A run's whole trace, its child runs' included."""
         from .render import trace_tree
 
-        return trace_tree(self._runs, run_id)
+        return trace_tree(self._trace_store, run_id)
 
     def record_eval(self, command: str, suite: str, started_at: float, ended_at: float,
                     report: dict[str, Any]) -> str:
         """Keep an `eval` or `calibrate` report (evals.report_json) for the web view; the new eval's id."""
-        return self._runs.add_eval(command, suite, started_at, ended_at, report)
+        return self._trace_store.add_eval(command, suite, started_at, ended_at, report)
 
     def list_evals(self, limit: int = 50) -> list[EvalSummary]:
         """Recorded evals, newest first."""
-        return self._runs.list_evals(limit)
+        return self._trace_store.list_evals(limit)
 
     def get_eval(self, eval_id: str) -> EvalRecord:
         """A recorded eval with its report; EvalNotFound for an id the store lacks."""
-        return self._runs.get_eval(eval_id)
+        return self._trace_store.get_eval(eval_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,8 +30,9 @@ from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError
 from . import __version__
 from .errors import ConductorError, RunNotFound, internal_message
 from .models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus, Usage
-from .planners.base import PlanEvent
-from .run_manager import Progress, RunManager
+from .planners.base import PlanEvent, tell
+from .request import MAX_TASK_CHARS
+from .run_manager import CancelWhen, Listener, Progress, RunManager
 from .tool_schemas import STRATEGY, WORKER_ID, compact, optional_not_null, output_shape, with_worker_ids
 from .workflows import field_problems
 
@@ -43,9 +44,8 @@ INSTRUCTIONS = (
     "several models (drafts, cross-checks, review). Long runs return status 'running': poll get_run. "
     "Every run's trace is at conductor://runs/{run_id}."
 )
-MAX_TASK = 100_000
 RUN_ID = "from solve or plan_workflow"
-TaskArg = Annotated[str, Field(max_length=MAX_TASK, description="the task, self-contained")]  # empty: check_task
+TaskArg = Annotated[str, Field(max_length=MAX_TASK_CHARS, description="the task, self-contained")]  # empty: check_task
 WorkerIdArg = Annotated[str, Field(json_schema_extra={WORKER_ID: True})]
 WorkersArg = Annotated[list[WorkerIdArg] | None, Field(description="worker ids to use (default: all)")]
 MaxStepsArg = Annotated[int | None, Field(ge=1, le=MAX_STEPS_LIMIT, description="most steps in the plan")]
@@ -162,9 +162,13 @@ class ConductorServer(MCPServer[RunManager]):
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context[RunManager, Any] | None = None) -> CallToolResult | InputRequiredResult:
+        """Every tool's errors mapped in one place: a ConductorError is a tool error with its own message; anything
+        else a short one, its traceback in the log."""
         try:
             return await super().call_tool(name, arguments, context)
         except UnexpectedToolError as exc:
+            if isinstance(exc.__cause__, ConductorError):  # raised on purpose: its message is for the caller
+                raise ToolError(f"Error executing tool {name}: {exc.__cause__}") from exc.__cause__
             # the SDK would answer only "Error executing tool X": say what broke; the traceback goes to the log
             cause = exc.__cause__ or exc
             log.error("tool %s failed", name, exc_info=cause)
@@ -215,10 +219,6 @@ def _result(model: BaseModel, run_id: str, text: str | None = None) -> CallToolR
         structured_content=model.model_dump(mode="json"))
 
 
-def _tool_error(exc: Exception) -> ToolError:
-    return ToolError(str(exc))
-
-
 async def warm_litellm(runs: RunManager) -> None:
     """Import litellm on a thread before serving: its import takes seconds, and done by the first worker call it
     would hold the event loop (every other request and run) meanwhile. Only for manifests that use it."""
@@ -235,23 +235,19 @@ async def warm_litellm(runs: RunManager) -> None:
 AnyContext = Context[RunManager, Any]
 
 
-def _runs(ctx: AnyContext | None) -> RunManager:
+def _manager(ctx: AnyContext | None) -> RunManager:
     """The RunManager the server's lifespan yielded: every tool reaches runs through it, and only through it."""
     if ctx is None:
         raise ToolError("no request context: the conductor's tools run inside an MCP request")
     return ctx.request_context.lifespan_context
 
 
-async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext | None,
-                   cancel_on_abort: bool) -> RunOut:
-    """Wait up to wait_s, sending progress; a cancelled call cancels the run it started."""
-    handle = runs.active(run_id)
-    if handle is None:
-        return _out(runs, runs.get(run_id))
+def reporter(ctx: AnyContext | None) -> Listener:
+    """A tool call's progress notifications, one unit per event: planning's count is unknown ahead, then each step
+    starts and ends. A client gone away fails nothing."""
     count = planning = 0
 
-    async def progress(event: Progress) -> None:
-        # one unit per event: planning's count is unknown ahead, then each step starts and ends
+    async def send(event: Progress) -> None:
         nonlocal count, planning
         count += 1
         if ctx is None:
@@ -262,18 +258,25 @@ async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext
         else:
             await ctx.report_progress(count, total=planning + 2 * event.total, message=event.message)
 
-    handle.listener = progress
-    try:
-        await runs.wait(handle, wait_s)
-    except anyio.get_cancelled_exc_class():
-        if cancel_on_abort:
-            await runs.cancel(handle)
-        raise
-    finally:
-        handle.listener = None
-    if handle.planning:  # no run in the store yet: the plan is still being written
-        return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
-                      calls=0, trace_uri=_uri(run_id))
+    async def report(event: Progress) -> None:
+        await tell(send, event)
+
+    return report
+
+
+async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext | None,
+                   cancel: CancelWhen) -> RunOut:
+    """Follow the run up to wait_s, sending progress; `cancel`: whether a cancelled call cancels the run."""
+    handle = runs.active(run_id)
+    if handle is not None:
+        report = reporter(ctx)
+        async with runs.follow(handle, cancel=cancel) as following:
+            with anyio.move_on_after(wait_s):  # wait_s over: the run goes on
+                async for event in following:
+                    await report(event)
+        if handle.planning:  # no run in the store yet: the plan is still being written
+            return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
+                          calls=0, trace_uri=_uri(run_id))
     return _out(runs, runs.get(run_id))
 
 
@@ -299,16 +302,12 @@ async def solve(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsAr
     """Plan a workflow for a hard task and run it on the worker models; returns the answer, or status
     'running' after wait_s, planning included (poll get_run). A call can take minutes and spend money on
     paid workers."""
-    runs = _runs(ctx)
-    try:
-        budget = runs.budget(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
-                             max_usd=max_usd)
-        handle = await runs.solve(task, workers=workers, max_steps=max_steps, strategy=strategy, budget=budget,
-                                  prefer=prefer)
-        result = await wait_for(runs, handle.run_id, wait_s, ctx, cancel_on_abort=True)
-    except ConductorError as exc:
-        raise _tool_error(exc) from None
-    return run_result(result)
+    runs = _manager(ctx)
+    budget = runs.budget(max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+                         max_usd=max_usd)
+    handle = await runs.solve(task, workers=workers, max_steps=max_steps, strategy=strategy, budget=budget,
+                              prefer=prefer)
+    return run_result(await wait_for(runs, handle.run_id, wait_s, ctx, cancel="on_abort"))
 
 
 async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: MaxStepsArg = None,
@@ -317,21 +316,9 @@ async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: Ma
                         ctx: AnyContext | None = None) -> Annotated[CallToolResult, PlanOut]:
     """Plan only, or check your own workflow, and store it as a run; nothing is spent. Run it with resume
     or run_step."""
-    runs = _runs(ctx)
-    count = 0
-
-    async def progress(event: PlanEvent) -> None:
-        nonlocal count
-        count += 1
-        if ctx is not None:
-            with suppress(Exception):  # a client gone away must not fail the plan
-                await ctx.report_progress(count, message=event.message)
-
-    try:
-        given = workflow.model_dump() if workflow is not None else None
-        run = await runs.plan(task, workers, max_steps, workflow=given, on_plan=progress)
-    except ConductorError as exc:
-        raise _tool_error(exc) from None
+    runs = _manager(ctx)
+    given = workflow.model_dump() if workflow is not None else None
+    run = await runs.plan(task, workers, max_steps, workflow=given, on_plan=reporter(ctx))
     out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),
                   plan_source=run.plan.source, trace_uri=_uri(run.id))
     return _result(out, run.id)
@@ -344,13 +331,10 @@ async def run_step(run_id: RunIdArg, step: Annotated[int, Field(ge=0, descriptio
                    ctx: AnyContext | None = None) -> Annotated[CallToolResult, StepResultOut]:
     """Run one step of a planned run, optionally with a new instruction or worker, once the steps it sees
     are done."""
-    runs = _runs(ctx)
+    runs = _manager(ctx)
     if instruction is not None and not instruction.strip():
         raise ToolError("instruction: empty; omit it to keep the planned instruction")
-    try:
-        record, run, runnable = await runs.run_step(run_id, step, instruction, worker)
-    except ConductorError as exc:
-        raise _tool_error(exc) from None
+    record, run, runnable = await runs.run_step(run_id, step, instruction, worker)
     out = StepResultOut(run_id=run_id, step=step, status=record.status.value, output=record.output,
                         error=record.error, runnable=runnable, run_status=run.status.value,
                         trace_uri=_uri(run_id))
@@ -362,25 +346,17 @@ async def resume(run_id: RunIdArg, wait_s: WaitArg = 50.0, max_rounds: RoundsArg
                  ctx: AnyContext | None = None) -> Annotated[CallToolResult, RunOut]:
     """Run a planned run to the end, or continue a stopped one (cancelled, failed, interrupted; over
     budget: give more). Completed steps are never re-run."""
-    runs = _runs(ctx)
-    try:
-        budget = runs.budget(run_id, max_rounds=max_rounds, max_depth=max_depth,
-                             max_total_tokens=max_total_tokens, max_usd=max_usd)
-        runs.resume(run_id, budget)  # a run this server is planning or running is waited for
-        result = await wait_for(runs, run_id, wait_s, ctx, cancel_on_abort=True)
-    except ConductorError as exc:
-        raise _tool_error(exc) from None
-    return run_result(result)
+    runs = _manager(ctx)
+    budget = runs.budget(run_id, max_rounds=max_rounds, max_depth=max_depth, max_total_tokens=max_total_tokens,
+                         max_usd=max_usd)
+    runs.resume(run_id, budget)  # a run this server is planning or running is waited for
+    return run_result(await wait_for(runs, run_id, wait_s, ctx, cancel="on_abort"))
 
 
 async def get_run(run_id: RunIdArg, wait_s: WaitArg = 0.0,
                   ctx: AnyContext | None = None) -> Annotated[CallToolResult, RunOut]:
     """Status, per-step status and answer of a run; waits up to wait_s while it runs."""
-    runs = _runs(ctx)
-    try:
-        result = await wait_for(runs, run_id, wait_s, ctx, cancel_on_abort=False)
-    except ConductorError as exc:
-        raise _tool_error(exc) from None
+    result = await wait_for(_manager(ctx), run_id, wait_s, ctx, cancel="never")
     return run_result(result) if result.status == RunStatus.RUNNING else _result(result, result.run_id)
 
 
@@ -389,11 +365,7 @@ async def rate_run(run_id: RunIdArg, score: Annotated[float, Field(
                    note: Annotated[str | None, Field(max_length=2000, description="why")] = None,
                    ctx: AnyContext | None = None) -> Annotated[CallToolResult, RatingOut]:
     """Rate a run's answer; the conductor learns from ratings."""
-    runs = _runs(ctx)
-    try:
-        runs.rate(run_id, score, note, source="host")
-    except ConductorError as exc:
-        raise _tool_error(exc) from None
+    _manager(ctx).rate(run_id, score, note, source="host")
     return _result(RatingOut(run_id=run_id, reward=score, note=note), run_id)
 
 

@@ -382,10 +382,6 @@ class Store:
                         db.execute(statement)
                     db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
 
-    def applied_migrations(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM _migrations ORDER BY name")]
-
     # -- runs -----------------------------------------------------------------------------------
     def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: dict[str, Any] | None = None,
                    parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> str:
@@ -469,13 +465,6 @@ class Store:
             parent_run_id=row["parent_run_id"], parent_step=row["parent_step"],
             reward=row["reward"], reward_note=row["reward_note"], reward_source=row["reward_source"],
         )
-
-    def list_runs(self, limit: int = 50, include_children: bool = False) -> list[Run]:
-        where = "" if include_children else "WHERE parent_run_id IS NULL"
-        with self._lock:
-            ids = [r[0] for r in self._db.execute(
-                f"SELECT id FROM runs {where} ORDER BY created_at DESC LIMIT ?", (limit,))]
-        return [self.get_run(i) for i in ids]
 
     def run_page(self, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """Root runs, newest first, as summaries read in SQL (no step output, the task cut to 200 characters):

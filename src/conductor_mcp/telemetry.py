@@ -13,6 +13,10 @@ provider, tokens, cost, status); a retry or a fallback is an event on the step's
 on `conductor`) nests under its step; a correction round under its run. Spans are queued and sent from the
 processor's thread, so a slow or dead collector never holds a run up; what is queued is flushed at exit.
 
+The engine tells these spans through `tracer()`, a context manager per run, step, worker call and plan, with
+typed arguments; while export is off it gets a tracer that records nothing. Describing a span never fails a
+run: an error there is logged, and the run goes on.
+
 Within one process a run's planning and execution share one span and trace (`plan` then `resume` in the
 same process, or the MCP `solve` tool). A run resumed in another process gets a new trace: its span carries
 the same `conductor.run.id` and a span link to the span that planned it (whose ids the run's options keep).
@@ -26,17 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextvars
-import functools
-import inspect
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 from opentelemetry import trace
@@ -46,7 +47,7 @@ from . import __version__
 from .redact import redact
 
 if TYPE_CHECKING:
-    from .models import PlanInfo, Run, RunOptions, WorkerSpec
+    from .models import PlanInfo, Run, RunOptions, Step, Usage, WorkerSpec, Workflow
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -219,7 +220,7 @@ def _error(span: Span, exc: BaseException) -> str:
     return "failed"
 
 
-def _describe_plan(span: Span, info: PlanInfo, workflow: Any, registry: Any) -> None:
+def _describe_plan(span: Span, info: PlanInfo, workflow: Workflow | None, api_base: str | None) -> None:
     span.set_attribute("conductor.plan.source", info.source)
     span.set_attribute("conductor.plan.planner", info.planner)
     span.set_attribute("conductor.plan.attempts", info.attempts)
@@ -234,11 +235,10 @@ def _describe_plan(span: Span, info: PlanInfo, workflow: Any, registry: Any) -> 
         span.add_event("plan_note", {"conductor.note": _text(note)[:1000]})
     if info.usage.calls:  # the conductor model was called: a GenAI chat, with its usage
         kind, _, model = info.planner.partition(":")
-        c = getattr(registry, "conductor", None)
         if kind == "gguf":
             span.set_attributes(model_attributes(None, gguf=model))
         else:
-            span.set_attributes(model_attributes(model, api_base=getattr(c, "api_base", None)))
+            span.set_attributes(model_attributes(model, api_base=api_base))
         span.set_attribute("gen_ai.operation.name", "chat")
         span.set_attributes(_usage_attributes("gen_ai.usage", info.usage.prompt_tokens, info.usage.completion_tokens,
                                               info.usage.cost_usd))
@@ -332,203 +332,242 @@ def _stored_link(options: RunOptions | None) -> list[Link]:
     return [Link(ctx, {"conductor.link": "planned_by"})] if ctx.is_valid else []
 
 
-def _bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    bound = inspect.signature(fn).bind(*args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def _quietly(what: str, action: Callable[..., Any], *args: Any) -> Any:
+def _quietly(what: str, action: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R | None:
     """Telemetry must never fail a run: a bug here is logged, and the run goes on."""
     try:
-        return action(*args)
+        return action(*args, **kwargs)
     except Exception:
         log.warning("telemetry: %s failed", what, exc_info=True)
         return None
 
 
-def traced_planning(fn: Callable[P, Coroutine[Any, Any, Run]]) -> Callable[P, Coroutine[Any, Any, Run]]:
-    """For Engine's planning entry: the run's span starts with its planning, and stays open for its execution
-    in this process (it ends as `planned` if none comes within HOLD_S)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Run:
-        if not active():
-            return await fn(*args, **kwargs)
-        engine = args[0]
-        span = _new_run_span()
-        try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                run = await fn(*args, **kwargs)
-        except BaseException as exc:
-            _quietly("a planning failure", _error, span, exc)
-            span.end()
-            raise
-
-        def describe() -> None:
-            _describe_run(span, run, engine.options(run.id))  # type: ignore[attr-defined]
-            # so another process can link to it
-            engine.store.update_options(run.id, {"otel": _link_of(span)})  # type: ignore[attr-defined]
-        _quietly("describing a planned run", describe)
-        _hold(run.id, span)
-        return run
-
-    return wrapper
-
-
-def traced_execution(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """For Engine._execute and Engine.run_step: the run's span (the one its planning opened in this process, else
-    a new one, linked to that), current while the run executes."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not active():
-            return await fn(*args, **kwargs)
-        engine = args[0]
-        run_id = str(_bind(fn, args, kwargs)["run_id"])
-        options: list[RunOptions] = []  # read once, if read before the run
-        span = _take(run_id)
-        if span is None:
-            def read() -> None:
-                options.append(engine.options(run_id))  # type: ignore[attr-defined]
-            _quietly("reading a run's options", read)
-            span = _new_run_span(_stored_link(options[0] if options else None))
-            span.set_attribute("conductor.run.id", run_id)
-        try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            _quietly("a run failure", _error, span, exc)
-            span.end()
-            raise
-        run: Any = result[1] if isinstance(result, tuple) else result  # run_step returns (step, run)
-
-        def describe() -> None:
-            _describe_run(span, run, options[0] if options else engine.options(run_id))  # type: ignore[attr-defined]
-            _finish_run(span, run)
-        _quietly("describing a run", describe)
+@contextmanager
+def _current(span: Span, what: str, failed: Callable[[Span, BaseException], object] = _error) -> Iterator[None]:
+    """Run the block with `span` current. An exception out of it is described on the span (`failed`, quietly),
+    ends the span and goes on; a block that ends well leaves the span open, for its owner to describe and end."""
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            yield
+    except BaseException as exc:
+        _quietly(what, failed, span, exc)
         span.end()
-        return result
-
-    return wrapper
+        raise
 
 
-# -- steps and worker calls ----------------------------------------------------------------------------
-@dataclass
-class _StepTrace:
-    span: Span
-    worker: str
-    attempts: int = 0
-    last_error: str | None = None
+# -- what the engine tells: a context manager per span ---------------------------------------------------
+class RunSpan:
+    """A run's span, as the engine describes it. This one records nothing: export is off."""
+
+    @property
+    def link(self) -> dict[str, str] | None:
+        """The span's ids, for the run's options (`otel`): a run resumed in another process links to them."""
+        return None
+
+    def planned(self, run: Run, options: RunOptions) -> None:
+        """Planning stored `run` with `options`."""
+
+    def finished(self, run: Run) -> None:
+        """The run's execution (or a step run by hand) left it as `run`."""
 
 
-_step: contextvars.ContextVar[_StepTrace | None] = contextvars.ContextVar("conductor_step", default=None)
+class CallSpan:
+    """One worker call (an attempt). This one records nothing."""
+
+    def answered(self, text: str, usage: Usage) -> None:
+        """The worker answered `text`, using `usage`."""
 
 
-def traced_step(fn: Callable[P, Coroutine[Any, Any, str]]) -> Callable[P, Coroutine[Any, Any, str]]:
-    """For Engine._run_step: a span per step; its worker calls nest under it, its retries are its events."""
+class StepSpan:
+    """A step's span. This one records nothing."""
 
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> str:
-        if not active():
-            return await fn(*args, **kwargs)
-        a = _bind(fn, args, kwargs)
-        run, index, step = a["run"], int(a["i"]), a["wf"].steps[int(a["i"])]
-        access = step.access if isinstance(step.access, str) else ",".join(str(j) for j in step.access)
-        span = _tracer.start_span(f"step {index}", kind=SpanKind.INTERNAL, attributes={
-            "conductor.run.id": run.id, "conductor.step.index": index, "conductor.step.worker": step.worker,
-            "conductor.step.access": access})
+    def model_call(self, spec: WorkerSpec, messages: list[dict[str, str]]) -> AbstractContextManager[CallSpan]:
+        """A call to the step's worker, or to a fallback of it: a span of its own under the step's; a second
+        call is an event (`retry` or `fallback`) on the step's span."""
+        return _NO_CALL
+
+    def completed(self, text: str) -> None:
+        """The step completed with output `text`."""
+
+
+class PlanSpan:
+    """A planner's `plan` or `review`. This one records nothing."""
+
+    def planned(self, info: PlanInfo, workflow: Workflow | None) -> None:
+        """The planner answered: `workflow` (for a review, None accepts the answer) and how it was made."""
+
+
+class Tracer:
+    """What the engine tells the telemetry: a context manager per span, which is current within the block (so
+    spans opened there nest under it). An exception out of a block is recorded on its span and goes on. This
+    tracer records nothing (export is off, and it costs next to nothing); `tracer()` gives the one to tell."""
+
+    def planning(self) -> AbstractContextManager[RunSpan]:
+        """A run's planning: its span stays open, after `planned`, for its execution in this process (it ends as
+        `planned` if none comes within HOLD_S)."""
+        return _NO_RUN
+
+    def run(self, run_id: str, options: Callable[[str], RunOptions]) -> AbstractContextManager[RunSpan]:
+        """A run's execution (or one step of it run by hand), in the span its planning opened in this process,
+        else in a new one, linked to that. `options` reads a run's options (called only when tracing)."""
+        return _NO_RUN
+
+    def step(self, run_id: str, index: int, step: Step) -> AbstractContextManager[StepSpan]:
+        """Step `index` of a run: its worker calls nest under it, its retries are its events."""
+        return _NO_STEP
+
+    def plan(self, kind: Literal["plan", "review"], api_base: str | None) -> AbstractContextManager[PlanSpan]:
+        """A planner's `plan` or `review` (`kind`); `api_base`: the conductor's endpoint, if remote."""
+        return _NO_PLAN
+
+
+_NO_RUN = nullcontext(RunSpan())
+_NO_CALL = nullcontext(CallSpan())
+_NO_STEP = nullcontext(StepSpan())
+_NO_PLAN = nullcontext(PlanSpan())
+
+
+class _OtelRun(RunSpan):
+    def __init__(self, span: Span, run_id: str | None = None, options: RunOptions | None = None,
+                 read: Callable[[str], RunOptions] | None = None) -> None:
+        self.span, self.run_id, self.options, self.read = span, run_id, options, read
+
+    @property
+    def link(self) -> dict[str, str] | None:
+        return _quietly("linking a run", _link_of, self.span)
+
+    def planned(self, run: Run, options: RunOptions) -> None:
+        self.run_id = run.id
+        _quietly("describing a planned run", _describe_run, self.span, run, options)
+
+    def finished(self, run: Run) -> None:
+        _quietly("describing a run", self._finished, run)
+
+    def _finished(self, run: Run) -> None:
+        options = self.options
+        if options is None and self.read is not None:
+            options = self.read(self.run_id or run.id)
+        if options is not None:
+            _describe_run(self.span, run, options)
+        _finish_run(self.span, run)
+
+
+class _OtelCall(CallSpan):
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def answered(self, text: str, usage: Usage) -> None:
+        self.span.set_attributes(_usage_attributes("gen_ai.usage", usage.prompt_tokens, usage.completion_tokens,
+                                                   usage.cost_usd))
         if capture_content():
-            span.set_attribute("conductor.step.instruction", _text(step.instruction))
-        token = _step.set(_StepTrace(span, step.worker))
-        try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                text = await fn(*args, **kwargs)
-        except BaseException as exc:
-            span.set_attribute("conductor.step.status", _quietly("a step failure", _error, span, exc) or "failed")
-            span.end()
-            raise
-        finally:
-            _step.reset(token)
-        span.set_attribute("conductor.step.status", "completed")
-        if capture_content():
-            span.set_attribute("gen_ai.output.messages", _output(text))
-        span.end()
-        return text
-
-    return wrapper
+            self.span.set_attribute("gen_ai.output.messages", _output(text))
 
 
-def traced_worker_call(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """For WorkerPool.complete: one GenAI client span per call (an attempt); a retry or a fallback is an event
-    on the step's span."""
+class _OtelStep(StepSpan):
+    def __init__(self, span: Span, worker: str) -> None:
+        self.span, self.worker = span, worker
+        self.attempts = 0
+        self.last_error: str | None = None
 
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not active():
-            return await fn(*args, **kwargs)
-        a = _bind(fn, args, kwargs)
-        worker_id, messages = str(a["worker_id"]), a["messages"]
-        spec: WorkerSpec = a["self"].registry.spec(worker_id)
-        step = _step.get()
-        if step is not None:
-            step.attempts += 1
-            if step.attempts > 1:
-                name = "fallback" if worker_id != step.worker else "retry"
-                step.span.add_event(name, {"conductor.attempt": step.attempts, "conductor.worker.id": worker_id,
-                                           "conductor.reason": step.last_error or ""})
-        attrs = {"gen_ai.operation.name": "chat", "conductor.worker.id": worker_id,
-                 **model_attributes(spec.model, spec.gguf, spec.api_base)}
+    @contextmanager
+    def model_call(self, spec: WorkerSpec, messages: list[dict[str, str]]) -> Iterator[CallSpan]:
+        self.attempts += 1
+        if self.attempts > 1:
+            name = "fallback" if spec.id != self.worker else "retry"
+            self.span.add_event(name, {"conductor.attempt": self.attempts, "conductor.worker.id": spec.id,
+                                       "conductor.reason": self.last_error or ""})
         from .llm import completion_cap
 
-        attrs["gen_ai.request.max_tokens"] = completion_cap(spec)
+        attrs = {"gen_ai.operation.name": "chat", "conductor.worker.id": spec.id,
+                 **model_attributes(spec.model, spec.gguf, spec.api_base),
+                 "gen_ai.request.max_tokens": completion_cap(spec)}
         temperature = spec.params.get("temperature")
         if isinstance(temperature, (int, float)):
             attrs["gen_ai.request.temperature"] = float(temperature)
-        if step is not None:
-            attrs["conductor.attempt"] = step.attempts
+        attrs["conductor.attempt"] = self.attempts
         kind = SpanKind.INTERNAL if spec.gguf else SpanKind.CLIENT
         span = _tracer.start_span(f"chat {attrs['gen_ai.request.model']}", kind=kind, attributes=attrs)
         if capture_content():
             span.set_attribute("gen_ai.input.messages", _messages(messages))
-        try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                done = await fn(*args, **kwargs)
-        except BaseException as exc:
+
+        def failed(span: Span, exc: BaseException) -> None:
             if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"{worker_id}: timed out after {spec.timeout_s:g}s")
-            _quietly("a worker call failure", _error, span, exc)
-            if step is not None:
-                step.last_error = _text(str(exc))[:300] or type(exc).__name__
-            span.end()
-            raise
-        usage = done.usage  # type: ignore[attr-defined]
-        span.set_attributes(_usage_attributes("gen_ai.usage", usage.prompt_tokens, usage.completion_tokens,
-                                              usage.cost_usd))
+                exc = TimeoutError(f"{spec.id}: timed out after {spec.timeout_s:g}s")
+            self.last_error = _text(str(exc))[:300] or type(exc).__name__
+            _error(span, exc)
+
+        with _current(span, "a worker call failure", failed):
+            yield _OtelCall(span)
+        span.end()
+
+    def completed(self, text: str) -> None:
+        self.span.set_attribute("conductor.step.status", "completed")
         if capture_content():
-            span.set_attribute("gen_ai.output.messages", _output(done.text))  # type: ignore[attr-defined]
+            self.span.set_attribute("gen_ai.output.messages", _output(text))
+
+
+class _OtelPlan(PlanSpan):
+    def __init__(self, span: Span, kind: str, api_base: str | None) -> None:
+        self.span, self.kind, self.api_base = span, kind, api_base
+
+    def planned(self, info: PlanInfo, workflow: Workflow | None) -> None:
+        _quietly("describing a plan", _describe_plan, self.span, info, workflow, self.api_base)
+        if self.kind == "review":
+            self.span.set_attribute("conductor.review.accepted", workflow is None)
+
+
+def _step_failed(span: Span, exc: BaseException) -> None:
+    span.set_attribute("conductor.step.status", _quietly("a step failure", _error, span, exc) or "failed")
+
+
+class _OtelTracer(Tracer):
+    @contextmanager
+    def planning(self) -> Iterator[RunSpan]:
+        span = _new_run_span()
+        traced = _OtelRun(span)
+        with _current(span, "a planning failure"):
+            yield traced
+        if traced.run_id is None:  # nothing was planned
+            span.end()
+        else:
+            _hold(traced.run_id, span)
+
+    @contextmanager
+    def run(self, run_id: str, options: Callable[[str], RunOptions]) -> Iterator[RunSpan]:
+        known = None  # read once, if read before the run
+        span = _take(run_id)
+        if span is None:
+            known = _quietly("reading a run's options", options, run_id)
+            span = _new_run_span(_stored_link(known))
+            span.set_attribute("conductor.run.id", run_id)
+        with _current(span, "a run failure"):
+            yield _OtelRun(span, run_id, known, options)
         span.end()
-        return done
 
-    return wrapper
-
-
-async def traced_plan(kind: str, registry: Any, call: Awaitable[R]) -> R:
-    """Await a planner's `plan` or `review` (`kind`) in a span of its own, described by the PlanInfo it returns."""
-    if not active():
-        return await call
-    span = _tracer.start_span(kind, kind=SpanKind.INTERNAL)
-    try:
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            result = await call
-    except BaseException as exc:
-        _quietly("a planning failure", _error, span, exc)
+    @contextmanager
+    def step(self, run_id: str, index: int, step: Step) -> Iterator[StepSpan]:
+        access = step.access if isinstance(step.access, str) else ",".join(str(j) for j in step.access)
+        span = _tracer.start_span(f"step {index}", kind=SpanKind.INTERNAL, attributes={
+            "conductor.run.id": run_id, "conductor.step.index": index, "conductor.step.worker": step.worker,
+            "conductor.step.access": access})
+        if capture_content():
+            span.set_attribute("conductor.step.instruction", _text(step.instruction))
+        with _current(span, "a step failure", _step_failed):
+            yield _OtelStep(span, step.worker)
         span.end()
-        raise
-    _quietly("describing a plan", _describe_plan, span, result.info,  # type: ignore[attr-defined]
-             result.workflow, registry)  # type: ignore[attr-defined]
-    if kind == "review":
-        span.set_attribute("conductor.review.accepted", result.workflow is None)  # type: ignore[attr-defined]
-    span.end()
-    return result
 
+    @contextmanager
+    def plan(self, kind: Literal["plan", "review"], api_base: str | None) -> Iterator[PlanSpan]:
+        span = _tracer.start_span(kind, kind=SpanKind.INTERNAL)
+        with _current(span, "a planning failure"):
+            yield _OtelPlan(span, kind, api_base)
+        span.end()
+
+
+_OFF = Tracer()
+_ON = _OtelTracer()
+
+
+def tracer() -> Tracer:
+    """The tracer to tell: OpenTelemetry's while spans go anywhere (`active()`), else the one that records
+    nothing."""
+    return _ON if active() else _OFF

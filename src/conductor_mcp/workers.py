@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import httpx
 
-from . import telemetry
-from .errors import WorkerError
+from .errors import NoTextContent, WorkerError
 from .llm import MalformedReply, Reply, gguf_complete, litellm_complete, litellm_module
 from .local_model import LocalModel
 from .models import Usage, WorkerSpec
 from .redact import redact, register_key_envs
 from .registry import Registry
 
-__all__ = ["Completion", "WorkerPool", "litellm_module"]
+__all__ = ["Reply", "WorkerPool", "litellm_module"]
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Completion:
-    text: str
-    usage: Usage
-    latency_s: float
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -116,8 +108,7 @@ class WorkerPool:
             self._local[path] = LocalModel(path, n_ctx=4096)
         return self._local[path]
 
-    @telemetry.traced_worker_call
-    async def complete(self, worker_id: str, messages: list[dict[str, str]]) -> Completion:
+    async def complete(self, worker_id: str, messages: list[dict[str, str]]) -> Reply:
         state = self.registry.get(worker_id)
         if not state.available:
             raise WorkerError(f"{worker_id}: unavailable ({state.reason})", retryable=False)
@@ -128,21 +119,21 @@ class WorkerPool:
             with anyio.fail_after(state.spec.timeout_s):
                 try:
                     if state.gguf_path is not None:
-                        completion = await self._local_call(state.spec, state.gguf_path, messages)
+                        reply = await self._local_call(state.spec, state.gguf_path, messages)
                     else:
-                        completion = await self._litellm_call(state.spec, messages)
+                        reply = await self._litellm_call(state.spec, messages)
                 except TimeoutError:
                     raise
                 except WorkerError:
                     raise
                 except Exception as exc:
                     raise _classify(exc, worker_id, state.spec.api_base) from exc
-            completion.latency_s = time.perf_counter() - started
-        if not completion.text.strip():
+            reply = replace(reply, latency_s=time.perf_counter() - started)
+        if not reply.text.strip():
             raise WorkerError(f"{worker_id}: empty completion", retryable=True)
-        return completion
+        return reply
 
-    async def probe(self, spec: WorkerSpec, gguf_path: Path | None, timeout_s: float) -> Completion:
+    async def probe(self, spec: WorkerSpec, gguf_path: Path | None, timeout_s: float) -> Reply:
         """One call capped at one completion token, through the same client code as a step (`doctor --check`):
         no retry, no fallback, and an empty reply counts as an answer (a reasoning model may spend its one token
         thinking). Failures are WorkerErrors with no key in them; a timeout is TimeoutError."""
@@ -154,29 +145,23 @@ class WorkerPool:
                     return await self._local_call(spec, gguf_path, [{"role": "user", "content": "Say OK."}])
                 return await self._litellm_call(spec, [{"role": "user", "content": "Say OK."}],
                                                 timeout_s=timeout_s)
-            except WorkerError as exc:
-                if "has no text content" in str(exc):  # content null: the provider answered
-                    return Completion("", Usage(calls=1), 0.0)
+            except NoTextContent:  # content null: the provider answered
+                return Reply("", Usage(calls=1))
+            except WorkerError:
                 raise
             except Exception as exc:
                 raise _classify(exc, spec.id, spec.api_base) from exc
 
     async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]],
-                            timeout_s: float | None = None) -> Completion:
+                            timeout_s: float | None = None) -> Reply:
         try:
             reply = await litellm_complete(spec, messages, timeout_s=timeout_s or spec.timeout_s,
                                            api_base=spec.api_base, api_key_env=spec.api_key_env)
         except MalformedReply as exc:
             raise WorkerError(f"{spec.id}: malformed completion ({exc})", retryable=True) from exc
-        if reply.text is None:
-            raise WorkerError(f"{spec.id}: completion has no text content", retryable=True)
-        return _completion(reply)
+        if reply.content_null:
+            raise NoTextContent(f"{spec.id}: completion has no text content", retryable=True)
+        return reply
 
-    async def _local_call(self, spec: WorkerSpec, path: Path, messages: list[dict[str, str]]) -> Completion:
-        return _completion(await gguf_complete(self.local_model(path), spec, messages, defaults={"temperature": 0.2}))
-
-
-def _completion(reply: Reply) -> Completion:
-    usage = Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                  cost_usd=reply.cost_usd, calls=1)
-    return Completion(reply.text or "", usage, 0.0)
+    async def _local_call(self, spec: WorkerSpec, path: Path, messages: list[dict[str, str]]) -> Reply:
+        return await gguf_complete(self.local_model(path), spec, messages, defaults={"temperature": 0.2})

@@ -15,6 +15,7 @@ from conductor_mcp.models import Budget, Manifest, Price, RunStatus, WorkerSpec
 from conductor_mcp.planners.remote import RemotePlanner
 from conductor_mcp.registry import build_registry
 from conductor_mcp.resilience import RetryPolicy
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from ..servers.openai_server import ScriptedServer
@@ -40,7 +41,7 @@ async def test_uncapped_worker_is_sent_the_reserved_cap(server: ScriptedServer, 
     server.script(reply="word " * 10_000)  # a provider that writes 10,000 tokens unless told to stop
     eng = engine(server, store)
     run = await eng.plan("long answers", workflow=TWO_STEPS, budget=budget)
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     # the first call fitted and was capped at what the budget reserved; the second could not fit
     assert run.status == RunStatus.BUDGET_EXCEEDED
     assert [c.max_tokens for c in server.calls()] == [DEFAULT_MAX_TOKENS["litellm"]]
@@ -52,7 +53,7 @@ async def test_uncapped_worker_is_sent_the_reserved_cap(server: ScriptedServer, 
 async def test_worker_cap_from_params_is_sent(server: ScriptedServer, store: Store) -> None:
     eng = engine(server, store, max_tokens=7)
     run = await eng.plan("short", workflow=TWO_STEPS)
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.COMPLETED
     assert [c.max_tokens for c in server.calls()] == [7, 7]
     assert all(s.usage.completion_tokens <= 7 for s in run.steps)
@@ -75,7 +76,7 @@ async def test_conductor_plan_is_reserved_and_capped(server: ScriptedServer, sto
     run = await eng.plan("What is the tallest mountain?", budget=Budget(max_total_tokens=20_000))
     assert run.plan.source == "conductor"
     assert [c.max_tokens for c in server.calls()] == [DEFAULT_MAX_TOKENS["litellm"]]
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.COMPLETED
     assert store.tree_usage(run.id).total_tokens == run.plan.usage.total_tokens + sum(
         s.usage.total_tokens for s in run.steps) <= 20_000
@@ -86,7 +87,7 @@ async def test_review_the_budget_cannot_afford_is_not_made(server: ScriptedServe
     eng = engine(server, store, planner=conductor(server), max_tokens=50)
     wf = {"steps": [{"worker": "a", "instruction": "Answer it"}]}
     run = await eng.plan("reviewed under a budget", workflow=wf, budget=Budget(max_rounds=2, max_total_tokens=3000))
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     # the worker's step fitted; the review (a 4,096-token cap) did not, so the answer stands unreviewed
     assert run.status == RunStatus.COMPLETED and run.answer == run.steps[0].output
     assert server.stats()["by_model"] == {"scripted-a": 1}

@@ -21,9 +21,11 @@ import pytest
 from conductor_mcp.engine import Engine
 from conductor_mcp.models import PlanInfo, Run, Workflow
 from conductor_mcp.registry import load_registry
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from .. import conftest
+from ..conftest import root_run_ids
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, server_env, write_manifest
 
@@ -58,7 +60,7 @@ def solve(engine: Engine, task: str, **kw: Any) -> Run:
 
 def host_run(engine: Engine, task: str) -> Run:
     planned = anyio.run(functools.partial(engine.plan, task, workflow=WORKFLOW))
-    return anyio.run(engine.execute, planned.id)
+    return anyio.run(RunManager(engine=engine).drive, planned.id)
 
 
 def is_iso(text: Any) -> bool:
@@ -223,7 +225,8 @@ def test_ctrl_c_names_the_run_to_resume(env: dict[str, str], server: ScriptedSer
     finally:
         proc.kill()
     store = Store(env["CONDUCTOR_DB"])
-    [run] = store.list_runs()
+    [run_id] = root_run_ids(env["CONDUCTOR_DB"])
+    run = store.get_run(run_id)
     assert proc.returncode == 130, err
     assert err.endswith(f"interrupted: resume with `conductor-mcp resume {run.id}`\n"), err
     assert "Traceback" not in err and "Warning" not in err

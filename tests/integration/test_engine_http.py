@@ -13,6 +13,7 @@ from conductor_mcp.errors import RunStateError, WorkflowError
 from conductor_mcp.models import Manifest, RunStatus, StepStatus
 from conductor_mcp.registry import build_registry
 from conductor_mcp.resilience import RetryPolicy
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from ..conftest import http_registry, resume
@@ -49,7 +50,7 @@ async def test_parallel_steps_prompt_usage_and_answer(server: ScriptedServer, st
 
     run = await eng.plan("Solve the diamond task", workflow=DIAMOND)
     assert run.status == RunStatus.PLANNED and run.plan.source == "host"
-    run = await eng.execute(run.id, sink)
+    run = await RunManager(engine=eng).drive(run.id, sink)
     assert run.status == RunStatus.COMPLETED and run.answer == "MERGED ANSWER"
     a, b, c = run.steps
     # the two independent steps overlapped; the aggregator started after both ended
@@ -70,7 +71,7 @@ async def test_parallel_steps_prompt_usage_and_answer(server: ScriptedServer, st
 async def test_price_from_manifest(server: ScriptedServer, store: Store) -> None:
     eng = engine(server, store, price={"input_per_mtok": 1.0, "output_per_mtok": 2.0})
     run = await eng.plan("priced", workflow={"steps": [{"worker": "alpha", "instruction": "go"}]})
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     u = run.steps[0].usage
     assert u.cost_usd == pytest.approx((u.prompt_tokens * 1.0 + u.completion_tokens * 2.0) / 1e6)
 
@@ -80,7 +81,7 @@ async def test_failure_skips_dependents_keeps_others_then_resume(server: Scripte
     server.set_latency(model_latency={"scripted-beta": 0.2})
     eng = engine(server, store)
     run = await eng.plan("failing task", workflow=DIAMOND)
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.FAILED and "step 0 failed" in (run.error or "")
     a, b, c = run.steps
     assert a.status == StepStatus.FAILED and [x.status for x in a.attempts] == ["error", "error"]
@@ -103,7 +104,7 @@ async def test_fallback_worker(server: ScriptedServer, store: Store) -> None:
                for s in base.states]
     eng = Engine(build_registry(Manifest(workers=workers), "test"), store, policy=FAST)
     run = await eng.plan("fallback", workflow={"steps": [{"worker": "alpha", "instruction": "go"}]})
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.COMPLETED
     assert [a.worker for a in run.steps[0].attempts] == ["alpha", "alpha", "beta"]
 
@@ -112,7 +113,7 @@ async def test_empty_completion_is_a_failure(server: ScriptedServer, store: Stor
     eng = engine(server, store)
     server.script(model="scripted-alpha", reply=lambda m: "")  # empty completion is a failure
     run = await eng.plan("empty", workflow={"steps": [{"worker": "alpha", "instruction": "go"}]})
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.FAILED and "empty completion" in (run.error or "")
     assert len(run.steps[0].attempts) == 2
 
@@ -124,7 +125,7 @@ async def test_cancel_keeps_completed_steps(server: ScriptedServer, store: Store
                     {"worker": "beta", "instruction": "slow one", "access": "all"}]}
     run = await eng.plan("cancel me", workflow=wf)
     with anyio.move_on_after(1.0):
-        await eng.execute(run.id)
+        await RunManager(engine=eng).drive(run.id)
     run = store.get_run(run.id)
     assert run.status == RunStatus.CANCELLED
     assert run.steps[0].status == StepStatus.COMPLETED and run.steps[1].status == StepStatus.PENDING
@@ -157,7 +158,7 @@ async def test_keys_never_reach_store(server: ScriptedServer, store: Store) -> N
     try:
         eng = engine(server, store, api_key_env="CONDUCTOR_TEST_KEY")
         run = await eng.plan("secret", workflow=DIAMOND)
-        await eng.execute(run.id)
+        await RunManager(engine=eng).drive(run.id)
     finally:
         del os.environ["CONDUCTOR_TEST_KEY"]
     store.close()

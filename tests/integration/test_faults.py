@@ -23,6 +23,7 @@ from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, RunStatus, StepStatus, WorkerSpec
 from conductor_mcp.registry import build_registry
 from conductor_mcp.resilience import RetryPolicy
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from ..conftest import resume
@@ -52,7 +53,7 @@ async def test_200_solves_with_30_percent_faults(server: ScriptedServer, store: 
                             {"worker": "b", "instruction": f"fault run {k} step 1", "access": "all"}]}
             run = await engine.plan(f"fault task {k}", workflow=wf)
             run_ids.append(run.id)
-            await engine.execute(run.id)
+            await RunManager(engine=engine).drive(run.id)
 
     async with anyio.create_task_group() as tg:
         for k in range(200):
@@ -91,7 +92,7 @@ async def test_retry_after_is_honoured(server: ScriptedServer, store: Store) -> 
     engine = Engine(build_registry(Manifest(workers=[spec]), "t"), store,
                     policy=RetryPolicy(attempts_per_worker=2, base_delay_s=0.01, max_delay_s=5))
     run = await engine.plan("429", workflow={"steps": [{"worker": "a", "instruction": "x"}]})
-    run = await engine.execute(run.id)
+    run = await RunManager(engine=engine).drive(run.id)
     first, second = run.steps[0].attempts
     assert "RateLimitError 429" in (first.error or "")
     assert second.started_at - first.started_at >= 1.0  # the server's Retry-After was the floor

@@ -118,7 +118,7 @@ async def test_outcomes_decide_one_step_when_more_steps_do_not_pay(engine: Engin
         run = await engine.plan(t.task, workflow={"steps": [
             {"worker": "good", "instruction": "Solve the task.", "access": "none"},
             {"worker": "good", "instruction": "Check the answer above and give the final one.", "access": "all"}]})
-        run = await engine.execute(run.id)  # only a finished run is rated
+        run = await RunManager(engine=engine).drive(run.id)  # only a finished run is rated
         engine.store.rate(run.id, 0.5, source="user")
     engine.learn_before = None
     run = await engine.plan(sums(1, seed=9)[0].task)

@@ -149,6 +149,19 @@ async def test_cancel_mid_run_keeps_completed_steps(mcp_server: MCPServer[Any], 
     assert server.ok_calls_for("Your subtask:\nDraft one") == 1  # the completed step was not re-bought
 
 
+async def test_only_the_call_that_started_a_run_cancels_it(mcp_server: MCPServer[Any], server: ScriptedServer) -> None:
+    """A wait that runs out leaves the run running, and so does a get_run that is cancelled while it waits."""
+    server.set_latency(model_latency={"scripted-slow": 2})
+    async with Client(mcp_server) as c:
+        run_id = await plan(c)
+        r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 0})
+        assert r.structured_content is not None and r.structured_content["status"] == "running"
+        with anyio.move_on_after(0.5):
+            await c.call_tool("get_run", {"run_id": run_id, "wait_s": 60})
+        r = await c.call_tool("get_run", {"run_id": run_id, "wait_s": 30})
+        assert r.structured_content is not None and r.structured_content["status"] == "completed"
+
+
 async def test_run_step_and_host_workflow(mcp_server: MCPServer[Any], server: ScriptedServer) -> None:
     async with Client(mcp_server) as c:
         run_id = await plan(c)

@@ -20,6 +20,7 @@ from conductor_mcp.models import Manifest, RunStatus, WorkerSpec
 from conductor_mcp.planners.remote import RemotePlanner
 from conductor_mcp.registry import build_registry
 from conductor_mcp.resilience import RetryPolicy
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.server import build_server
 from conductor_mcp.store import Store
 
@@ -106,7 +107,7 @@ async def test_permanent_refusal_is_not_retried_and_falls_back(server: ScriptedS
                WorkerSpec(id="b", model="openai/scripted-b", api_base=server.base_url, timeout_s=5)]
     engine = Engine(build_registry(Manifest(workers=workers), "t"), store, policy=POLICY)
     run = await engine.plan(f"refused {kind}", workflow={"steps": [{"worker": "a", "instruction": "go"}]})
-    run = await engine.execute(run.id)
+    run = await RunManager(engine=engine).drive(run.id)
     assert run.status == RunStatus.COMPLETED
     attempts = run.steps[0].attempts
     assert [(a.worker, a.status) for a in attempts] == [("a", "error"), ("b", "ok")]
@@ -124,7 +125,7 @@ async def test_connection_refused_is_named_and_retried(store: Store) -> None:
     spec = WorkerSpec(id="a", model="openai/scripted-a", api_base=base, timeout_s=5)
     engine = Engine(build_registry(Manifest(workers=[spec]), "t"), store, policy=POLICY)
     run = await engine.plan("nobody home", workflow={"steps": [{"worker": "a", "instruction": "go"}]})
-    run = await engine.execute(run.id)
+    run = await RunManager(engine=engine).drive(run.id)
     assert run.status == RunStatus.FAILED
     errors = [a.error for a in run.steps[0].attempts]
     assert errors == [f"a: connection refused at {base}"] * 3  # not "InternalServerError 500"; retried

@@ -18,6 +18,7 @@ from conductor_mcp.planners.remote import RemotePlanner
 from conductor_mcp.registry import build_registry
 from conductor_mcp.render import mermaid, trace_tree
 from conductor_mcp.resilience import RetryPolicy
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from ..conftest import resume, solve
@@ -48,7 +49,7 @@ async def test_conductor_step_runs_a_child_workflow(server: ScriptedServer, stor
                     {"worker": "conductor", "instruction": "Hard part", "access": "all"},
                     {"worker": "b", "instruction": "Final answer", "access": "all"}]}
     run = await eng.plan("recursive task", workflow=wf)
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.COMPLETED
     assert run.steps[1].output == "CHILD ANSWER" and run.steps[1].attempts[0].worker == "conductor"
     (child_id,) = store.children(run.id)
@@ -73,7 +74,7 @@ async def test_depth_is_bounded(server: ScriptedServer, store: Store) -> None:
     eng = make_engine(server, store)
     wf = {"steps": [{"worker": "conductor", "instruction": "Go deep"}]}
     run = await eng.plan("deep", workflow=wf, budget=Budget(max_depth=1))
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.COMPLETED
     child = store.get_run(store.children(run.id)[0])
     assert child.plan.source == "fallback" and "unknown worker 'conductor'" in child.plan.errors[0]
@@ -88,7 +89,7 @@ async def test_rounds_review_and_correct(server: ScriptedServer, store: Store) -
     eng = make_engine(server, store)
     run = await eng.plan("round task", workflow={"steps": [{"worker": "a", "instruction": "First try"}]},
                          budget=Budget(max_rounds=3))
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.COMPLETED and run.answer == "FIXED"
     (round_id,) = store.children(run.id, rounds=True)
     rnd = store.get_run(round_id)
@@ -104,7 +105,7 @@ async def test_token_budget_stops_then_resume_with_more(server: ScriptedServer, 
                     {"worker": "b", "instruction": "Budget step two", "access": "all"}]}
     # step one's worst case (its prompt's UTF-8 bytes plus max_tokens 300) fits; step two's, seeing step one, not
     run = await eng.plan("budgeted", workflow=wf, budget=Budget(max_total_tokens=1000))
-    run = await eng.execute(run.id)
+    run = await RunManager(engine=eng).drive(run.id)
     assert run.status == RunStatus.BUDGET_EXCEEDED and "max_total_tokens 1000" in (run.error or "")
     assert [s.status for s in run.steps] == [StepStatus.COMPLETED, StepStatus.PENDING]
     assert run.answer == run.steps[0].output  # the best answer so far
@@ -117,12 +118,12 @@ async def test_usd_budget(server: ScriptedServer, store: Store) -> None:
     unpriced = make_engine(server, store)
     run = await unpriced.plan("usd", workflow={"steps": [{"worker": "a", "instruction": "x"}]},
                               budget=Budget(max_usd=1.0))
-    run = await unpriced.execute(run.id)
+    run = await RunManager(engine=unpriced).drive(run.id)
     assert run.status == RunStatus.FAILED and "no known price, so it cannot be used under max_usd" in (run.error or "")
     priced = make_engine(server, store, price={"input_per_mtok": 1000.0, "output_per_mtok": 1000.0})
     run = await priced.plan("usd", workflow={"steps": [{"worker": "a", "instruction": "x"}]},
                             budget=Budget(max_usd=0.05))
-    run = await priced.execute(run.id)
+    run = await RunManager(engine=priced).drive(run.id)
     assert run.status == RunStatus.BUDGET_EXCEEDED and "max_usd 0.05" in (run.error or "")
     assert server.stats()["requests"] == 0  # stopped before anything was spent
 

@@ -29,7 +29,7 @@ async def test_each_review_is_counted_once(server: ScriptedServer, tmp_path: Pat
     engine, store = manager.engine, manager.engine.store
     run = await engine.plan("round task", workflow={"steps": [{"worker": "a", "instruction": "First try"}]},
                             budget=Budget(max_rounds=3))
-    run = await engine.execute(run.id)
+    run = await RunManager(engine=engine).drive(run.id)
     assert run.status == RunStatus.COMPLETED and run.answer == "FIXED"
     # what the provider counted, call by call: two worker steps and two reviews
     calls = server.calls()

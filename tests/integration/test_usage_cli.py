@@ -15,6 +15,7 @@ import anyio
 from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, Price, WorkerSpec
 from conductor_mcp.registry import build_registry
+from conductor_mcp.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from ..conftest import solve
@@ -38,7 +39,7 @@ def test_usage_by_worker_strategy_and_day(tmp_path: Path, server: ScriptedServer
     wf: dict[str, Any] = {"steps": [{"worker": "a", "instruction": "draft"},
                                     {"worker": "b", "instruction": "check", "access": "all"}]}
     host = anyio.run(functools.partial(engine.plan, "host task\nREPLY: ok", workflow=wf))
-    anyio.run(engine.execute, host.id)
+    anyio.run(RunManager(engine=engine).drive, host.id)
     single = anyio.run(functools.partial(solve, engine, "single task\nREPLY: ok", strategy="single:b"))
     planned = anyio.run(functools.partial(solve, engine, "planned task\nREPLY: ok", workers=["a"], max_steps=2))
     runs = [store.get_run(r) for r in (host.id, single.id, planned.id)]

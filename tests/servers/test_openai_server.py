@@ -120,21 +120,21 @@ async def test_streaming_matches_non_streaming(client: httpx.AsyncClient) -> Non
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
 
 
-async def test_latency_overlaps_and_can_be_overridden(client: httpx.AsyncClient) -> None:
+async def test_latency_overlaps_and_can_be_overridden(srv: ScriptedServer, client: httpx.AsyncClient) -> None:
     async def timed(payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         resp = await client.post("/chat/completions", json=payload, headers=headers)
         assert resp.status_code == 200
 
-    start = time.perf_counter()
+    srv.reset_stats()
     async with anyio.create_task_group() as tg:
         tg.start_soon(timed, chat("one", model="slow"))
         tg.start_soon(timed, chat("two", model="slow"))
-    elapsed = time.perf_counter() - start
-    assert 0.29 <= elapsed < 0.55, elapsed
+    first, second = sorted(srv.calls(), key=lambda c: c.t)
+    assert first.latency_s >= 0.29 and second.latency_s >= 0.29  # each waited its model's latency
+    assert second.t < first.t + first.latency_s  # ... at the same time: the second came while the first waited
 
-    start = time.perf_counter()
     await timed(chat("fast please", model="slow"), {"x-latency-ms": "0"})
-    assert time.perf_counter() - start < 0.2
+    assert srv.calls()[-1].latency_s < 0.29  # the header overrode the model's 0.3 s (no sleep of it)
     start = time.perf_counter()
     await timed(chat("delay please"), {"x-latency-ms": "150"})
     assert time.perf_counter() - start >= 0.14

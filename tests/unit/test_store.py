@@ -16,6 +16,8 @@ from conductor_mcp.errors import LeaseLost, RunNotFound, RunStateError
 from conductor_mcp.models import PlanInfo, RunStatus, StepStatus, Usage, Workflow
 from conductor_mcp.store import MIGRATIONS, Store, owner_alive, process_owner
 
+from ..conftest import applied_migrations
+
 WF = Workflow.model_validate({"steps": [{"worker": "a", "instruction": "x"},
                                         {"worker": "a", "instruction": "y", "access": "all"}]})
 PLAN = PlanInfo(source="host", planner="host")
@@ -24,7 +26,7 @@ PLAN = PlanInfo(source="host", planner="host")
 def test_migrations_wal_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     s = Store(path)
-    assert s.applied_migrations() == [name for name, _ in MIGRATIONS]
+    assert applied_migrations(path) == [name for name, _ in MIGRATIONS]
     run_id = s.create_run("task", WF, PLAN)
     s.close()
     s2 = Store(path)  # re-applying nothing; data intact
@@ -164,7 +166,7 @@ def test_a_database_of_the_first_schema_opens_and_runs(tmp_path: Path) -> None:
                        (i, step.worker, step.instruction, "completed" if i == 0 else "running",
                         "first" if i == 0 else None))
     store = Store(path)
-    assert store.applied_migrations() == [n for n, _ in MIGRATIONS]
+    assert applied_migrations(path) == [n for n, _ in MIGRATIONS]
     run = store.get_run("r1")
     assert run.task == "old task" and run.status == RunStatus.INTERRUPTED and run.reward is None
     assert run.steps[0].output == "first"

@@ -10,6 +10,8 @@ import pytest
 from conductor_mcp.errors import EvalNotFound, StoreError
 from conductor_mcp.store import MIGRATIONS, Store
 
+from ..conftest import applied_migrations
+
 
 def report(strategies: dict[str, int], tasks: int) -> dict[str, Any]:
     """A report shaped as evals.report_json makes it: `strategies` maps a name to its number correct."""
@@ -30,7 +32,7 @@ def test_the_evals_migration_is_last(tmp_path: Path) -> None:
     assert names[-1] == "006_evals" and names.index("006_evals") == names.index("005_step_code") + 1
     store = Store(tmp_path / "t.db")
     try:
-        assert "006_evals" in store.applied_migrations()
+        assert "006_evals" in applied_migrations(tmp_path / "t.db")
     finally:
         store.close()
 

@@ -8,13 +8,13 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 
 from ..budget import BudgetExceeded, BudgetGuard
 from ..errors import WorkerError, WorkflowError
-from ..llm import ModelCall
+from ..llm import ModelCall, Reply
 from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, RecipeUse, Step, Usage, WorkerSpec, Workflow
 from ..workflows import validate_workflow
 from .checks import check_instructions, repair
@@ -64,12 +64,16 @@ class PlanEvent:
 PlanSink = Callable[[PlanEvent], Awaitable[None]]
 
 
-async def tell(progress: PlanSink, event: PlanEvent) -> None:
-    """Progress is for show: a sink that fails (its client gone) never fails the plan."""
+E = TypeVar("E")
+
+
+async def tell(progress: Callable[[E], Awaitable[None]], event: E) -> None:
+    """Send one progress event. Progress is for show: a sink that fails (its client gone away) never fails the plan
+    or run that tells it; every surface sends its progress through here."""
     try:
         await progress(event)
     except Exception:
-        log.debug("plan progress not delivered", exc_info=True)
+        log.debug("progress not delivered", exc_info=True)
 
 
 @dataclass
@@ -105,12 +109,6 @@ class Planner(Protocol):
 class ReviewResult:
     workflow: Workflow | None  # None accepts the answer
     info: PlanInfo
-
-
-@dataclass
-class Generation:
-    text: str
-    usage: Usage
 
 
 def fallback_workflow(task: str, workers: Sequence[WorkerSpec], prior: Prior | None = None) -> Workflow:
@@ -155,7 +153,7 @@ class ModelPlanner(ABC):
 
     @abstractmethod
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int, watch: Watch | None = None) -> Generation:
+                       attempt: int, watch: Watch | None = None) -> Reply:
         """One reply; `constraint` (from `constraint()`) is None in the paper's free format. A planner that
         can count its tokens as they come sets `watch.max_tokens` and calls `watch.token(n)`."""
 

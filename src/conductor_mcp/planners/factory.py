@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 import anyio
 
+from ..llm import Reply
 from ..registry import Registry
-from .base import Generation, ModelPlanner, PlanResult, ReviewResult, Watch
+from .base import ModelPlanner, PlanResult, ReviewResult, Watch
 from .gguf import GGUFPlanner
 from .remote import RemotePlanner
 
@@ -72,5 +73,5 @@ class DownloadingPlanner(ModelPlanner):
         return await (await self._ready()).review(*args, **kwargs)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int, watch: Watch | None = None) -> Generation:
+                       attempt: int, watch: Watch | None = None) -> Reply:
         return await (await self._ready()).generate(messages, constraint, max_steps, attempt, watch)

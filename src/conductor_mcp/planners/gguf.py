@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import WorkflowError
-from ..llm import ModelCall, gguf_complete
+from ..llm import ModelCall, Reply, gguf_complete
 from ..local_model import LocalModel
-from ..models import Usage
-from .base import Generation, ModelPlanner, Watch
+from .base import ModelPlanner, Watch
 from .grammar import workflow_grammar
 from .prompts import task_view
 from .schema import max_plan_tokens
@@ -43,7 +42,7 @@ class GGUFPlanner(ModelPlanner):
         return ModelCall(id="conductor-gguf", backend="gguf", params={"max_tokens": cap})
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int, watch: Watch | None = None) -> Generation:
+                       attempt: int, watch: Watch | None = None) -> Reply:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         call = self.call_spec(constraint, max_steps)
@@ -54,13 +53,10 @@ class GGUFPlanner(ModelPlanner):
         if watch is not None:
             watch.max_tokens = int(call.params["max_tokens"])
         try:
-            reply = await gguf_complete(self.model, call, messages, defaults=defaults,
-                                        on_token=watch.token if watch is not None else None, **overrides)
+            return await gguf_complete(self.model, call, messages, defaults=defaults,
+                                       on_token=watch.token if watch is not None else None, **overrides)
         except ValueError as exc:  # llama.cpp: the prompt exceeds the context (fit() leaves a margin)
             raise WorkflowError(f"conductor: {exc}") from exc
-        return Generation(reply.text or "", Usage(prompt_tokens=reply.prompt_tokens,
-                                                  completion_tokens=reply.completion_tokens, cost_usd=reply.cost_usd,
-                                                  calls=1))
 
     async def fit(self, task: str, build: Callable[[str], list[dict[str, str]]],
                   max_steps: int) -> tuple[list[dict[str, str]] | None, list[str]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ..errors import WorkflowError
-from ..llm import ModelCall, litellm_complete
-from ..models import Price, Usage
+from ..llm import ModelCall, Reply, litellm_complete
+from ..models import Price
 from ..redact import redact, register_key_envs
-from .base import Generation, ModelPlanner, Watch
+from .base import ModelPlanner, Watch
 
 
 class RemotePlanner(ModelPlanner):
@@ -32,17 +32,15 @@ class RemotePlanner(ModelPlanner):
                          price=self.price)
 
     async def generate(self, messages: list[dict[str, str]], constraint: Any, max_steps: int,
-                       attempt: int, watch: Watch | None = None) -> Generation:
+                       attempt: int, watch: Watch | None = None) -> Reply:
         overrides: dict[str, Any] = {}
         if constraint is not None:
             overrides["response_format"] = {"type": "json_object"}  # the schema is checked on our side
         try:
-            reply = await litellm_complete(self.call_spec(constraint, max_steps), messages, timeout_s=self.timeout_s,
-                                           api_base=self.api_base, api_key_env=self.api_key_env,
-                                           defaults={"temperature": self.temperature if attempt == 1 else 0.7},
-                                           **overrides)
+            # content null reads as "", which no plan parses: the attempt fails, its usage counted
+            return await litellm_complete(self.call_spec(constraint, max_steps), messages, timeout_s=self.timeout_s,
+                                          api_base=self.api_base, api_key_env=self.api_key_env,
+                                          defaults={"temperature": self.temperature if attempt == 1 else 0.7},
+                                          **overrides)
         except Exception as exc:
             raise WorkflowError(redact(f"conductor {self.model}: {type(exc).__name__}: {str(exc)[:300]}")) from exc
-        return Generation(reply.text or "", Usage(prompt_tokens=reply.prompt_tokens,
-                                                  completion_tokens=reply.completion_tokens, cost_usd=reply.cost_usd,
-                                                  calls=1))
