@@ -18,8 +18,8 @@ from typing import Any
 
 import anyio
 
-from conductor_mcp.local_model import LocalModel
-from conductor_mcp.registry import bundled_gguf_path
+from conductor_mcp.workers.local_model import LocalModel
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a robot who learns to paint."}]
 

@@ -18,11 +18,11 @@ from typing import Any
 import anyio
 from pyinstrument import Profiler
 
-from conductor_mcp.engine import Engine, worker_messages
 from conductor_mcp.models import RunStatus, Workflow
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine, worker_messages
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
-from conductor_mcp.workers import litellm_module
+from conductor_mcp.workers.pool import litellm_module
 
 from .figures import Figure
 from .profiles import OUT_DIR, charge_to_project, top

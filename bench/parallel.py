@@ -14,11 +14,11 @@ from typing import Any
 
 import anyio
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import RunStatus
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
-from conductor_mcp.workers import litellm_module
+from conductor_mcp.workers.pool import litellm_module
 
 from .figures import Figure
 from .scripted import POOL, ScriptedProcess, scripted_registry

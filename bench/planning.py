@@ -24,7 +24,7 @@ import anyio
 from conductor_mcp.models import CONDUCTOR_WORKER, WorkerSpec
 from conductor_mcp.planners.gguf import GGUFPlanner
 from conductor_mcp.planners.prompts import planner_messages
-from conductor_mcp.registry import bundled_gguf_path
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 from .child import emit, run_rows
 from .figures import Figure

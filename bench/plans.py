@@ -19,9 +19,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import anyio
 
-from conductor_mcp.grading import load_suite
+from conductor_mcp.evals.grading import load_suite
 from conductor_mcp.planners.gguf import GGUFPlanner
-from conductor_mcp.registry import bundled_gguf_path
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 from .plans_compare import WORKERS
 

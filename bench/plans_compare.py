@@ -33,7 +33,7 @@ import anyio
 import conductor_mcp
 from conductor_mcp.models import WorkerSpec
 from conductor_mcp.planners.gguf import GGUFPlanner
-from conductor_mcp.registry import bundled_gguf_path
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 # the quality benchmark's pool, described as a user would (strongest first)
 WORKERS = [WorkerSpec(id="qwen-1.5b", model="openai/a", description="the strongest here, good at code and maths"),

@@ -35,12 +35,12 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from conductor_mcp.engine import Engine
-from conductor_mcp.evals import TaskResult, calibration_strategies, report_json, run_eval
-from conductor_mcp.grading import SuiteTask, load_suite
-from conductor_mcp.registry import load_manifest
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.evals.grading import SuiteTask, load_suite
+from conductor_mcp.evals.suite import TaskResult, calibration_strategies, report_json, run_eval
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import load_manifest
 
 from .models import ensure_models
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from conductor_mcp.models import Manifest, Price, WorkerSpec
-from conductor_mcp.registry import Registry, build_registry
+from conductor_mcp.workers.registry import Registry, build_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

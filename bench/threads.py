@@ -26,9 +26,9 @@ from typing import Any, TextIO
 
 import anyio
 
-from conductor_mcp.local_model import default_threads, usable_cores
 from conductor_mcp.planners.gguf import GGUFPlanner
-from conductor_mcp.registry import bundled_gguf_path
+from conductor_mcp.workers.local_model import default_threads, usable_cores
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 from .child import emit, run_rows
 from .scripted import ROOT, worker_specs

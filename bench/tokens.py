@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 import anyio
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Run, RunStatus, Usage
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
 
 from .child import emit, run_rows

@@ -25,9 +25,9 @@ from typing import Any
 import anyio
 import httpx
 
-from conductor_mcp import cli
-from conductor_mcp.run_manager import RunManager
-from conductor_mcp.server import build_server
+from conductor_mcp.runs.run_manager import RunManager
+from conductor_mcp.surfaces import cli
+from conductor_mcp.surfaces.mcp_server import build_server
 
 from .scripted import ScriptedProcess, write_manifest
 
@@ -92,7 +92,7 @@ def mcp(manifest: Path, db: Path) -> tuple[dict[str, Any], str]:
 
 
 def openai(manifest: Path, db: Path) -> dict[str, Any]:
-    from conductor_mcp.openai_api import OpenAIApp
+    from conductor_mcp.surfaces.openai_api import OpenAIApp
 
     async def go() -> dict[str, Any]:
         runs = RunManager(manifest, db)
@@ -119,7 +119,7 @@ def command_line(manifest: Path, db: Path) -> dict[str, Any]:
 def web_view(manifest: Path, db: Path, run_id: str) -> dict[str, Any]:
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from conductor_mcp.web.app import web_app
+    from conductor_mcp.surfaces.web.app import web_app
 
     async def go() -> dict[str, Any]:
         runs = RunManager(manifest, db)

@@ -13,12 +13,12 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Budget, Manifest, Run, WorkerSpec
-from conductor_mcp.registry import Registry, build_registry
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
-from conductor_mcp.workers import litellm_module
+from conductor_mcp.workers.pool import litellm_module
+from conductor_mcp.workers.registry import Registry, build_registry
 
 from .servers.openai_server import ScriptedServer
 

@@ -199,8 +199,8 @@ def _usage_attributes(prefix: str, prompt: int, completion: int, cost: float | N
 
 def _error(span: Span, exc: BaseException) -> str:
     """Status and error.type for a failure, with a redacted message (no traceback: it may quote a request)."""
-    from .budget import BudgetExceeded
     from .errors import LeaseLost
+    from .runs.budget import BudgetExceeded
 
     while isinstance(exc, BaseExceptionGroup):  # a task group's: its first member says what happened
         lost = [e for e in exc.exceptions if isinstance(e, LeaseLost)]
@@ -475,7 +475,7 @@ class _OtelStep(StepSpan):
             name = "fallback" if spec.id != self.worker else "retry"
             self.span.add_event(name, {"conductor.attempt": self.attempts, "conductor.worker.id": spec.id,
                                        "conductor.reason": self.last_error or ""})
-        from .llm import completion_cap
+        from .workers.llm import completion_cap
 
         attrs = {"gen_ai.operation.name": "chat", "conductor.worker.id": spec.id,
                  **model_attributes(spec.model, spec.gguf, spec.api_base),

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from conductor_mcp.budget import DEFAULT_MAX_TOKENS
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Budget, Manifest, Price, RunStatus, WorkerSpec
 from conductor_mcp.planners.remote import RemotePlanner
-from conductor_mcp.registry import build_registry
-from conductor_mcp.resilience import RetryPolicy
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.budget import DEFAULT_MAX_TOKENS
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.resilience import RetryPolicy
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..servers.openai_server import ScriptedServer
 

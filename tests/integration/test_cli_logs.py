@@ -18,18 +18,18 @@ from typing import Any
 import anyio
 import pytest
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import PlanInfo, Run, Workflow
-from conductor_mcp.registry import load_registry
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import load_registry
 
 from .. import conftest
 from ..conftest import root_run_ids
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, server_env, write_manifest
 
-CLI = [sys.executable, "-m", "conductor_mcp.cli"]
+CLI = [sys.executable, "-m", "conductor_mcp"]
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from .mcp_helpers import WORKFLOW, server_env, write_manifest
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conductor_mcp.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "conductor_mcp", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -111,7 +111,7 @@ def test_a_read_only_store_in_the_cli(env: dict[str, str], read_only_db: tuple[P
 async def test_serve_over_stdio_with_a_read_only_store(env: dict[str, str],
                                                        read_only_db: tuple[Path, str]) -> None:
     path, run_id = read_only_db
-    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp.cli", "serve"],
+    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp", "serve"],
                                    env={**env, "CONDUCTOR_DB": str(path)})
     async with Client(params) as c:
         r = await c.call_tool("get_run", {"run_id": run_id})

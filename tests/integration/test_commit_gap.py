@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conductor_mcp.engine import Engine
+from conductor_mcp.runs.engine import Engine
 from conductor_mcp.store import Store
 
 from ..conftest import http_registry, solve

@@ -29,6 +29,6 @@ def test_make_demo_says_what_it_was_and_what_to_run_next(tmp_path: Path) -> None
     assert "a check of the pipeline" in out and f"The trace is in {db}" in out
     suggested = re.search(rf"CONDUCTOR_DB={re.escape(str(db))} \S*conductor-mcp runs", out)
     assert suggested, out
-    runs = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "runs"], env={**env, "CONDUCTOR_DB": str(db)},
+    runs = subprocess.run([sys.executable, "-m", "conductor_mcp", "runs"], env={**env, "CONDUCTOR_DB": str(db)},
                           capture_output=True, text=True, timeout=120)
     assert runs.returncode == 0 and "haiku" in runs.stdout, runs.stdout  # the demo's run, not an empty table

@@ -16,7 +16,7 @@ WRONG_KEY = "sk-wrong-0a9b8c7d6e5f4a3b2c1d0e9f"
 
 
 def doctor(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "doctor", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "conductor_mcp", "doctor", *args], capture_output=True,
                           text=True, env=env, timeout=240)
 
 

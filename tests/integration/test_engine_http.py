@@ -8,13 +8,13 @@ from typing import Any
 import anyio
 import pytest
 
-from conductor_mcp.engine import Engine, StepEvent
 from conductor_mcp.errors import RunStateError, WorkflowError
 from conductor_mcp.models import Manifest, RunStatus, StepStatus
-from conductor_mcp.registry import build_registry
-from conductor_mcp.resilience import RetryPolicy
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine, StepEvent
+from conductor_mcp.runs.resilience import RetryPolicy
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..conftest import http_registry, resume
 from ..servers.openai_server import ScriptedServer, count_tokens

@@ -149,7 +149,7 @@ def test_an_eval_is_recorded_before_it_prints(env: dict[str, str], tmp_path: Pat
         pytest.skip("needs /dev/full to make printing fail")
     path = str(suite(tmp_path, 1))
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "eval", path, "--strategies", "single:good"],
+        proc = subprocess.run([sys.executable, "-m", "conductor_mcp", "eval", path, "--strategies", "single:good"],
                               env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
     assert proc.returncode != 0, proc.stderr  # the table could not be written
     [(command, suite_path, report)] = recorded(env["CONDUCTOR_DB"])

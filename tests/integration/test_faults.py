@@ -19,12 +19,12 @@ from typing import Any
 import anyio
 import pytest
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, RunStatus, StepStatus, WorkerSpec
-from conductor_mcp.registry import build_registry
-from conductor_mcp.resilience import RetryPolicy
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.resilience import RetryPolicy
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..conftest import resume
 from ..servers.openai_server import FAULT_KINDS, ScriptedServer
@@ -120,7 +120,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, server: ScriptedS
     kills = {r: 0 for r in run_ids}
     for n in range(20):
         run_id = run_ids[n % 10]
-        proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp.cli", "resume", run_id, "--json"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp", "resume", run_id, "--json"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.5, 5.0))
         os.kill(proc.pid, signal.SIGKILL)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conductor_mcp.errors import ConfigError
-from conductor_mcp.registry import bundled_gguf_path, load_manifest
+from conductor_mcp.workers.registry import bundled_gguf_path, load_manifest
 
 from ..servers.hub_server import HubServer
 
@@ -61,7 +61,7 @@ workers:
 
 
 def cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "conductor_mcp", *args], capture_output=True, text=True,
                           env=env, timeout=240)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")

@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 from mcp.server import MCPServer
 
-from conductor_mcp.server import build_server
+from conductor_mcp.surfaces.mcp_server import build_server
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, write_manifest

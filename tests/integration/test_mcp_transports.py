@@ -26,7 +26,7 @@ from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, server_env, write_manifest
 
 pytestmark = pytest.mark.anyio
-SERVE = [sys.executable, "-m", "conductor_mcp.cli", "serve"]
+SERVE = [sys.executable, "-m", "conductor_mcp", "serve"]
 
 
 @pytest.fixture

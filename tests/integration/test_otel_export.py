@@ -26,7 +26,7 @@ CHILD_MARK = "Your subtask:\nWork out"
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "conductor_mcp", *args], capture_output=True, text=True,
                           env=env, timeout=240)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
     return proc
@@ -189,7 +189,7 @@ def test_off_switch_and_a_dead_collector(env: dict[str, str], receiver: OTLPRece
 
 @pytest.mark.anyio
 async def test_mcp_tool_call_spans_hold_the_run(env: dict[str, str], receiver: OTLPReceiver) -> None:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp.cli", "serve"], env=env)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp", "serve"], env=env)
     async with Client(params) as client:
         result = await client.call_tool("solve", {"task": TASK, "strategy": "single:steady", "wait_s": 60})
         assert not result.is_error, result.content
@@ -210,7 +210,7 @@ async def test_a_plan_held_past_its_time_is_not_reused(env: dict[str, str], rece
     """A server that plans nothing more: the planned run's span ends as planned once held past HOLD_S, and a
     resume after that is a new trace linked to it, not the old span reopened hours later."""
     env = {**env, "CONDUCTOR_OTEL_HOLD_S": "1"}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp.cli", "serve"], env=env)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "conductor_mcp", "serve"], env=env)
     async with Client(params) as client:
         workflow = {"steps": [{"worker": "steady", "instruction": "Answer the task", "access": "none"}]}
         planned = await client.call_tool("plan_workflow", {"task": TASK, "workflow": workflow})
@@ -227,7 +227,7 @@ async def test_a_plan_held_past_its_time_is_not_reused(env: dict[str, str], rece
 
 def start_ui(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     """`conductor-mcp ui --port 0`, and the address it prints first (http://127.0.0.1:PORT/ui/)."""
-    proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp.cli", "ui", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp", "ui", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().decode().strip()

@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, RunStatus, StepStatus, WorkerSpec
-from conductor_mcp.registry import build_registry
+from conductor_mcp.runs.engine import Engine
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import server_env
@@ -48,7 +48,7 @@ def chain(server: ScriptedServer, tmp_path: Path, tag: str) -> tuple[dict[str, s
 
 
 def start(env: dict[str, str], run_id: str, **extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "conductor_mcp.cli", "resume", run_id, "--json"],
+    return subprocess.Popen([sys.executable, "-m", "conductor_mcp", "resume", run_id, "--json"],
                             env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, Prior, RunStatus, WorkerRecord, WorkerSpec
 from conductor_mcp.planners.gguf import GGUFPlanner
 from conductor_mcp.planners.remote import RemotePlanner
-from conductor_mcp.registry import build_registry, bundled_gguf_path
+from conductor_mcp.runs.engine import Engine
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry, bundled_gguf_path
 
 from ..conftest import solve
 from ..servers.openai_server import ScriptedServer

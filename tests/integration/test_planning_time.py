@@ -15,12 +15,12 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from conductor_mcp.errors import RunStateError
-from conductor_mcp.local_model import LocalModel, default_threads, usable_cores
 from conductor_mcp.planners.base import PlanEvent
 from conductor_mcp.planners.gguf import GGUFPlanner
-from conductor_mcp.registry import bundled_gguf_path
-from conductor_mcp.run_manager import Progress, RunManager
-from conductor_mcp.server import build_server
+from conductor_mcp.runs.run_manager import Progress, RunManager
+from conductor_mcp.surfaces.mcp_server import build_server
+from conductor_mcp.workers.local_model import LocalModel, default_threads, usable_cores
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 from ..conftest import root_run_ids
 from ..servers.openai_server import ScriptedServer

@@ -15,14 +15,14 @@ import anyio
 import pytest
 from mcp import Client
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, RunStatus, WorkerSpec
 from conductor_mcp.planners.remote import RemotePlanner
-from conductor_mcp.registry import build_registry
-from conductor_mcp.resilience import RetryPolicy
-from conductor_mcp.run_manager import RunManager
-from conductor_mcp.server import build_server
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.resilience import RetryPolicy
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.surfaces.mcp_server import build_server
+from conductor_mcp.workers.registry import build_registry
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import server_env
@@ -66,7 +66,7 @@ async def test_echoed_key_is_sent_but_never_kept(tmp_path: Path, server: Scripte
     env = {**server_env(tmp_path, manifest), "CONDUCTOR_DB": str(db), KEY_ENV: SECRET}
     for args in (["runs", "--json"], ["show", run_id, "--json"]):
         with anyio.fail_after(60):
-            proc = await anyio.run_process([sys.executable, "-m", "conductor_mcp.cli", *args], env=env, check=False)
+            proc = await anyio.run_process([sys.executable, "-m", "conductor_mcp", *args], env=env, check=False)
         assert proc.returncode == 0, proc.stderr
         seen.append(proc.stdout.decode() + proc.stderr.decode())
     # the key was sent on every call, and the provider refused each once (a 401 is not retried)

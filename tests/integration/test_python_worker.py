@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.errors import ConfigError, WorkflowError
 from conductor_mcp.models import Manifest, StepStatus, WorkerSpec
 from conductor_mcp.planners.prompts import planner_messages
-from conductor_mcp.registry import build_registry, load_manifest
-from conductor_mcp.render import mermaid, run_text
-from conductor_mcp.server import build_server
+from conductor_mcp.runs.engine import Engine
 from conductor_mcp.store import Store
+from conductor_mcp.surfaces.mcp_server import build_server
+from conductor_mcp.surfaces.render import mermaid, run_text
+from conductor_mcp.workers.registry import build_registry, load_manifest
 
 from ..conftest import solve
 from ..servers.openai_server import ScriptedServer
@@ -164,7 +164,7 @@ def test_the_conductor_is_told_what_the_python_worker_does() -> None:
 
 async def test_the_web_views_step_card_shows_the_program_and_what_it_printed(
         tmp_path: Path, server: ScriptedServer, store: Store) -> None:
-    from conductor_mcp.web.pages import step_card
+    from conductor_mcp.surfaces.web.pages import step_card
 
     server.script(model="scripted-coder", reply="```python\nprint('<b>' if 2 < 3 else '')\n```")
     run = await solve(engine(tmp_path, server, store), "Print a tag.", strategy="recipe:program")

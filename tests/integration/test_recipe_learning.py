@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from conductor_mcp.engine import Engine
-from conductor_mcp.evals import calibration_strategies, run_eval
-from conductor_mcp.grading import grade_async
+from conductor_mcp.evals.grading import grade_async
+from conductor_mcp.evals.suite import calibration_strategies, run_eval
 from conductor_mcp.models import Manifest, WorkerSpec
-from conductor_mcp.registry import build_registry
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..servers.openai_server import ScriptedServer
 from .test_learning import sums

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.errors import WorkflowError
 from conductor_mcp.models import Budget, Manifest, RunStatus, StepStatus, WorkerSpec
 from conductor_mcp.planners.remote import RemotePlanner
-from conductor_mcp.registry import build_registry
-from conductor_mcp.render import mermaid, trace_tree
-from conductor_mcp.resilience import RetryPolicy
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.resilience import RetryPolicy
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.surfaces.render import mermaid, trace_tree
+from conductor_mcp.workers.registry import build_registry
 
 from ..conftest import resume, solve
 from ..servers.openai_server import ScriptedServer

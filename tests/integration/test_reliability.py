@@ -21,9 +21,9 @@ from conductor_mcp.models import PlanInfo, RunStatus, WorkerSpec, Workflow
 from conductor_mcp.planners.gguf import GGUFPlanner
 from conductor_mcp.planners.prompts import planner_messages
 from conductor_mcp.planners.schema import max_plan_tokens
-from conductor_mcp.registry import bundled_gguf_path
-from conductor_mcp.server import build_server
 from conductor_mcp.store import Store
+from conductor_mcp.surfaces.mcp_server import build_server
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, write_manifest

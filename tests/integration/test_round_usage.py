@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conductor_mcp.models import Budget, PlanInfo, RunStatus
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.run_manager import RunManager
 
 from ..servers.openai_server import ScriptedServer
 from .test_recursion_budgets import steps

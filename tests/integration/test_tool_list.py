@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from conductor_mcp.server import build_server
+from conductor_mcp.surfaces.mcp_server import build_server
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import server_env, write_manifest

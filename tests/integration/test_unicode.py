@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from conductor_mcp.server import build_server
+from conductor_mcp.surfaces.mcp_server import build_server
 
 from ..servers.openai_server import ScriptedServer
 
@@ -39,7 +39,7 @@ workers:
 
 
 def cli(*args: str, env: dict[str, str]) -> str:
-    proc = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", *args], capture_output=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "conductor_mcp", *args], capture_output=True, env=env,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
     return proc.stdout.decode("utf-8")  # strict: any mangled byte fails here

@@ -12,11 +12,11 @@ from typing import Any
 
 import anyio
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import Manifest, Price, WorkerSpec
-from conductor_mcp.registry import build_registry
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..conftest import solve
 from ..servers.openai_server import ScriptedServer
@@ -24,7 +24,7 @@ from .mcp_helpers import server_env
 
 
 def usage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "usage", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "conductor_mcp", "usage", *args], capture_output=True,
                           text=True, env=env, timeout=120)
 
 

@@ -391,7 +391,7 @@ def test_off_loopback_needs_the_token(browser: tuple[str, str], env: dict[str, s
                                             stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
     """Bound off loopback, the view asks for the token on a sign-in form and keeps an HttpOnly, SameSite=Strict
     session cookie that holds no token; nothing is shown before, and the token never appears in an address."""
-    solve = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "solve", "Say yes.\nREPLY: yes",
+    solve = subprocess.run([sys.executable, "-m", "conductor_mcp", "solve", "Say yes.\nREPLY: yes",
                             "--strategy", "single:fast", "--json"], env=env, capture_output=True, text=True,
                            timeout=120)
     assert solve.returncode == 0, solve.stderr
@@ -488,7 +488,7 @@ def test_runs_list_is_paged(env: dict[str, str], stop: list[subprocess.Popen[byt
 
 def test_ui_command_prints_the_address(env: dict[str, str], stop: list[subprocess.Popen[bytes]]) -> None:
     """`conductor-mcp ui` serves MCP over HTTP with the view, and prints the view's address on stdout."""
-    proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp.cli", "ui", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp", "ui", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stop.append(proc)
     assert proc.stdout is not None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from llama_cpp import Llama
 
-from conductor_mcp.budget import estimate_tokens
 from conductor_mcp.models import WorkerSpec
-from conductor_mcp.registry import bundled_gguf_path
+from conductor_mcp.runs.budget import estimate_tokens
+from conductor_mcp.workers.registry import bundled_gguf_path
 
 TEXTS = {
     "cjk": "请用三句话解释量子纠缠，并给出一个日常生活中的类比。東京の天気はどうですか？한국어로 대답해 주세요.",

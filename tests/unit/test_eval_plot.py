@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from conductor_mcp.store import EvalRecord
-from conductor_mcp.web import pages
-from conductor_mcp.web.plot import Point, frame_for, label_box, nice_ticks, place_labels, scatter_svg
+from conductor_mcp.surfaces.web import pages
+from conductor_mcp.surfaces.web.plot import Point, frame_for, label_box, nice_ticks, place_labels, scatter_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conductor_mcp.errors import ConfigError
-from conductor_mcp.grading import (
+from conductor_mcp.evals.grading import (
     Check,
     ExactCheck,
     NumberCheck,

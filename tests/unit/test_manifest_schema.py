@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conductor_mcp.doctor import SCHEMA_FILE, manifest_schema, schema_text
+from conductor_mcp.surfaces.doctor import SCHEMA_FILE, manifest_schema, schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_committed_schema_is_the_generated_one() -> None:
 
 
 def test_schema_command_prints_it() -> None:
-    proc = subprocess.run([sys.executable, "-m", "conductor_mcp.cli", "schema"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "conductor_mcp", "schema"], capture_output=True, text=True,
                           timeout=120, check=True)
     assert json.loads(proc.stdout) == manifest_schema()
 

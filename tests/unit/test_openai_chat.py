@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conductor_mcp.errors import RunNotFound, RunStateError, StoreError, WorkerError
-from conductor_mcp.openai_chat import (
+from conductor_mcp.surfaces.openai_chat import (
     MAX_CONTEXT_CHARS,
     MAX_CONTEXT_MESSAGE_CHARS,
     ApiError,

@@ -4,7 +4,7 @@ something better is known, and workers with too few outcomes are tried before a 
 from __future__ import annotations
 
 from conductor_mcp.models import RecipeUse, WorkerSpec
-from conductor_mcp.outcomes import Outcomes, PastRun
+from conductor_mcp.runs.outcomes import Outcomes, PastRun
 
 WORKERS = [WorkerSpec(id="a", model="openai/a"), WorkerSpec(id="b", model="openai/b")]
 TASK = "Add the two numbers in the question."

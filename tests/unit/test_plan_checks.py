@@ -6,10 +6,10 @@ import pytest
 
 from conductor_mcp.errors import WorkflowError
 from conductor_mcp.models import WorkerSpec, Workflow
-from conductor_mcp.outcomes import similarities, weights
 from conductor_mcp.planners.checks import check_instructions, repair
 from conductor_mcp.planners.grammar import workflow_grammar
 from conductor_mcp.planners.prompts import EXAMPLE_SUBJECTS, example_workflows
+from conductor_mcp.runs.outcomes import similarities, weights
 
 TASK = "Tom has 12 apples and buys 30 more. How many apples does he have?"
 

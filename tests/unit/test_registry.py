@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conductor_mcp.errors import ConfigError
-from conductor_mcp.registry import BUNDLED_WORKER_ID, bundled_gguf_path, from_environment, load_manifest
+from conductor_mcp.workers.registry import BUNDLED_WORKER_ID, bundled_gguf_path, from_environment, load_manifest
 
 
 def write(tmp_path: Path, text: str) -> Path:

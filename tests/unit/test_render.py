@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from conductor_mcp.engine import Engine
 from conductor_mcp.models import PlanInfo, RunStatus, Workflow
-from conductor_mcp.render import mermaid
-from conductor_mcp.run_manager import RunManager
+from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
-from conductor_mcp.web.app import _read_view
-from conductor_mcp.web.pages import diagram_source
+from conductor_mcp.surfaces.render import mermaid
+from conductor_mcp.surfaces.web.app import _read_view
+from conductor_mcp.surfaces.web.pages import diagram_source
 
 from ..conftest import http_registry
 

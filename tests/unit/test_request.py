@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from conductor_mcp.models import Budget
-from conductor_mcp.registry import Registry, load_manifest
-from conductor_mcp.request import MAX_TASK_CHARS, RequestError, check_request
+from conductor_mcp.runs.request import MAX_TASK_CHARS, RequestError, check_request
+from conductor_mcp.workers.registry import Registry, load_manifest
 
 MANIFEST = """\
 workers:

@@ -6,10 +6,10 @@ import time
 
 import httpx
 
-from conductor_mcp.budget import BudgetGuard, estimate_tokens
 from conductor_mcp.models import Budget, Usage, WorkerSpec
-from conductor_mcp.resilience import RetryPolicy, WorkerHealth
-from conductor_mcp.workers import _classify, litellm_module
+from conductor_mcp.runs.budget import BudgetGuard, estimate_tokens
+from conductor_mcp.runs.resilience import RetryPolicy, WorkerHealth
+from conductor_mcp.workers.pool import _classify, litellm_module
 
 
 def test_backoff_grows_with_jitter_and_respects_retry_after() -> None:

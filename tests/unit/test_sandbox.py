@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conductor_mcp.sandbox import Limits, ProgramRun, network_isolation, run_program, run_program_async
+from conductor_mcp.workers.sandbox import Limits, ProgramRun, network_isolation, run_program, run_program_async
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the sandbox runs on POSIX systems")
 
@@ -237,8 +237,8 @@ def test_without_isolation_a_run_is_refused_not_run(tmp_path: Path) -> None:
     ran = tmp_path / "ran"
     inner = f"""
 import json
-from conductor_mcp.grading import PythonCheck, grade
-from conductor_mcp.sandbox import Limits, network_isolation, run_program
+from conductor_mcp.evals.grading import PythonCheck, grade
+from conductor_mcp.workers.sandbox import Limits, network_isolation, run_program
 denied = run_program("open({str(ran)!r}, 'w').close()")
 allowed = run_program("print('hello')", Limits(network="allow"))
 graded = grade(PythonCheck(tests="assert f(2) == 4", entry_point="f"), "def f(x):\\n    return 2 * x")

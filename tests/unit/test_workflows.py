@@ -9,7 +9,7 @@ from conductor_mcp.models import Workflow
 from conductor_mcp.planners.parse import parse_json_plan, parse_paper_plan
 from conductor_mcp.planners.prompts import planner_messages, render_paper
 from conductor_mcp.planners.schema import workflow_schema
-from conductor_mcp.workflows import validate_workflow
+from conductor_mcp.runs.workflows import validate_workflow
 
 IDS = ["a", "b"]
 
@@ -111,7 +111,7 @@ def test_prompt_prefix_is_task_independent() -> None:
 def test_worker_prompt_tells_only_the_last_worker_it_answers() -> None:
     """The paper's worker prompt: the task, the visible steps' subtasks and responses, the subtask; the last
     worker is told its response is the final answer, the others that theirs goes to the next steps."""
-    from conductor_mcp.engine import worker_messages
+    from conductor_mcp.runs.engine import worker_messages
 
     wf = validate_workflow({"steps": [
         {"worker": "a", "instruction": "Draft it", "access": "none"},

@@ -12,11 +12,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 
-from ..budget import BudgetExceeded, BudgetGuard
 from ..errors import WorkerError, WorkflowError
-from ..llm import ModelCall, Reply
 from ..models import CONDUCTOR_WORKER, PlanInfo, Prior, RecipeUse, Step, Usage, WorkerSpec, Workflow
-from ..workflows import validate_workflow
+from ..runs.budget import BudgetExceeded, BudgetGuard
+from ..runs.workflows import validate_workflow
+from ..workers.llm import ModelCall, Reply
 from .checks import check_instructions, repair
 from .parse import parse_json_plan, parse_paper_plan
 from .prompts import EXAMPLE_SUBJECTS, planner_messages, review_messages

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import anyio
 
-from ..llm import Reply
-from ..registry import Registry
+from ..workers.llm import Reply
+from ..workers.registry import Registry
 from .base import ModelPlanner, PlanResult, ReviewResult, Watch
 from .gguf import GGUFPlanner
 from .remote import RemotePlanner

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import WorkflowError
-from ..llm import ModelCall, Reply, gguf_complete
-from ..local_model import LocalModel
+from ..workers.llm import ModelCall, Reply, gguf_complete
+from ..workers.local_model import LocalModel
 from .base import ModelPlanner, Watch
 from .grammar import workflow_grammar
 from .prompts import task_view

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ..errors import WorkflowError
-from ..llm import ModelCall, Reply, litellm_complete
 from ..models import Price
 from ..redact import redact, register_key_envs
+from ..workers.llm import ModelCall, Reply, litellm_complete
 from .base import ModelPlanner, Watch
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..budget import BudgetGuard
 from ..errors import WorkflowError
 from ..models import PlanInfo, Prior, Recipe, RecipeUse, Step, WorkerSpec, Workflow
-from ..recipes import SHIPPED, instantiate, parse_recipe_strategy
+from ..runs.budget import BudgetGuard
+from ..runs.recipes import SHIPPED, instantiate, parse_recipe_strategy
 from .base import PlanResult, PlanSink, ReviewResult
 
 # The aggregate-and-synthesize prompt of togethercomputer/MoA, as the aggregator's instruction.
@@ -40,26 +40,6 @@ class FixedPlanner:
         return ReviewResult(None, PlanInfo(source="strategy", planner=self.name, attempts=0))
 
 
-class SinglePlanner(FixedPlanner):
-    def __init__(self, worker: str) -> None:
-        self.worker = worker
-        self.name = f"single:{worker}"
-
-    def check(self, workers: Sequence[WorkerSpec], max_steps: int) -> None:
-        ids = [w.id for w in workers if w.kind == "model"]
-        if self.worker not in ids:
-            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker (a model worker); "
-                                f"allowed: {', '.join(ids)}")
-
-    async def plan(self, task: str, workers: Sequence[WorkerSpec], max_steps: int,
-                   allow_recursion: bool = False, prior: Prior | None = None,
-                   guard: BudgetGuard | None = None, progress: PlanSink | None = None) -> PlanResult:
-        self.check(workers, max_steps)
-        wf = Workflow(steps=[Step(worker=self.worker, instruction=task[:8000])])
-        use = RecipeUse(name="direct", slots={"solver": self.worker})  # recorded as the recipe it is
-        return PlanResult(wf, PlanInfo(source="strategy", planner=self.name, attempts=0, recipe=use))
-
-
 class RecipePlanner(FixedPlanner):
     def __init__(self, strategy: str, book: Mapping[str, Recipe]) -> None:
         self.name = strategy
@@ -81,6 +61,21 @@ class RecipePlanner(FixedPlanner):
         use = self.use(workers)
         wf = instantiate(self.book[use.name], use, task)
         return PlanResult(wf, PlanInfo(source="strategy", planner=self.name, attempts=0, recipe=use))
+
+
+class SinglePlanner(RecipePlanner):
+    """`single:<worker>`: the shipped `direct` recipe on that worker, whatever the manifest's recipes say."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__(f"single:{worker}", SHIPPED)
+        self.worker = worker
+
+    def use(self, workers: Sequence[WorkerSpec]) -> RecipeUse:
+        ids = [w.id for w in workers if w.kind == "model"]
+        if self.worker not in ids:
+            raise WorkflowError(f"strategy: single:{self.worker}: unknown or unavailable worker (a model worker); "
+                                f"allowed: {', '.join(ids)}")
+        return RecipeUse(name="direct", slots={"solver": self.worker})
 
 
 class MoAPlanner(FixedPlanner):

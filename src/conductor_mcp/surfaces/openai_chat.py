@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import (
+from ..errors import (
     ConductorError,
     ConfigError,
     RunNotFound,
@@ -28,14 +28,14 @@ from .errors import (
     WorkflowError,
     internal_message,
 )
-from .models import MAX_STEPS_LIMIT, Budget, Prefer, Run, RunStatus, Usage
-from .redact import redact
-from .request import MAX_TASK_CHARS, RequestError, check_request
-from .workflows import field_problems
+from ..models import MAX_STEPS_LIMIT, Budget, Prefer, Run, RunStatus, Usage
+from ..redact import redact
+from ..runs.request import MAX_TASK_CHARS, RequestError, check_request
+from ..runs.workflows import field_problems
 
 if TYPE_CHECKING:
-    from .engine import StepEvent
-    from .registry import Registry
+    from ..runs.engine import StepEvent
+    from ..workers.registry import Registry
 
 log = logging.getLogger(__name__)
 

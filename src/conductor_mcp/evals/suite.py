@@ -12,14 +12,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConductorError, WorkflowError
+from ..errors import ConductorError, WorkflowError
+from ..models import MAX_STEPS_LIMIT, Prefer, RunStatus
+from ..planners.strategies import strategy_planner
+from ..runs.recipes import usable
 from .grading import SuiteTask, grade_async
-from .models import MAX_STEPS_LIMIT, Prefer, RunStatus
-from .planners.strategies import strategy_planner
-from .recipes import usable
 
 if TYPE_CHECKING:
-    from .run_manager import RunManager
+    from ..runs.run_manager import RunManager
 
 
 @dataclass

@@ -30,10 +30,11 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .models import Prefer, Prior, Recipe, RecipeUse, RunOptions, ShapeRecord, WorkerRecord, WorkerSpec
+from ..models import Prefer, Prior, Recipe, RecipeUse, RunOptions, ShapeRecord, WorkerRecord, WorkerSpec
+from ..store import Store
 from .recipes import SHIPPED
-from .store import Store
 
 MIN_OUTCOMES = 2  # per worker, before its record counts at all
 NEUTRAL = 0.5  # the reward estimate of a worker with no outcomes
@@ -99,6 +100,49 @@ def _estimate(pairs: Sequence[tuple[float, float]]) -> float:
     return (n * mean + PSEUDO_COUNT * NEUTRAL) / (n + PSEUDO_COUNT)
 
 
+Group = list[tuple[float, "PastRun"]]  # past runs of one worker or shape, each with its task's similarity weight
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _grouped(ws: Sequence[float], keyed: Sequence[tuple[str, PastRun]]) -> dict[str, Group]:
+    groups: dict[str, Group] = {}
+    for w, (key, p) in zip(ws, keyed, strict=True):
+        groups.setdefault(key, []).append((w, p))
+    return groups
+
+
+def _judged(task: str, keyed: Sequence[tuple[str, PastRun]]) -> dict[str, Group]:
+    """Past runs grouped by key, weighted by their tasks' similarity to `task`: the groups with enough outcomes."""
+    groups = _grouped(weights(similarities(task, [p.task for _, p in keyed])), keyed)
+    return {k: g for k, g in groups.items() if len(g) >= MIN_OUTCOMES}
+
+
+def _records(judged: dict[str, Group], prefer: Prefer, *, weighted_cost: bool) -> dict[str, dict[str, Any]]:
+    """Each group's reward estimate, mean tokens and cost, and its score: the reward less `prefer`'s share of its
+    cost against the dearest group's (dollars where any run was priced, else tokens)."""
+    use_usd = any((p.cost_usd or 0) > 0 for g in judged.values() for _, p in g)
+
+    def cost(g: Group) -> float:
+        values = [(p.cost_usd or 0.0) if use_usd else float(p.tokens) for _, p in g]
+        if weighted_cost:
+            return sum(w * v for (w, _), v in zip(g, values, strict=True)) / sum(w for w, _ in g)
+        return _mean(values)
+
+    top_cost = max(cost(g) for g in judged.values()) or 1.0
+    records = {}
+    for key, g in judged.items():
+        reward = _estimate([(w, p.reward) for w, p in g])
+        costs = [p.cost_usd for _, p in g]
+        records[key] = {"reward": round(reward, 4), "outcomes": len(g),
+                        "mean_tokens": round(_mean([p.tokens for _, p in g]), 1),
+                        "mean_cost_usd": None if any(c is None for c in costs) else _mean([c or 0.0 for c in costs]),
+                        "score": round(reward - COST_WEIGHT[prefer] * cost(g) / top_cost, 4)}
+    return records
+
+
 class Outcomes:
     def __init__(self, past: Sequence[PastRun]) -> None:
         self.past = list(past)
@@ -149,36 +193,17 @@ class Outcomes:
                 keyed.append(("own", p, None))
         if not keyed:
             return prior
-        ws = weights(similarities(task, [p.task for _, p, _ in keyed]))
-        groups: dict[str, list[tuple[float, PastRun]]] = {}
-        uses: dict[str, RecipeUse] = {}
-        for w, (key, p, use) in zip(ws, keyed, strict=True):
-            groups.setdefault(key, []).append((w, p))
-            if use is not None:
-                uses[key] = use
-        judged = {k: g for k, g in groups.items() if len(g) >= MIN_OUTCOMES}
+        uses = {use.key: use for _, _, use in keyed if use is not None}
+        judged = _judged(task, [(key, p) for key, p, _ in keyed])
         if not judged:
             return prior
-        use_usd = any((p.cost_usd or 0) > 0 for g in judged.values() for _, p in g)
-
-        def mean(values: Sequence[float]) -> float:
-            return sum(values) / len(values)
-
-        def cost(g: list[tuple[float, PastRun]]) -> float:
-            # weighted like the rewards: a shape's tokens on tasks like this one (maths and code differ)
-            return sum(w * ((p.cost_usd or 0.0) if use_usd else float(p.tokens)) for w, p in g) / sum(w for w, _ in g)
-
-        top_cost = max(cost(g) for g in judged.values()) or 1.0
-        records = {}
-        for key, g in judged.items():
-            reward = _estimate([(w, p.reward) for w, p in g])
-            costs = [p.cost_usd for _, p in g]
-            records[key] = ShapeRecord(
-                reward=round(reward, 4), outcomes=len(g), mean_tokens=round(mean([p.tokens for _, p in g]), 1),
-                mean_cost_usd=None if any(c is None for c in costs) else mean([c or 0.0 for c in costs]),
-                score=round(reward - COST_WEIGHT[prefer] * cost(g) / top_cost, 4),
-                steps=round(mean([p.steps for _, p in g]), 2), tool_s=round(mean([p.tool_s for _, p in g]), 3),
-                model_steps=round(mean([p.steps if p.model_steps is None else p.model_steps for _, p in g]), 2))
+        # a shape's tokens are weighted like its rewards: on tasks like this one (maths and code differ)
+        common = _records(judged, prefer, weighted_cost=True)
+        records = {key: ShapeRecord(
+            **common[key], steps=round(_mean([p.steps for _, p in g]), 2),
+            tool_s=round(_mean([p.tool_s for _, p in g]), 3),
+            model_steps=round(_mean([p.steps if p.model_steps is None else p.model_steps for _, p in g]), 2))
+            for key, g in judged.items()}
         if prior is None:
             first = next(w.id for w in workers if w.kind == "model")
             prior = Prior(prefer=prefer, outcomes=len(keyed), workers={}, final=[first])
@@ -215,28 +240,12 @@ class Outcomes:
         if not relevant:
             return None
         ws = weights(similarities(task, [p.task for p in relevant]))
-        by_worker: dict[str, list[tuple[float, PastRun]]] = {}
-        for w, p in zip(ws, relevant, strict=True):
-            by_worker.setdefault(p.final_worker, []).append((w, p))
+        by_worker = _grouped(ws, [(p.final_worker, p) for p in relevant])
         judged = {i: runs for i, runs in by_worker.items() if len(runs) >= MIN_OUTCOMES}
         if not judged:
             return None
-        use_usd = any((p.cost_usd or 0) > 0 for runs in judged.values() for _, p in runs)
+        records = {i: WorkerRecord(**fields) for i, fields in _records(judged, prefer, weighted_cost=False).items()}
 
-        def mean_cost(runs: list[tuple[float, PastRun]]) -> float:
-            values = [(p.cost_usd or 0.0) if use_usd else float(p.tokens) for _, p in runs]
-            return sum(values) / len(values)
-
-        top_cost = max(mean_cost(r) for r in judged.values()) or 1.0
-        records = {}
-        for i, runs in judged.items():
-            reward = _estimate([(w, p.reward) for w, p in runs])
-            costs = [p.cost_usd for _, p in runs]
-            records[i] = WorkerRecord(
-                reward=round(reward, 4), outcomes=len(runs),
-                mean_tokens=round(sum(p.tokens for _, p in runs) / len(runs), 1),
-                mean_cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs) / len(costs),
-                score=round(reward - COST_WEIGHT[prefer] * mean_cost(runs) / top_cost, 4))
         def rank(i: str) -> tuple[float, int]:
             return records[i].score, -ids.index(i)
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .models import ConductorSpec
+from ..errors import ConfigError
+from ..models import ConductorSpec
 
 # llama.cpp's split GGUFs: `name-00001-of-00003.gguf`; it loads the first and finds the rest beside it
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError, WorkflowError
-from .models import MAX_STEPS_LIMIT, Budget, Prefer, Workflow
-from .planners.strategies import SinglePlanner, strategy_planner
+from ..errors import ConfigError, WorkflowError
+from ..models import MAX_STEPS_LIMIT, Budget, Prefer, Workflow
+from ..planners.strategies import SinglePlanner, strategy_planner
 from .workflows import validate_workflow
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from ..workers.registry import Registry
 
 MAX_TASK_CHARS = 100_000  # a task (with a chat's context) longer than this is refused on every surface
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import anyio
 
-from . import __version__
-from .models import Manifest, WorkerSpec
-from .redact import redact
+from .. import __version__
+from ..models import Manifest, WorkerSpec
+from ..redact import redact
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"  # the dialect pydantic writes
 SCHEMA_FILE = "manifests/manifest.schema.json"  # the committed copy; a test keeps it equal to manifest_schema()
@@ -63,9 +63,9 @@ def _targets(registry: Any) -> list[tuple[str, WorkerSpec, Path | None, str | No
 
 async def check_workers(registry: Any, timeout_s: float) -> list[Check]:
     """Call every available worker (and a remote conductor) once, concurrently; never raises for a worker."""
-    from . import python_worker
-    from .errors import WorkerError
-    from .workers import WorkerPool, litellm_module
+    from ..errors import WorkerError
+    from ..workers import python_worker
+    from ..workers.pool import WorkerPool, litellm_module
 
     pool = WorkerPool(registry)
     rows = _targets(registry)
@@ -110,10 +110,10 @@ async def check_workers(registry: Any, timeout_s: float) -> list[Check]:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    from .errors import StoreError
-    from .local_model import gpu_offload_supported
-    from .registry import load_registry
-    from .store import Store, default_db_path
+    from ..errors import StoreError
+    from ..store import Store, default_db_path
+    from ..workers.local_model import gpu_offload_supported
+    from ..workers.registry import load_registry
 
     registry = load_registry(args.workers)
     store_path, store_problem, read_only = str(args.db or default_db_path()), None, None

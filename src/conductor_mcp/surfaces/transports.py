@@ -25,11 +25,11 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..runs.run_manager import RunManager
+from .mcp_server import build_server
 from .openai_api import OpenAIApp, send_error
 from .openai_chat import ApiError
-from .run_manager import RunManager
-from .server import build_server
 from .web import announce, with_web_ui
 
 log = logging.getLogger(__name__)

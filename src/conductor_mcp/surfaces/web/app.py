@@ -26,9 +26,9 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import ConductorError, EvalNotFound, RunNotFound
-from ..run_manager import RunManager
-from ..store import strategy_of
+from ...errors import ConductorError, EvalNotFound, RunNotFound
+from ...runs.run_manager import RunManager
+from ...store import strategy_of
 from . import pages
 
 COOKIE = "conductor_ui"
@@ -318,7 +318,7 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
 
 
 def _static_bytes(name: str) -> bytes:
-    return (resources.files("conductor_mcp.web") / "static" / name).read_bytes()
+    return (resources.files("conductor_mcp.surfaces.web") / "static" / name).read_bytes()
 
 
 def _loopback_host(host: str) -> bool:

@@ -24,8 +24,8 @@ import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
-from .sandbox import Limits, run_script
+from ..errors import ConfigError
+from ..workers.sandbox import Limits, run_script
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 512

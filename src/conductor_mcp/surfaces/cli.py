@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import __version__
-from .errors import ConductorError, UsageError, internal_message, leaf_error
-from .redact import RedactingFormatter
+from .. import __version__
+from ..errors import ConductorError, UsageError, internal_message, leaf_error
+from ..redact import RedactingFormatter
 
 if TYPE_CHECKING:
-    from .models import Budget, Run
-    from .registry import Registry
-    from .run_manager import RunManager
+    from ..models import Budget, Run
+    from ..runs.run_manager import RunManager
+    from ..workers.registry import Registry
 
 log = logging.getLogger("conductor_mcp")
 
@@ -39,9 +39,9 @@ def emit(text: str) -> None:
 def _manager(args: argparse.Namespace, calls_workers: bool = True) -> RunManager:
     """The RunManager, the door every surface plans, runs and reads runs through. For solve and plan, what the
     command line names is checked against the registry before the store opens or a model loads."""
-    from .llm import litellm_module
-    from .registry import load_registry
-    from .run_manager import RunManager
+    from ..runs.run_manager import RunManager
+    from ..workers.llm import litellm_module
+    from ..workers.registry import load_registry
 
     registry = load_registry(args.workers)
     if hasattr(args, "use"):
@@ -55,7 +55,7 @@ def _manager(args: argparse.Namespace, calls_workers: bool = True) -> RunManager
 
 def _reader(args: argparse.Namespace) -> RunManager:
     """A RunManager for commands that only read or rate stored runs: it opens the store, not the registry."""
-    from .run_manager import RunManager
+    from ..runs.run_manager import RunManager
 
     return RunManager(getattr(args, "workers", None), args.db)
 
@@ -78,7 +78,7 @@ _FLAGS = {"task": "task", "workers": "--use", "strategy": "--strategy", "max_ste
 
 def _read_task(args: argparse.Namespace) -> None:
     """`-` reads the task from stdin; an empty task is a usage error, found before anything loads."""
-    from .request import RequestError, check_task
+    from ..runs.request import RequestError, check_task
 
     if args.task == "-":
         args.task = sys.stdin.read()
@@ -90,7 +90,7 @@ def _read_task(args: argparse.Namespace) -> None:
 
 def _check_request(registry: Registry, args: argparse.Namespace) -> None:
     """Worker ids and a strategy named on the command line that the pool lacks are usage errors."""
-    from .request import RequestError, check_request
+    from ..runs.request import RequestError, check_request
 
     try:
         check_request(registry, args.task, args.use, args.max_steps, args.strategy)
@@ -101,7 +101,7 @@ def _check_request(registry: Registry, args: argparse.Namespace) -> None:
 def _resolve(resolve: Callable[[str], str], ref: str) -> str:
     """A run id from the command line: a whole id, the start of exactly one, or `last` (`resolve`: the
     RunManager's or a Store's)."""
-    from .errors import RunNotFound
+    from ..errors import RunNotFound
 
     try:
         return str(resolve(ref))
@@ -161,8 +161,8 @@ async def _resume(args: argparse.Namespace) -> int:
 
 
 async def _eval(args: argparse.Namespace) -> int:
-    from .evals import calibration_strategies, parse_strategies, report_json, report_table, run_eval
-    from .grading import load_suite
+    from ..evals.grading import load_suite
+    from ..evals.suite import calibration_strategies, parse_strategies, report_json, report_table, run_eval
 
     tasks = load_suite(args.suite)[: args.limit]
     runs = _manager(args)
@@ -224,18 +224,6 @@ def _score(text: str) -> float:
     return value
 
 
-def _max_steps(text: str) -> int:
-    from .models import MAX_STEPS_LIMIT
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_STEPS_LIMIT:
-        raise argparse.ArgumentTypeError(f"{value}; allowed 1..{MAX_STEPS_LIMIT}")
-    return value
-
-
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -286,8 +274,8 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ..store import strategy_of
     from .render import mermaid, run_text, with_iso_times
-    from .store import strategy_of
 
     runs = _reader(args)
     run = runs.get(_resolve(runs.resolve, args.run_id))
@@ -320,8 +308,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from . import hub
-    from .registry import read_manifest
+    from ..workers import hub
+    from ..workers.registry import read_manifest
 
     path = args.workers or os.environ.get("CONDUCTOR_WORKERS")
     conductor = read_manifest(path).conductor if path else None  # workers need not be usable to pull
@@ -343,7 +331,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .store import Store
+    from ..store import Store
     from .transports import serve
 
     # a store that cannot be opened or is damaged stops the server here, in one line naming it, rather
@@ -361,7 +349,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import RunStatus
+    from ..models import RunStatus
 
     p = argparse.ArgumentParser(prog="conductor-mcp", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=__version__)
@@ -388,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("task", help="the task; `-` reads it from stdin")
         sp.add_argument("--use", action="append", metavar="WORKER", help="only these worker ids (repeatable)")
-        sp.add_argument("--max-steps", type=_max_steps)
+        sp.add_argument("--max-steps", type=_count)  # its bound: check_request
         sp.add_argument("--strategy", default="conductor", help="conductor (default), moa, single:<worker>, or "
                         "recipe:<name>[:<worker>] (e.g. recipe:program)")
         prefer(sp)
@@ -488,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     # a worker call cut short by Ctrl-C leaves litellm's inner coroutine unawaited: noise, not news
     warnings.filterwarnings("ignore", message=r"coroutine '.*acompletion' was never awaited", category=RuntimeWarning)
     if args.command in ("solve", "plan", "resume", "eval", "calibrate", "serve", "ui"):
-        from . import telemetry
+        from .. import telemetry
 
         telemetry.configure()  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed at exit
     handler = COMMANDS[args.command]

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__
-from ..models import Review, Run, RunStatus, StepRecord, Usage
-from ..redact import redact
+from ... import __version__
+from ...models import Review, Run, RunStatus, StepRecord, Usage
+from ...redact import redact
+from ...store import FINAL, EvalRecord, EvalSummary
 from ..render import mermaid
-from ..store import FINAL, EvalRecord, EvalSummary
 from .plot import Point, scatter_svg
 
 # a run in one of these may still change (a planned run may be started, an interrupted one resumed)

@@ -6,8 +6,8 @@ import datetime
 import textwrap
 from typing import Any
 
-from .models import Run, StepRecord, Usage, Workflow
-from .store import Store
+from ..models import Run, StepRecord, Usage, Workflow
+from ..store import Store
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:

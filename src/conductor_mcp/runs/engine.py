@@ -18,10 +18,9 @@ from typing import Any
 
 import anyio
 
-from . import python_worker, telemetry
-from .budget import BudgetExceeded, BudgetGuard
-from .errors import LeaseLost, RunStateError, WorkerError, WorkflowError
-from .models import (
+from .. import telemetry
+from ..errors import LeaseLost, RunStateError, WorkerError, WorkflowError
+from ..models import (
     CONDUCTOR_WORKER,
     MAX_STEPS_LIMIT,
     Budget,
@@ -38,16 +37,18 @@ from .models import (
     WorkerSpec,
     Workflow,
 )
+from ..planners import Planner, make_planner
+from ..planners.base import PlanSink
+from ..planners.strategies import strategy_planner
+from ..store import FINAL, Lease, Store, heartbeat_s
+from ..workers import python_worker
+from ..workers.pool import WorkerPool
+from ..workers.registry import Registry
+from .budget import BudgetExceeded, BudgetGuard
 from .outcomes import Outcomes
-from .planners import Planner, make_planner
-from .planners.base import PlanSink
-from .planners.strategies import strategy_planner
 from .recipes import instantiate
-from .registry import Registry
 from .request import PlanRequest, check_max_steps, check_request
 from .resilience import RetryPolicy, WorkerHealth
-from .store import FINAL, Lease, Store, heartbeat_s
-from .workers import WorkerPool
 from .workflows import validate_workflow
 
 log = logging.getLogger(__name__)

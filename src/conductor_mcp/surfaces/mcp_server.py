@@ -27,14 +27,14 @@ from mcp.server.mcpserver.exceptions import (
 from mcp_types import CallToolResult, InputRequiredResult, ResourceLink, TextContent, Tool, ToolAnnotations
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError
 
-from . import __version__
-from .errors import ConductorError, RunNotFound, internal_message
-from .models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus, Usage
-from .planners.base import PlanEvent, tell
-from .request import MAX_TASK_CHARS
-from .run_manager import CancelWhen, Listener, Progress, RunManager
+from .. import __version__
+from ..errors import ConductorError, RunNotFound, internal_message
+from ..models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus, Usage
+from ..planners.base import PlanEvent, tell
+from ..runs.request import MAX_TASK_CHARS
+from ..runs.run_manager import CancelWhen, Listener, Progress, RunManager
+from ..runs.workflows import field_problems
 from .tool_schemas import STRATEGY, WORKER_ID, compact, optional_not_null, output_shape, with_worker_ids
-from .workflows import field_problems
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ async def warm_litellm(runs: RunManager) -> None:
     except ConductorError:
         return  # a bad manifest: the first tool call reports it
     if registry.conductor.model or any(s.spec.backend == "litellm" for s in registry.states):
-        from .llm import litellm_module
+        from ..workers.llm import litellm_module
 
         await anyio.to_thread.run_sync(litellm_module)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import anyio
 import httpx
 
-from .errors import NoTextContent, WorkerError
+from ..errors import NoTextContent, WorkerError
+from ..models import Usage, WorkerSpec
+from ..redact import redact, register_key_envs
 from .llm import MalformedReply, Reply, gguf_complete, litellm_complete, litellm_module
 from .local_model import LocalModel
-from .models import Usage, WorkerSpec
-from .redact import redact, register_key_envs
 from .registry import Registry
 
 __all__ = ["Reply", "WorkerPool", "litellm_module"]

@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import UsageError
-from .models import CONDUCTOR_WORKER, PlanInfo, RunOptions, Usage
-from .store import strategy_of
+from ..errors import UsageError
+from ..models import CONDUCTOR_WORKER, PlanInfo, RunOptions, Usage
+from ..store import strategy_of
 
 if TYPE_CHECKING:
-    from .run_manager import RunManager
+    from ..runs.run_manager import RunManager
 
 By = Literal["worker", "strategy", "day"]
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")

@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..models import Usage
 from .llm import Reply
-from .models import Usage
 
 log = logging.getLogger(__name__)
 TokenHook = Callable[[int], None]  # called on the model's thread with the count of tokens sampled so far

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .models import Price, Usage
-from .redact import RedactFilter
+from ..models import Price, Usage
+from ..redact import RedactFilter
 
 if TYPE_CHECKING:
     from .local_model import LocalModel, TokenHook

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from . import __version__
-from .errors import ConductorError
-from .models import Run, Usage
+from .. import __version__
+from ..errors import ConductorError
+from ..models import Run, Usage
+from ..planners.base import PlanEvent
 from .openai_chat import (
     OWNER,
     ApiError,
@@ -38,10 +39,9 @@ from .openai_chat import (
     trace_uri,
     usage_body,
 )
-from .planners.base import PlanEvent
 
 if TYPE_CHECKING:
-    from .run_manager import Following, RunHandle, RunManager
+    from ..runs.run_manager import Following, RunHandle, RunManager
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # as the MCP transport's default
 KEEPALIVE_S = 15.0  # an SSE comment while a step runs, so proxies keep the stream open

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import ConductorError, RunNotFound, RunStateError, internal_message
-from .models import Budget, Prefer, Run, RunOptions, RunStatus, StepRecord, Usage
-from .planners.base import PlanEvent, PlanSink, tell
+from ..errors import ConductorError, RunNotFound, RunStateError, internal_message
+from ..models import Budget, Prefer, Run, RunOptions, RunStatus, StepRecord, Usage
+from ..planners.base import PlanEvent, PlanSink, tell
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from ..store import EvalRecord, EvalSummary, RunListing, Store
+    from ..workers.registry import Registry
     from .engine import Engine, EventSink, StepEvent
-    from .registry import Registry
-    from .store import EvalRecord, EvalSummary, RunListing, Store
 
 log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
@@ -112,9 +112,9 @@ class RunManager:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            from ..store import Store
+            from ..workers.registry import Registry, load_registry
             from .engine import Engine
-            from .registry import Registry, load_registry
-            from .store import Store
 
             registry = self._workers if isinstance(self._workers, Registry) else load_registry(self._workers)
             self._engine = Engine(registry, self._store or Store(self._db))
@@ -126,7 +126,7 @@ class RunManager:
         if self._engine is not None:
             return self._engine.store
         if self._store is None:
-            from .store import Store
+            from ..store import Store
 
             self._store = Store(self._db)
         return self._store
@@ -205,7 +205,7 @@ class RunManager:
         tg = self._task_group()
         engine = self.engine
         request = engine.check_plan(task, workers, max_steps, strategy, budget, prefer, workflow)
-        from .store import new_run_id
+        from ..store import new_run_id
 
         handle = RunHandle(new_run_id(), listener=listener, planning=True)
         self.handles[handle.run_id] = handle
@@ -403,7 +403,7 @@ class RunManager:
 
     def trace(self, run_id: str) -> dict[str, Any]:
         """A run's whole trace, its child runs' included."""
-        from .render import trace_tree
+        from ..surfaces.render import trace_tree
 
         return trace_tree(self._trace_store, run_id)
 

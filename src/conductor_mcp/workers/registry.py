@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..errors import ConfigError
+from ..models import ConductorSpec, Manifest, Recipe, WorkerSpec
+from ..runs.recipes import SHIPPED, recipe_book, usable
 from . import hub
-from .errors import ConfigError
-from .models import ConductorSpec, Manifest, Recipe, WorkerSpec
-from .recipes import SHIPPED, recipe_book, usable
 
 BUNDLED = "bundled"
 BUNDLED_WORKER_ID = "smollm2-135m"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import WorkflowError
-from .models import RECIPE_TASK, Recipe, RecipeStep, RecipeUse, Step, WorkerSpec, Workflow
+from ..errors import WorkflowError
+from ..models import RECIPE_TASK, Recipe, RecipeStep, RecipeUse, Step, WorkerSpec, Workflow
 
 PROGRAM_INSTRUCTION = (
     "Write a Python program that computes the answer to the task and prints it: the final answer alone on the "

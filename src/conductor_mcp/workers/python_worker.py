@@ -11,8 +11,8 @@ import re
 
 import anyio
 
+from ..models import WorkerSpec, Workflow
 from . import sandbox
-from .models import WorkerSpec, Workflow
 
 # a fenced block tagged python (or py/python3); a block left open at the end of a reply (cut by a token cap)
 # still counts

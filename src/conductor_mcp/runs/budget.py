@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ConductorError, WorkerError
-from .llm import DEFAULT_MAX_TOKENS, Priced, completion_cap, known_cost
-from .models import Budget, Usage
+from ..errors import ConductorError, WorkerError
+from ..models import Budget, Usage
+from ..workers.llm import DEFAULT_MAX_TOKENS, Priced, completion_cap, known_cost
 
 __all__ = ["DEFAULT_MAX_TOKENS", "BudgetExceeded", "BudgetGuard", "estimate_tokens", "prompt_tokens_bound"]
 

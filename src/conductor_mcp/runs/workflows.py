@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import WorkflowError
-from .models import CONDUCTOR_WORKER, Workflow
+from ..errors import WorkflowError
+from ..models import CONDUCTOR_WORKER, Workflow
 
 
 def _loc(loc: Sequence[int | str]) -> str:
