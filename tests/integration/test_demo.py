@@ -3,6 +3,7 @@ was, where its trace went, and what to run next; the command it suggests shows t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,3 +33,12 @@ def test_make_demo_says_what_it_was_and_what_to_run_next(tmp_path: Path) -> None
     runs = subprocess.run([sys.executable, "-m", "conductor_mcp", "runs"], env={**env, "CONDUCTOR_DB": str(db)},
                           capture_output=True, text=True, timeout=120)
     assert runs.returncode == 0 and "haiku" in runs.stdout, runs.stdout  # the demo's run, not an empty table
+    # every step's answer (the bundled model loops on one sentence without its repeat penalty)
+    show = subprocess.run([sys.executable, "-m", "conductor_mcp", "show", "last", "--json"],
+                          env={**env, "CONDUCTOR_DB": str(db)}, capture_output=True, text=True, timeout=120)
+    steps = json.loads(show.stdout)["steps"]
+    assert steps and all(s["status"] == "completed" for s in steps), show.stdout
+    for step in steps:
+        sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", step["output"]) if len(s.strip()) > 15]
+        repeated = {s for s in sentences if sentences.count(s) > 1}
+        assert not repeated, (step["index"], repeated, step["output"])

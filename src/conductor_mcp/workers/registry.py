@@ -81,7 +81,9 @@ def bundled_worker() -> WorkerSpec:
         description="bundled SmolLM2-135M-Instruct on this machine: free, offline, weak at reasoning",
         max_concurrency=1,
         timeout_s=300,
-        params={"max_tokens": 256, "temperature": 0.2},
+        # a 135M model loops on one sentence until its cap: a repeat penalty ends the loop (1.1 already did on the
+        # demo's task; 1.15 leaves a margin), and the cap bounds what a loop can still cost
+        params={"max_tokens": 192, "temperature": 0.2, "repeat_penalty": 1.15},
     )
 
 
