@@ -470,6 +470,22 @@ def test_session_cookie_cannot_be_forged(env: dict[str, str], stop: list[subproc
         assert re.search(r"conductor_ui=\d+\.[0-9a-f]{64};", r.headers["set-cookie"])
 
 
+def test_wrong_tokens_are_slowed_down(env: dict[str, str], stop: list[subprocess.Popen[bytes]]) -> None:
+    """Five wrong tokens a minute from one client, then 429 with Retry-After, even for the right token."""
+    proc, port = start_http({**env, "CONDUCTOR_TOKEN": STRONG_TOKEN}, "http", host="0.0.0.0")
+    stop.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=30, headers={"origin": base}) as http:
+        for _ in range(5):
+            assert http.post("/ui/login", data={"token": "a wrong guess", "next": "/ui/"}).status_code == 401
+        for guess in ("another wrong guess", STRONG_TOKEN):
+            r = http.post("/ui/login", data={"token": guess, "next": "/ui/"})
+            assert r.status_code == 429 and "set-cookie" not in r.headers, r.text
+            assert 1 <= int(r.headers["retry-after"]) <= 60 and "Too many wrong tokens" in r.text
+        # the bearer header on other pages is not what is throttled: a script with the token still gets in
+        assert http.get("/ui/", headers={"authorization": f"Bearer {STRONG_TOKEN}"}).status_code == 200
+
+
 def test_runs_list_is_paged(env: dict[str, str], stop: list[subprocess.Popen[bytes]]) -> None:
     proc, port = start_http(env, "http")
     stop.append(proc)

@@ -30,6 +30,7 @@ from ...errors import ConductorError, EvalNotFound, RunNotFound
 from ...runs.run_manager import RunManager
 from ...store import strategy_of
 from . import pages
+from .throttle import Throttle
 
 COOKIE = "conductor_ui"
 SESSION_DAYS = 30
@@ -169,6 +170,7 @@ def _read_list(manager: RunManager, limit: int, cursor: str | None) -> tuple[lis
 def web_app(manager: RunManager, security: TransportSecuritySettings, token: str | None) -> Starlette:
     gate = Gate(security, token)
     signs_in = token is not None
+    throttle = Throttle()  # wrong tokens at /ui/login, per client address
 
     def guarded(endpoint: Endpoint, *, public: bool = False) -> Endpoint:
         async def handle(request: Request) -> Response:
@@ -276,10 +278,17 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
     async def login(request: Request) -> Response:
         if not signs_in:
             return RedirectResponse("/ui/", status_code=303)
+        client = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(client)
+        if wait is not None:  # refused before the token is even compared: no guess counts while it waits
+            return HTMLResponse(pages.message_page("Too many tries", f"Too many wrong tokens from this address; "
+                                                   f"try again in {wait} s."),
+                                status_code=429, headers={"retry-after": str(wait)})
         form = await _form(request)
         given = form.get("token", "").encode()
         assert token is not None
         if not hmac.compare_digest(given, token.encode()):
+            throttle.failed(client)
             return _html(pages.login_page(_safe_next(form.get("next")), error="That is not this server's token."),
                          401)
         response = RedirectResponse(_safe_next(form.get("next")), status_code=303)
