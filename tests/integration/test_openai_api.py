@@ -348,6 +348,14 @@ USER = [{"role": "user", "content": "hi"}]
     ({"model": "conductor", "messages": USER, "conductor": {"workflow": {"steps": [{"worker": "ghost",
                                                                                     "instruction": "x"}]}}},
      400, "conductor.workflow", None),
+    ({"model": "fast", "messages": USER, "max_tokens": -1}, 400, "max_tokens", None),
+    ({"model": "fast", "messages": USER, "max_tokens": 10**12}, 400, "max_tokens", None),
+    ({"model": "fast", "messages": USER, "temperature": "hot"}, 400, "temperature", None),
+    ({"model": "fast", "messages": USER, "top_p": 1.5}, 400, "top_p", None),
+    ({"model": "fast", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ({"model": "fast", "messages": USER, "temprature": 0.2}, 400, "temprature", "unknown_parameter"),
+    ({"model": "fast", "messages": USER, "conductor": {"workers": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["fast"]]]]]]]]]]]]
+      ]]]]]]]]]]]]]]]]]]]]]]}}, 400, "conductor.workers" + "[0]" * 30, None),
 ])
 def test_refusals_in_openai_envelopes(api: Served, server: ScriptedServer, body: dict[str, Any], status: int,
                                       param: str, code: str | None) -> None:
@@ -505,6 +513,27 @@ def guarded(tmp_path: Path, server: ScriptedServer) -> Iterator[Served]:
                    env_extra={"CONDUCTOR_TOKEN": STRONG_TOKEN})
     yield served
     stop_proc(served.proc)
+
+
+@pytest.mark.parametrize(("raw", "param", "says"), [
+    (b'{"model": "fast", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", None, "nests deeper than 32"),
+    (b'{"model": "fast", "messages": [{"role": "user", "content": "x\\ud800y"}]}', "messages[0].content",
+     "lone surrogate U+D800"),
+    (b'{"model": "fast", "messages": [{"role": "user", "content": "hi"}], "user": "\\udfff"}', "user",
+     "not valid Unicode"),
+    (b'{"model": "fast", "messages": [{"role": "user", "content": "\xff\xfe"}]}', None, "not valid JSON"),
+])
+def test_hostile_bodies_get_400_and_nothing_is_stored(api: Served, server: ScriptedServer, raw: bytes,
+                                                      param: str | None, says: str) -> None:
+    store = api.store()
+    before = store.find_runs(1000)
+    r = httpx.post(f"{api.base}/chat/completions", content=raw, headers={"content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and says in error["message"]
+    assert store.find_runs(1000) == before and server.calls() == []  # refused before anything was stored or spent
+    assert httpx.get(f"{api.base}/models", timeout=30).status_code == 200  # and the server still serves
 
 
 def test_token_off_loopback(guarded: Served, server: ScriptedServer) -> None:

@@ -20,8 +20,49 @@ if TYPE_CHECKING:
     from ..workers.registry import Registry
 
 MAX_TASK_CHARS = 100_000  # a task (with a chat's context) longer than this is refused on every surface
+MAX_JSON_DEPTH = 32  # arrays and objects nested deeper than this are refused on every surface (a workflow needs 5)
 
 Param = Literal["task", "workers", "max_steps", "strategy", "workflow"]
+
+
+class InputError(WorkflowError):
+    """Input that no request may hold: text that is not valid Unicode, JSON nested too deep. `param` is where, as
+    a path into the request (`messages[0].content`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        super().__init__(f"{param}: {message}")
+
+
+def check_text(param: str, text: str) -> str:
+    """Text that can be stored and sent on: refused (never repaired) when it holds a lone surrogate, which JSON's
+    `\\ud800` escapes and undecodable command-line bytes produce."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(param, f"not valid Unicode text: a lone surrogate U+{ord(text[exc.start]):04X} at "
+                                f"character {exc.start}") from None
+    return text
+
+
+def check_json(value: object, where: str = "") -> None:
+    """A parsed JSON value: nested at most MAX_JSON_DEPTH deep, its strings (keys too) valid Unicode. Iterative,
+    so a hostile depth costs no recursion."""
+    stack: list[tuple[object, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            check_text(path or "body", item)
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise InputError(path or "body", f"nested deeper than {MAX_JSON_DEPTH} levels")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(key, str):
+                    check_text(f"{path}.{key}" if path else key, key)
+                    stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+                else:
+                    stack.append((child, f"{path}[{key}]", depth + 1))
 
 
 class RequestError(WorkflowError):
@@ -52,6 +93,10 @@ def check_task(task: str) -> str:
     """The task, stripped; empty or too long is a RequestError."""
     if not task or not task.strip():
         raise RequestError("task", "empty; give the task to solve")
+    try:
+        check_text("task", task)
+    except InputError as exc:
+        raise RequestError("task", str(exc)) from None
     if len(task) > MAX_TASK_CHARS:
         raise RequestError("task", f"{len(task)} characters, at most {MAX_TASK_CHARS}", too_long=True)
     return task.strip()

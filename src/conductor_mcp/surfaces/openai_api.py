@@ -32,6 +32,7 @@ from .openai_chat import (
     extension,
     finish_reason,
     model_list,
+    parse_body,
     parse_request,
     plan_text,
     start_text,
@@ -170,12 +171,7 @@ class OpenAIApp:
         headers = dict(scope.get("headers") or [])
         if not headers.get(b"content-type", b"").lower().startswith(b"application/json"):
             raise bad_request("send the request as JSON with `Content-Type: application/json`")
-        raw = await _read_body(receive)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise bad_request(f"the request body is not valid JSON: {exc}") from None
-        req = parse_request(body, self.runs.registry)
+        req = parse_request(parse_body(await _read_body(receive)), self.runs.registry)
         if req.stream:
             await StreamAnswer(self.chat, req).send(receive, send)
             return

@@ -9,6 +9,7 @@ carries a `conductor` object with the run id, status, workflow, cost and trace U
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ from ..errors import (
     ConfigError,
     RunNotFound,
     RunStateError,
+    ShuttingDown,
     StoreError,
     WorkerError,
     WorkflowError,
@@ -30,7 +32,7 @@ from ..errors import (
 )
 from ..models import MAX_STEPS_LIMIT, Budget, Prefer, Run, RunStatus, Usage
 from ..redact import redact
-from ..runs.request import MAX_TASK_CHARS, RequestError, check_request
+from ..runs.request import MAX_JSON_DEPTH, MAX_TASK_CHARS, InputError, RequestError, check_json, check_request
 from ..runs.workflows import field_problems
 
 if TYPE_CHECKING:
@@ -140,6 +142,8 @@ def error_for(exc: BaseException) -> ApiError:
         return bad_request(text)
     if isinstance(exc, RunNotFound):
         return ApiError(404, text, code="run_not_found")
+    if isinstance(exc, ShuttingDown):  # a retry goes to another replica behind a balancer
+        return ApiError(503, text, "server_error", code="shutting_down", retry=True)
     if isinstance(exc, RunStateError):
         return ApiError(409, text, code="run_busy", retry=False)
     if isinstance(exc, StoreError):
@@ -167,6 +171,65 @@ class ConductorOptions(BaseModel):
     max_depth: int | None = Field(default=None, ge=0, le=4)
     prefer: Prefer | None = None
     workflow: dict[str, Any] | None = Field(default=None, description="a workflow of your own: no planning")
+
+
+MAX_OUTPUT_TOKENS = 1_048_576  # a max_tokens beyond any model's window is a mistake, refused as OpenAI's API does
+
+
+class ChatBody(BaseModel):
+    """A chat completion's body as OpenAI's API defines it: each parameter with its type and range, and no other
+    (an unknown parameter is refused, as OpenAI's API refuses it: a misspelt option must not be silently
+    ignored). Sampling parameters are checked, not applied: each worker samples with its manifest's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Any]
+    conductor: dict[str, Any] | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stop: str | list[str] | None = Field(default=None, max_length=4)
+    user: str | None = Field(default=None, max_length=256)
+    n: int | None = Field(default=None, ge=1, le=128)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = Field(default=None, max_length=64)
+    reasoning_effort: str | None = Field(default=None, max_length=64)
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+
+def check_body(body: dict[str, Any]) -> None:
+    """400 naming the first parameter of the wrong type, out of range, or unknown."""
+    try:
+        ChatBody.model_validate(body, strict=True)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = error["loc"]
+        param = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in loc).lstrip(".") or None
+        top = loc[0] if loc else None
+        if error["type"] == "extra_forbidden":
+            raise bad_request(f"{top}: unknown parameter; this server takes OpenAI's chat completion parameters "
+                              "and `conductor`", param=str(top), code="unknown_parameter") from None
+        raise bad_request(f"{param}: {error['msg']}", param=str(top) if top is not None else None) from None
 
 
 @dataclass
@@ -300,10 +363,24 @@ def check_unsupported(body: dict[str, Any]) -> None:
                           code="unsupported_parameter")
 
 
+def parse_body(raw: bytes) -> Any:
+    """The body's JSON; 400 for text that is not JSON, not UTF-8, or nested deeper than the parser's recursion."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+
+
 def parse_request(body: Any, registry: Registry) -> ChatRequest:
     """A request checked against the registry before anything is planned or spent."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
+    try:
+        check_json(body)
+    except InputError as exc:
+        raise bad_request(str(exc), param=exc.param) from None
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model: required; GET /v1/models lists the models", param="model")
@@ -311,6 +388,7 @@ def parse_request(body: Any, registry: Registry) -> ChatRequest:
     if not isinstance(messages, list):
         raise bad_request("messages: required, a list of messages", param="messages")
     check_unsupported(body)
+    check_body(body)
     stream = _flag(body, "stream")
     options = body.get("stream_options")
     include_usage = bool(stream and isinstance(options, dict) and options.get("include_usage"))
