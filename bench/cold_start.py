@@ -14,7 +14,7 @@ from .figures import Figure
 from .scripted import bench_env, write_manifest
 from .stats import summarise
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "conductor-mcp"
+CONSOLE_SCRIPT = Path(sys.executable).parent / "mcp-conductor"
 REQUESTS: list[dict[str, Any]] = [
     {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}},
@@ -80,7 +80,7 @@ def measure(repeats: int) -> Figure:
     return Figure(
         1, "Cold start: spawn to tools/list answer (stdio)",
         f"{listed.median:.3f} s ({listed.spread(digits=3)} s)", "< 1 s", listed.median < 1.0,
-        f"median of {repeats} spawns of `conductor-mcp serve` (after 1 warm-up) writing initialize, "
+        f"median of {repeats} spawns of `mcp-conductor serve` (after 1 warm-up) writing initialize, "
         "notifications/initialized, tools/list to stdin; clock stops at the tools/list response line",
         {"tools_list_s": listed.as_dict(), "initialize_s": init.as_dict(), "python_bare_start_s": floor.as_dict(),
          "tools_list_chars": size},

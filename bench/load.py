@@ -1,6 +1,6 @@
 """Figure 4: load over streamable HTTP, three processes: the MCP server, the scripted workers, the client.
 
-The server is `conductor-mcp serve --transport http` as a host would run it, with a manifest whose
+The server is `mcp-conductor serve --transport http` as a host would run it, with a manifest whose
 workers are the scripted server (50 ms a call) in its own process. The load client (bench.load_client)
 is a third process. Levels run a fixed number of runs each, with a deadline, so the figure is bounded in
 time; the last level is repeated to see whether the server's memory stays flat.
@@ -34,13 +34,13 @@ from .stats import summarise
 
 WORKER_MS = 50.0
 WORKER_PATH_S = 3 * WORKER_MS / 1000  # the chain's own critical path
-CONSOLE_SCRIPT = Path(sys.executable).parent / "conductor-mcp"
+CONSOLE_SCRIPT = Path(sys.executable).parent / "mcp-conductor"
 PYSPY = Path(sys.executable).parent / "py-spy"
 PYSPY_RAW = OUT_DIR / "server_pyspy.txt"
 SERVER_LOG = OUT_DIR / "server_stderr.txt"
 # the event loop and the HTTP/MCP plumbing every request passes through: skipped when asking "who asked"
 PLUMBING = ("stdlib asyncio", "stdlib threading", "stdlib concurrent", "stdlib selectors", "stdlib contextlib",
-            "anyio", "uvicorn", "starlette", "mcp", "sse_starlette", "runpy", "conductor-mcp", "cli")
+            "anyio", "uvicorn", "starlette", "mcp", "sse_starlette", "runpy", "mcp-conductor", "cli")
 
 
 def free_port() -> int:
@@ -50,7 +50,7 @@ def free_port() -> int:
 
 
 class McpServer:
-    """`conductor-mcp serve --transport http` on a free loopback port, stopped with SIGINT on exit."""
+    """`mcp-conductor serve --transport http` on a free loopback port, stopped with SIGINT on exit."""
 
     def __init__(self, manifest: Path, db: Path) -> None:
         self.port = free_port()

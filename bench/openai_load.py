@@ -1,7 +1,7 @@
 """Figure 8: the OpenAI-compatible endpoint. What `/v1/chat/completions` adds over MCP `solve` for the same run,
 and figure 4's load levels on `/v1/chat/completions`.
 
-Three processes, as in figure 4: `conductor-mcp serve --transport http`, the scripted workers (50 ms a call),
+Three processes, as in figure 4: `mcp-conductor serve --transport http`, the scripted workers (50 ms a call),
 and the client (bench.openai_client). The same 1-step run (`single:strong`) is timed through MCP `solve`, a
 non-streamed and a streamed completion, interleaved on warm connections; then load levels of figure 4's 3-step
 chain (sent as the request's `conductor.workflow`), one HTTP connection per concurrent client, each level run over

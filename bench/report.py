@@ -21,7 +21,7 @@ from .figures import Figure
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 REPORT = ROOT / "BENCHMARKS.md"
-PACKAGES = {"conductor_mcp": "conductor-mcp", "litellm": "litellm", "llama_cpp": "llama_cpp_python", "mcp": "mcp"}
+PACKAGES = {"conductor_mcp": "mcp-conductor", "litellm": "litellm", "llama_cpp": "llama_cpp_python", "mcp": "mcp"}
 
 
 def environment() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite store, registries on the scripted OpenAI-compatible server."""
+"""Shared fixtures: a real SQLite store, a real PostgreSQL server, registries on the scripted OpenAI-compatible
+server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -16,11 +18,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from conductor_mcp.models import Budget, Manifest, Run, WorkerSpec
 from conductor_mcp.runs.engine import Engine
 from conductor_mcp.runs.run_manager import RunManager
-from conductor_mcp.store import Store
+from conductor_mcp.store import Store, open_store
+from conductor_mcp.store.postgres import PostgresStore
+from conductor_mcp.store.sqlite import SQLiteStore
 from conductor_mcp.workers.pool import litellm_module
 from conductor_mcp.workers.registry import Registry, build_registry
 
 from .servers.openai_server import ScriptedServer
+from .servers.postgres_server import PostgresServer
 
 
 @pytest.fixture
@@ -33,6 +38,53 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "traces.db")
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (CONDUCTOR_SKIP_POSTGRES=1 skips its tests on purpose)."""
+    if os.environ.get("CONDUCTOR_SKIP_POSTGRES") == "1":
+        pytest.skip("CONDUCTOR_SKIP_POSTGRES=1")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store's target on each backend: a SQLite file, and a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "traces.db")
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.new_database()
+
+
+@pytest.fixture
+def any_store(backend: str) -> Iterator[Store]:
+    """The store's tests run on both backends with this fixture."""
+    s = open_store(backend)
+    yield s
+    s.close()
+
+
+def execute(store: Store, sql: str, *args: Any) -> None:
+    """Change a store's tables behind its back (as another process, at another time, would have left them), with
+    the backend's own driver: sqlite3, or psycopg. `?` placeholders."""
+    if isinstance(store, SQLiteStore):
+        with closing(sqlite3.connect(store.path)) as db, db:
+            db.execute(sql, args)
+        return
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(sql.replace("?", "%s"), args)
+
+
+def store_migrations(store: Store) -> list[str]:
+    """The migrations a store records as applied, read with the backend's own driver."""
+    if isinstance(store, SQLiteStore):
+        return applied_migrations(store.path)
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store.url) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,3 @@
-"""conductor-mcp: a small conductor model plans workflows that a team of worker LLMs carries out."""
+"""mcp-conductor: a small conductor model plans workflows that a team of worker LLMs carries out."""
 
 __version__ = "0.1.0"

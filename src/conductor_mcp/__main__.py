@@ -1,4 +1,4 @@
-"""`python -m conductor_mcp`: the command line, as the `conductor-mcp` script runs it."""
+"""`python -m conductor_mcp`: the command line, as the `mcp-conductor` script runs it."""
 
 import sys
 

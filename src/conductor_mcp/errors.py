@@ -34,6 +34,11 @@ class LeaseLost(RunStateError):
     """Another process has taken the run over: this one must stop calling workers and writing to it."""
 
 
+class ShuttingDown(RunStateError):
+    """This server was told to stop (SIGTERM) and takes no new runs: retry, and a balancer sends the retry to
+    another replica."""
+
+
 class WorkerError(ConductorError):
     """A worker call failed; `retryable` tells whether trying again may help."""
 
@@ -66,5 +71,6 @@ def internal_message(exc: BaseException) -> str:
 
     leaf = leaf_error(exc)
     first = (str(leaf).strip().splitlines() or [""])[0][:300]
-    where = " in the trace store (`conductor-mcp doctor` checks it)" if type(leaf).__module__ == "sqlite3" else ""
+    where = " in the trace store (`mcp-conductor doctor` checks it)" if (
+        type(leaf).__module__.partition(".")[0] in ("sqlite3", "psycopg", "psycopg_pool")) else ""
     return redact(f"internal error{where}: {type(leaf).__name__}" + (f": {first}" if first else ""))

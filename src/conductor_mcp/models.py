@@ -35,9 +35,9 @@ class ConductorSpec(Strict):
                                                       "(relative to the manifest)")
     model: str | None = Field(default=None, description="a litellm model string such as openai/gpt-5: a remote "
                                                         "conductor (excludes gguf and hf)")
-    # A GGUF on the Hugging Face Hub, downloaded once into the user's HF cache (`conductor-mcp pull`).
+    # A GGUF on the Hugging Face Hub, downloaded once into the user's HF cache (`mcp-conductor pull`).
     hf: str | None = Field(default=None, pattern=r"^[\w.-]+(/[\w.-]+)?$",
-                           description="a Hugging Face repo id holding a GGUF conductor (`conductor-mcp pull`)")
+                           description="a Hugging Face repo id holding a GGUF conductor (`mcp-conductor pull`)")
     file: str | None = Field(default=None, min_length=1, description="with `hf`: a file name or a glob")
     revision: str | None = Field(default=None, min_length=1, description="with `hf`: branch, tag or commit")
     format: Literal["json", "paper"] = Field(

@@ -110,7 +110,7 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError:
             log.warning("OpenTelemetry export was asked for, but its SDK is not installed: "
-                        "pip install 'conductor-mcp[otel]'. Runs go on without it.")
+                        "pip install 'mcp-conductor[otel]'. Runs go on without it.")
             return False
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
         if protocol and protocol != "http/protobuf":

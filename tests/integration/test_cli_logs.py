@@ -118,7 +118,7 @@ def test_show_resume_and_rate_by_prefix_or_last(env: dict[str, str], engine: Eng
     run_id = json.loads(planned)["run_id"]
     refused = cli(env, "rate", run_id[:8], "1")  # planned: no answer yet to judge
     assert refused.returncode == 1 and refused.stdout == "", refused
-    assert refused.stderr == (f"conductor-mcp rate: run {run_id} is planned, not finished: only a completed, "
+    assert refused.stderr == (f"mcp-conductor rate: run {run_id} is planned, not finished: only a completed, "
                               "failed, cancelled or budget_exceeded run is rated; resume it, and rate it when it "
                               "has finished\n")
 
@@ -228,7 +228,7 @@ def test_ctrl_c_names_the_run_to_resume(env: dict[str, str], server: ScriptedSer
     [run_id] = root_run_ids(env["CONDUCTOR_DB"])
     run = store.get_run(run_id)
     assert proc.returncode == 130, err
-    assert err.endswith(f"interrupted: resume with `conductor-mcp resume {run.id}`\n"), err
+    assert err.endswith(f"interrupted: resume with `mcp-conductor resume {run.id}`\n"), err
     assert "Traceback" not in err and "Warning" not in err
     assert run.status.value == "cancelled" and run.steps[0].status.value == "pending"
     assert [a.status for a in run.steps[0].attempts] == ["cancelled"]  # the call in flight, cut short

@@ -67,7 +67,7 @@ def test_serve_refuses_a_bad_store_in_one_line(tmp_path: Path, env: dict[str, st
     proc = cli("serve", env={**env, "CONDUCTOR_DB": str(path)}, timeout=60)
     assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"conductor-mcp serve: trace store {path}"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"mcp-conductor serve: trace store {path}"), proc.stderr
 
 
 def test_doctor_reports_a_damaged_store(tmp_path: Path, env: dict[str, str]) -> None:
@@ -128,7 +128,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(tmp_path: Path, env: dict[st
     proc = cli("show", run_id, env=env)
     assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [
-        "conductor-mcp show: internal error: ValidationError: 1 validation error for PlanInfo "
+        "mcp-conductor show: internal error: ValidationError: 1 validation error for PlanInfo "
         "(-v shows the traceback)"]
     verbose = cli("show", run_id, "-v", env=env)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr

@@ -8,6 +8,7 @@ import pytest
 
 from conductor_mcp.runs.engine import Engine
 from conductor_mcp.store import Store
+from conductor_mcp.store.sqlite import SQLiteStore
 
 from ..conftest import http_registry, solve
 from ..servers.openai_server import ScriptedServer
@@ -34,6 +35,7 @@ async def test_an_ok_attempt_is_committed_with_its_steps_output(server: Scripted
     server.set_faults(rate=0.4, kinds=["500"], seed=3)  # some attempts fail first: several per step
     engine = Engine(http_registry(server.base_url), store)
     statements: list[str] = []
+    assert isinstance(store, SQLiteStore)  # its statements are traced by sqlite3 itself
     store._db.set_trace_callback(statements.append)
     workflow = {"steps": [{"worker": w, "instruction": f"Part {i} of the task", "access": "all"}
                           for i, w in enumerate(["alpha", "beta", "gamma"])]}

@@ -28,7 +28,7 @@ def test_make_demo_says_what_it_was_and_what_to_run_next(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     assert "a check of the pipeline" in out and f"The trace is in {db}" in out
-    suggested = re.search(rf"CONDUCTOR_DB={re.escape(str(db))} \S*conductor-mcp runs", out)
+    suggested = re.search(rf"CONDUCTOR_DB={re.escape(str(db))} \S*mcp-conductor runs", out)
     assert suggested, out
     runs = subprocess.run([sys.executable, "-m", "conductor_mcp", "runs"], env={**env, "CONDUCTOR_DB": str(db)},
                           capture_output=True, text=True, timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -162,7 +163,7 @@ async def test_keys_never_reach_store(server: ScriptedServer, store: Store) -> N
     finally:
         del os.environ["CONDUCTOR_TEST_KEY"]
     store.close()
-    for path in store.path.parent.iterdir():
+    for path in Path(store.location).parent.iterdir():
         assert secret.encode() not in path.read_bytes()
 
 

@@ -100,7 +100,7 @@ async def test_retry_after_is_honoured(server: ScriptedServer, store: Store) -> 
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path, server: ScriptedServer) -> None:
-    """Kill `conductor-mcp resume` 20 times at random moments; then resume each run to the end."""
+    """Kill `mcp-conductor resume` 20 times at random moments; then resume each run to the end."""
     server.set_latency(latency_s=0.6)
     manifest = tmp_path / "w.yaml"
     manifest.write_text("workers:\n" + "".join(

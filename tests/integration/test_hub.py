@@ -94,7 +94,7 @@ def test_pull_once_then_offline(env: dict[str, str], hub: HubServer, tmp_path: P
 @pytest.mark.slow
 def test_first_plan_downloads(env: dict[str, str], hub: HubServer) -> None:
     doctor = cli("doctor", env=env).stdout
-    assert f"hf:{REPO} *Q4_1.gguf (not downloaded yet: run `conductor-mcp pull`)" in doctor
+    assert f"hf:{REPO} *Q4_1.gguf (not downloaded yet: run `mcp-conductor pull`)" in doctor
     assert sum(hub.counts().values()) == 0  # loading the registry asks nothing
     proc = cli("plan", "Name a prime number.", "--json", env=env)
     assert f"downloading {REPO}: {SERVED} (98.36 MB)" in proc.stderr
@@ -132,7 +132,7 @@ def test_errors_name_the_field(env: dict[str, str], hub: HubServer, tmp_path: Pa
     assert "is not in the Hugging Face cache" in err and "HF_HUB_OFFLINE is set" in err
     hub.stop()
     err = fails(REPO, "*Q4_1.gguf")
-    assert f"cannot reach the Hugging Face Hub at {hub.url}" in err and "run `conductor-mcp pull`" in err
+    assert f"cannot reach the Hugging Face Hub at {hub.url}" in err and "run `mcp-conductor pull`" in err
     plan = cli("plan", "Name a prime number.", env=env, check=False)  # the first plan cannot download either
     assert plan.returncode == 1 and "cannot reach the Hugging Face Hub" in plan.stderr
 

@@ -219,6 +219,12 @@ async def test_steps_are_numbered_from_0_everywhere(mcp_server: MCPServer[Any]) 
     ("solve", {"task": "   "}, "task: empty"),
     ("solve", {"task": "x" * 100_001}, "at most 100000 characters"),
     ("solve", {"task": "x", "max_steps": 9}, "less than or equal to 5"),
+    ("solve", {"task": "half a pair \ud83d here"}, "task: not valid Unicode text: a lone surrogate U+D83D"),
+    ("get_run", {"run_id": "\udfff"}, "run_id: not valid Unicode text"),
+    ("plan_workflow", {"task": "x", "workflow": {"steps": [{"worker": "fast", "instruction": "x",
+                                                            "access": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0]]]]]]]]]
+                                                                        ]]]]]]]]]]]]]]]]]]]]]]]]]}]}},
+     "nested deeper than 32 levels"),
 ])
 async def test_bad_input_is_a_clear_tool_error(mcp_server: MCPServer[Any], tool: str, args: dict[str, Any],
                                                message: str) -> None:

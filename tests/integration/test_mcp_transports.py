@@ -259,7 +259,7 @@ async def test_first_worker_call_leaves_the_server_responsive(env: dict[str, str
 # 0.15.0 is the newest Inspector that runs on Node 20 (later ones need Node 22); pinned so that `npx`
 # resolves the same release everywhere. It is driven the way hosts run us: the console script.
 INSPECTOR = "@modelcontextprotocol/inspector@0.15.0"
-CONSOLE_SCRIPT = str(Path(sys.executable).parent / "conductor-mcp")
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "mcp-conductor")
 
 
 def inspector(env: dict[str, str], *args: str) -> Any:

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoint as its clients use it: `conductor-mcp serve --transport http` in a subprocess,
+"""The OpenAI-compatible endpoint as its clients use it: `mcp-conductor serve --transport http` in a subprocess,
 workers through litellm on the scripted server, and the official `openai` SDK (sync and async, streaming and
 not), litellm as a client, and raw HTTP for what the SDKs hide (envelopes, headers, SSE lines, a disconnect).
 """

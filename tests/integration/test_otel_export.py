@@ -226,7 +226,7 @@ async def test_a_plan_held_past_its_time_is_not_reused(env: dict[str, str], rece
 
 
 def start_ui(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """`conductor-mcp ui --port 0`, and the address it prints first (http://127.0.0.1:PORT/ui/)."""
+    """`mcp-conductor ui --port 0`, and the address it prints first (http://127.0.0.1:PORT/ui/)."""
     proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp", "ui", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
@@ -235,7 +235,7 @@ def start_ui(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
 
 @pytest.mark.anyio
 async def test_the_ui_command_exports_too(env: dict[str, str], receiver: OTLPReceiver) -> None:
-    """`conductor-mcp ui` is the HTTP server with the web view: a run it makes is exported like one of `serve`'s,
+    """`mcp-conductor ui` is the HTTP server with the web view: a run it makes is exported like one of `serve`'s,
     while the server is still up (the exporter sends within about a second)."""
     proc, address = start_ui(env)
     try:

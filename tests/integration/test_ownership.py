@@ -1,6 +1,6 @@
 """Two real processes on one trace database: a paused owner is never re-bought or overwritten.
 
-Process A (`conductor-mcp resume`) runs a four-step chain against the scripted worker server and is
+Process A (`mcp-conductor resume`) runs a four-step chain against the scripted worker server and is
 stopped with SIGSTOP mid-call. Process B tries to take the run over. On one host, A's pid and start
 time say it lives, so B is refused however old A's heartbeat is. Across hosts only the heartbeat can
 tell, so B takes over; when A is continued, every write it tries is fenced by the lease and it makes

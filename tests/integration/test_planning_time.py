@@ -179,7 +179,7 @@ async def test_a_plan_cancelled_mid_way_stores_nothing_and_frees_the_model(tmp_p
         assert handle.error is not None and "cancelled while the conductor was planning" in handle.error
         with pytest.raises(RunStateError, match="cancelled while the conductor was planning"):
             runs.get(handle.run_id)
-        assert root_run_ids(runs.engine.store.path) == []
+        assert root_run_ids(runs.store_path()) == []
         again = await runs.solve(TASK)
         assert await runs.wait(again, 600)
         assert runs.get(again.run_id).status == "completed"

@@ -91,7 +91,7 @@ async def test_conductor_error_with_echoed_key_is_redacted(server: ScriptedServe
     assert all("Bearer [REDACTED]" in e and SECRET not in e for e in run.plan.errors)
     assert all(c.authorization == f"Bearer {SECRET}" for c in server.calls())
     store.close()
-    assert SECRET.encode() not in files_bytes(store.path.parent)
+    assert SECRET.encode() not in files_bytes(Path(store.location).parent)
 
 
 @pytest.mark.parametrize(("kind", "expected"), [

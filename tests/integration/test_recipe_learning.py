@@ -27,7 +27,9 @@ from conductor_mcp.workers.registry import build_registry
 from ..servers.openai_server import ScriptedServer
 from .test_learning import sums
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# 20 plans by the bundled conductor each: about 3 minutes alone on 2 cores, and more than the suite's 300 s per test
+# when the machine is shared; the cap is there to catch a hang, not to time the model
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _numbers(messages: list[dict[str, Any]]) -> tuple[int, int]:

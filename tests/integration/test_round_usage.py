@@ -1,5 +1,5 @@
 """A corrective round's plan is the review that wrote it: every sum over the run tree (the OpenAI endpoint's usage,
-MCP's tokens, `conductor-mcp usage`) counts that review once. The conductor is a remote planner on the scripted
+MCP's tokens, `mcp-conductor usage`) counts that review once. The conductor is a remote planner on the scripted
 server, so reviews and their token counts are scripted and exact."""
 
 from __future__ import annotations

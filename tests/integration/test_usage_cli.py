@@ -1,4 +1,4 @@
-"""`conductor-mcp usage`: the trace store's tokens and cost by worker, strategy and day, as a user runs it."""
+"""`mcp-conductor usage`: the trace store's tokens and cost by worker, strategy and day, as a user runs it."""
 
 from __future__ import annotations
 

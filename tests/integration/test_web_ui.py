@@ -1,5 +1,5 @@
 """The web view of runs in a real browser: headless Chromium from Debian's packages, driven by Selenium with the
-driver's path given (so nothing downloads a browser), against `conductor-mcp serve --transport http` as a
+driver's path given (so nothing downloads a browser), against `mcp-conductor serve --transport http` as a
 subprocess whose workers reach the scripted OpenAI-compatible server through litellm, on a real SQLite store.
 
 Screenshots go to $CONDUCTOR_SCREENSHOTS when set (else the test's tmp folder). CONDUCTOR_SKIP_BROWSER=1 turns
@@ -503,7 +503,7 @@ def test_runs_list_is_paged(env: dict[str, str], stop: list[subprocess.Popen[byt
 
 
 def test_ui_command_prints_the_address(env: dict[str, str], stop: list[subprocess.Popen[bytes]]) -> None:
-    """`conductor-mcp ui` serves MCP over HTTP with the view, and prints the view's address on stdout."""
+    """`mcp-conductor ui` serves MCP over HTTP with the view, and prints the view's address on stdout."""
     proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp", "ui", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stop.append(proc)
@@ -552,7 +552,7 @@ EVAL_STRATEGIES = ("conductor", "moa", "single:strong", "single:fast")
 
 def test_evals_page_compares_a_recorded_eval(browser: tuple[str, str], env: dict[str, str], server: ScriptedServer,
                                              tmp_path: Path, stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
-    """`conductor-mcp eval` records its report; the view lists it, and its page shows the report's figures for
+    """`mcp-conductor eval` records its report; the view lists it, and its page shows the report's figures for
     each strategy side by side, a scatter plot with one point per strategy (inline SVG drawn on the server:
     nothing fetched), and each run's grade linked to the run."""
     server.script(model="scripted-strong", reply=right)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_committed_schema_is_the_generated_one() -> None:
     committed = (ROOT / SCHEMA_FILE).read_text(encoding="utf-8")
     assert json.loads(committed) == manifest_schema(), (
-        f"{SCHEMA_FILE} is stale: regenerate it with `conductor-mcp schema > {SCHEMA_FILE}`")
+        f"{SCHEMA_FILE} is stale: regenerate it with `mcp-conductor schema > {SCHEMA_FILE}`")
     assert committed == schema_text()
 
 

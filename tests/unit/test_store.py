@@ -1,4 +1,5 @@
-"""The trace store on a real SQLite file: migrations, WAL, statuses, ownership, interrupted runs."""
+"""The trace store on a real SQLite file and a real PostgreSQL server: migrations, WAL, statuses, ownership,
+interrupted runs. Tests taking `any_store` or `backend` run on both backends."""
 
 from __future__ import annotations
 
@@ -13,33 +14,39 @@ import psutil
 import pytest
 
 from conductor_mcp.errors import LeaseLost, RunNotFound, RunStateError
-from conductor_mcp.models import PlanInfo, RunStatus, StepStatus, Usage, Workflow
-from conductor_mcp.store import MIGRATIONS, Store, owner_alive, process_owner
+from conductor_mcp.models import Budget, PlanInfo, RunStatus, StepStatus, Usage, Workflow
+from conductor_mcp.store import MIGRATIONS, Lease, Store, open_store, owner_alive, process_owner
 
-from ..conftest import applied_migrations
+from ..conftest import applied_migrations, execute, store_migrations
 
 WF = Workflow.model_validate({"steps": [{"worker": "a", "instruction": "x"},
                                         {"worker": "a", "instruction": "y", "access": "all"}]})
 PLAN = PlanInfo(source="host", planner="host")
 
 
-def test_migrations_wal_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "t.db"
-    s = Store(path)
-    assert applied_migrations(path) == [name for name, _ in MIGRATIONS]
+def test_migrations_and_reopen(backend: str) -> None:
+    s = open_store(backend)
+    assert store_migrations(s) == [name for name, _ in MIGRATIONS]
     run_id = s.create_run("task", WF, PLAN)
     s.close()
-    s2 = Store(path)  # re-applying nothing; data intact
-    assert s2.get_run(run_id).task == "task"
-    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s2 = open_store(backend)  # re-applying nothing; data intact
+    assert s2.get_run(run_id).task == "task" and store_migrations(s2) == [name for name, _ in MIGRATIONS]
+    s2.close()
 
 
-def test_run_ids_unguessable(store: Store) -> None:
+def test_wal(tmp_path: Path) -> None:
+    Store(tmp_path / "t.db").close()
+    assert sqlite3.connect(tmp_path / "t.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_run_ids_unguessable(any_store: Store) -> None:
+    store = any_store
     ids = {store.create_run("t", WF, PLAN) for _ in range(50)}
     assert len(ids) == 50 and all(len(i) >= 16 for i in ids)
 
 
-def test_lifecycle_and_usage(store: Store) -> None:
+def test_lifecycle_and_usage(any_store: Store) -> None:
+    store = any_store
     run_id = store.create_run("t", WF, PLAN, {"workers": ["a"]})
     run = store.get_run(run_id)
     assert run.status == RunStatus.PLANNED and [s.status for s in run.steps] == [StepStatus.PENDING] * 2
@@ -61,35 +68,39 @@ def test_lifecycle_and_usage(store: Store) -> None:
         store.get_run("nope")
 
 
-def test_dead_owner_is_interrupted_and_claimable(store: Store) -> None:
+def test_dead_owner_is_interrupted_and_claimable(any_store: Store) -> None:
+    """A dead pid on this host (SQLite), a lease expired in the database's clock (PostgreSQL)."""
+    store = any_store
     run_id = store.create_run("t", WF, PLAN)
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(proc.stdout)
     host = process_owner().split(":")[0]
-    with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE runs SET status='running', owner=?, heartbeat_at=? WHERE id=?",
-                   (f"{host}:{dead_pid}:abcd", time.time(), run_id))
-        db.execute("UPDATE steps SET status='running' WHERE run_id=? AND idx=0", (run_id,))
-        db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,0,1,'a','running',?)",
-                   (run_id, time.time()))
+    execute(store, "UPDATE runs SET status='running', owner=?, heartbeat_at=?, lease_expires_at=? WHERE id=?",
+            f"{host}:{dead_pid}:abcd", time.time(), time.time() - 1, run_id)
+    execute(store, "UPDATE steps SET status='running' WHERE run_id=? AND idx=0", run_id)
+    execute(store, "INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,0,1,'a','running',?)",
+            run_id, time.time())
+    assert store.orphaned_runs() == [run_id]
     assert store.get_run(run_id).status == RunStatus.INTERRUPTED
     _, run = store.claim(run_id)
     assert run.status == RunStatus.RUNNING and run.steps[0].status == StepStatus.PENDING
     assert run.steps[0].attempts[0].status == "interrupted"
 
 
-def test_live_owner_refused(store: Store) -> None:
+def test_live_owner_refused(any_store: Store) -> None:
+    store = any_store
     run_id = store.create_run("t", WF, PLAN)
     host = process_owner().split(":")[0]
-    with sqlite3.connect(store.path) as db:  # our parent: alive, with a fresh heartbeat
-        db.execute("UPDATE runs SET status='running', owner=?, heartbeat_at=? WHERE id=?",
-                   (f"{host}:{os.getppid()}:beef", time.time(), run_id))
-    assert store.get_run(run_id).status == RunStatus.RUNNING
+    # our parent: alive, with a fresh heartbeat (SQLite) and a lease that has not expired (PostgreSQL)
+    execute(store, "UPDATE runs SET status='running', owner=?, heartbeat_at=?, lease_expires_at=? WHERE id=?",
+            f"{host}:{os.getppid()}:beef", time.time(), time.time() + 3600, run_id)
+    assert store.get_run(run_id).status == RunStatus.RUNNING and store.orphaned_runs() == []
     with pytest.raises(RunStateError, match="another live process"):
         store.claim(run_id)
-    with sqlite3.connect(store.path) as db:  # a stale heartbeat means the owner is gone
-        db.execute("UPDATE runs SET heartbeat_at=? WHERE id=?", (time.time() - 3600, run_id))
-    assert store.get_run(run_id).status == RunStatus.INTERRUPTED
+    # a stale heartbeat, an expired lease: the owner is gone
+    execute(store, "UPDATE runs SET heartbeat_at=?, lease_expires_at=? WHERE id=?",
+            time.time() - 3600, time.time() - 3570, run_id)
+    assert store.get_run(run_id).status == RunStatus.INTERRUPTED and store.orphaned_runs() == [run_id]
 
 
 def test_default_path_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +112,8 @@ def test_default_path_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert default_db_path().name == "traces.db" and "conductor-mcp" in str(default_db_path())
 
 
-def test_a_later_claim_fences_every_write_of_the_earlier_one(store: Store) -> None:
+def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:
+    store = any_store
     run_id = store.create_run("t", WF, PLAN)
     old, _ = store.claim(run_id)
     store.step_started(old, 0)
@@ -114,6 +126,7 @@ def test_a_later_claim_fences_every_write_of_the_earlier_one(store: Store) -> No
                   lambda: store.heartbeat(old), lambda: store.finish_run(old, RunStatus.COMPLETED, "late"),
                   lambda: store.cancel_in_flight(old), lambda: store.reset_step(old, 0),
                   lambda: store.create_run("child", WF, PLAN, parent=old),
+                  lambda: store.set_budget(old, Budget(max_usd=1.0)), lambda: store.set_reviews(old, []),
                   lambda: store.edit_step(old, 0, Workflow.model_validate(
                       {"steps": [{"worker": "a", "instruction": "changed by the fenced owner"}]}))):
         with pytest.raises(LeaseLost, match="taken over"):
@@ -134,15 +147,14 @@ def test_a_paused_owner_on_this_host_stays_alive_whatever_its_heartbeat(store: S
     host, parent = process_owner().split(":")[0], os.getppid()
     started = psutil.Process(parent).create_time()
     hour_ago = time.time() - 3600
-    with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE runs SET status='running', owner=?, heartbeat_at=? WHERE id=?",
-                   (f"{host}:{parent}:{started:.2f}:beef", hour_ago, run_id))
+    execute(store, "UPDATE runs SET status='running', owner=?, heartbeat_at=? WHERE id=?",
+            f"{host}:{parent}:{started:.2f}:beef", hour_ago, run_id)
     assert store.get_run(run_id).status == RunStatus.RUNNING
     with pytest.raises(RunStateError, match="another live process"):
         store.claim(run_id)
-    # nor are its options changed from outside (a resume's new budget is written only once it may run)
-    with pytest.raises(RunStateError, match="another live process"):
-        store.update_options(run_id, {"budget": {"max_usd": 1.0}})
+    # nor are its options changed from outside: a resume's new budget is written by the owner, under its lease
+    with pytest.raises(LeaseLost, match="taken over"):
+        store.set_budget(Lease(run_id, 0), Budget(max_usd=1.0))
     assert "budget" not in store.options(run_id)
     assert not owner_alive(f"{host}:{parent}:{started - 50:.2f}:beef", time.time())  # pid reused
     assert owner_alive(f"elsewhere:{parent}:{started - 50:.2f}:beef", time.time())  # another host: heartbeat
@@ -177,18 +189,19 @@ def test_a_database_of_the_first_schema_opens_and_runs(tmp_path: Path) -> None:
     assert store.get_run("r1").reward == 1.0
 
 
-def test_only_a_finished_run_is_rated(store: Store) -> None:
+def test_only_a_finished_run_is_rated(any_store: Store) -> None:
     """A planned, running or interrupted run has no answer to judge: rating it is refused, naming the run and
     its status, and stores nothing; once finished (completed, failed, cancelled, budget_exceeded) it is rated.
     A reward stored on an unfinished run before this rule is not learnt from."""
+    store = any_store
     run_id = store.create_run("t", WF, PLAN)
     with pytest.raises(RunStateError, match=rf"run {run_id} is planned, not finished: .* resume it"):
         store.rate(run_id, 1.0)
     lease, _ = store.claim(run_id)
     with pytest.raises(RunStateError, match=rf"run {run_id} is running, not finished: .* when it has finished"):
         store.rate(run_id, 1.0, source="host")
-    with sqlite3.connect(store.path) as db:  # its owner is gone
-        db.execute("UPDATE runs SET owner='gone:1:ab', heartbeat_at=1.0 WHERE id=?", (run_id,))
+    execute(store, "UPDATE runs SET owner='gone:1:ab', heartbeat_at=1.0, lease_expires_at=31.0 WHERE id=?",
+            run_id)  # its owner is gone
     with pytest.raises(RunStateError, match=rf"run {run_id} is interrupted, not finished"):
         store.rate(run_id, 0.0)
     assert store.get_run(run_id).reward is None and store.rated_runs() == []
@@ -202,6 +215,5 @@ def test_only_a_finished_run_is_rated(store: Store) -> None:
         store.rate(lease.run_id, 1.0)
         assert store.get_run(lease.run_id).reward == 1.0
     legacy = store.create_run("rated while planned, before the rule", WF, PLAN)
-    with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE runs SET reward=1.0, reward_source='user', rated_at=? WHERE id=?", (time.time(), legacy))
+    execute(store, "UPDATE runs SET reward=1.0, reward_source='user', rated_at=? WHERE id=?", time.time(), legacy)
     assert legacy not in {r["id"] for r in store.rated_runs()} and len(store.rated_runs()) == 4

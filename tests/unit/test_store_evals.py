@@ -1,4 +1,5 @@
-"""Recorded evals in the trace store, on a real SQLite file: add, list (newest first), read, and refusals."""
+"""Recorded evals in the trace store, on a real SQLite file and a real PostgreSQL server: add, list
+(newest first), read, and refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from conductor_mcp.errors import EvalNotFound, StoreError
-from conductor_mcp.store import MIGRATIONS, Store
+from conductor_mcp.store import MIGRATIONS, Store, open_store
 
 from ..conftest import applied_migrations
 
@@ -27,9 +28,10 @@ def report(strategies: dict[str, int], tasks: int) -> dict[str, Any]:
     }
 
 
-def test_the_evals_migration_is_last(tmp_path: Path) -> None:
+def test_the_evals_migration_follows_the_step_code(tmp_path: Path) -> None:
     names = [name for name, _ in MIGRATIONS]
-    assert names[-1] == "006_evals" and names.index("006_evals") == names.index("005_step_code") + 1
+    assert names[5] == "006_evals" and names.index("006_evals") == names.index("005_step_code") + 1
+    assert names == sorted(names) and len(set(names)) == len(names)  # append-only, numbered in order
     store = Store(tmp_path / "t.db")
     try:
         assert "006_evals" in applied_migrations(tmp_path / "t.db")
@@ -37,15 +39,14 @@ def test_the_evals_migration_is_last(tmp_path: Path) -> None:
         store.close()
 
 
-def test_add_list_and_get(tmp_path: Path) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
+def test_add_list_and_get(backend: str) -> None:
+    store = open_store(backend)
     first = report({"conductor": 2, "moa": 1, "single:a": 3}, tasks=3)
     older = store.add_eval("eval", "suite.jsonl", 1000.0, 1012.5, first)
     newer = store.add_eval("calibrate", "other.jsonl", 2000.0, 2001.0, report({"single:b": 0, "conductor": 1}, 2))
     store.close()
 
-    store = Store(path)  # what was recorded outlives the process that recorded it
+    store = open_store(backend)  # what was recorded outlives the process that recorded it
     try:
         listed = store.list_evals()
         assert [e.eval_id for e in listed] == [newer, older]  # newest first
@@ -62,10 +63,10 @@ def test_add_list_and_get(tmp_path: Path) -> None:
         store.close()
 
 
-def test_an_unknown_eval_is_named(store: Store) -> None:
+def test_an_unknown_eval_is_named(any_store: Store) -> None:
     with pytest.raises(EvalNotFound, match="no eval 'nope'"):
-        store.get_eval("nope")
-    assert store.list_evals() == []
+        any_store.get_eval("nope")
+    assert any_store.list_evals() == []
 
 
 def test_a_read_only_store_lists_evals_and_refuses_new_ones(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The store's queries for the command line, on a real SQLite file: time spent running across executions,
-run ids by prefix, and the migration that brought the running time in."""
+"""The store's queries for the command line, on a real SQLite file and a real PostgreSQL server: time spent
+running across executions, run ids by prefix, and the migration that brought the running time in."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from conductor_mcp.errors import RunNotFound
 from conductor_mcp.models import PlanInfo, RunStatus, Workflow
 from conductor_mcp.store import MIGRATIONS, Store, process_owner
 
+from ..conftest import execute
+
 WF = Workflow.model_validate({"steps": [{"worker": "a", "instruction": "x"}]})
 
 
 def shift(store: Store, run_id: str, **columns: float) -> None:
     """Set time columns as another process, at another time, would have left them."""
     sets = ", ".join(f"{k}=?" for k in columns)
-    with sqlite3.connect(store.path) as db:
-        db.execute(f"UPDATE runs SET {sets} WHERE id=?", (*columns.values(), run_id))
+    execute(store, f"UPDATE runs SET {sets} WHERE id=?", *columns.values(), run_id)
 
 
-def test_running_time_counts_executions_not_the_gaps_between(store: Store) -> None:
+def test_running_time_counts_executions_not_the_gaps_between(any_store: Store) -> None:
+    store = any_store
     run_id = store.create_run("t", WF, PlanInfo(source="conductor", planner="p", latency_s=2.0))
     assert store.running_seconds(run_id) == 2.0  # planned: the planning alone
     lease, _ = store.claim(run_id)
@@ -37,10 +39,10 @@ def test_running_time_counts_executions_not_the_gaps_between(store: Store) -> No
     # a second execution (by `resume`, however much later), whose process dies 3 s after its claim
     store.claim(run_id)
     now = store.get_run(run_id).updated_at
-    shift(store, run_id, claimed_at=now, heartbeat_at=now + 3)
+    shift(store, run_id, claimed_at=now, heartbeat_at=now + 3, lease_expires_at=now - 1)  # expired (PostgreSQL)
     host = process_owner().rsplit(":", 3)[0]
-    with sqlite3.connect(store.path) as db:  # this host, a pid whose start time is not this process's: gone
-        db.execute("UPDATE runs SET owner=? WHERE id=?", (f"{host}:{os.getpid()}:1.00:dead", run_id))
+    # this host, a pid whose start time is not this process's: gone (SQLite)
+    execute(store, "UPDATE runs SET owner=? WHERE id=?", f"{host}:{os.getpid()}:1.00:dead", run_id)
     assert store.get_run(run_id).status == RunStatus.INTERRUPTED
     assert store.running_seconds(run_id) == pytest.approx(first + 3.0)
     lease, _ = store.claim(run_id)  # a third takes over: the dead one's 3 s are kept
@@ -51,7 +53,8 @@ def test_running_time_counts_executions_not_the_gaps_between(store: Store) -> No
     assert listed.run_id == run_id and listed.running_s == pytest.approx(total)
 
 
-def test_resolve_whole_id_prefix_last_and_ambiguity(store: Store) -> None:
+def test_resolve_whole_id_prefix_last_and_ambiguity(any_store: Store) -> None:
+    store = any_store
     plan = PlanInfo(source="host", planner="host")
     ids = [store.create_run(f"task {i}", WF, plan) for i in range(17)]
     assert store.resolve_run("last") == ids[-1]
@@ -68,9 +71,9 @@ def test_resolve_whole_id_prefix_last_and_ambiguity(store: Store) -> None:
         store.resolve_run("zz")
 
 
-def test_last_on_an_empty_store(store: Store) -> None:
+def test_last_on_an_empty_store(any_store: Store) -> None:
     with pytest.raises(RunNotFound, match="holds no runs yet"):
-        store.resolve_run("last")
+        any_store.resolve_run("last")
 
 
 def test_runs_of_an_older_schema_keep_their_old_figure(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ from .resilience import RetryPolicy, WorkerHealth
 from .workflows import validate_workflow
 
 log = logging.getLogger(__name__)
+HANDED_BACK = "handed back: the server running it was stopped (SIGTERM); resume it on any server"
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Engine:
         self.policy = policy or RetryPolicy()
         self.health = WorkerHealth(self.policy)
         self.learn_before: float | None = None  # learn only from ratings older than this (evals set it)
+        self.handing_back = False  # the server is stopping (RunManager.drain): a cancelled run is handed back
 
     @property
     def planner(self) -> Planner:
@@ -275,7 +277,7 @@ class Engine:
             lease, run = self.store.claim(run_id)  # refuses a run another live process owns
             try:
                 if budget is not None:
-                    self.store.update_options(run_id, {"budget": budget.model_dump(mode="json")}, lease)
+                    self.store.set_budget(lease, budget)
                 opts = self.options(run_id)
                 guard = guard if guard is not None else self._guard(run_id, opts.budget)
                 async with anyio.create_task_group() as outer:
@@ -304,7 +306,11 @@ class Engine:
         # store calls are synchronous, so cancellation cannot interrupt these writes
         with suppress(LeaseLost):
             self.store.cancel_in_flight(lease)
-            self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
+            if self.handing_back:  # the server is stopping: the run stays `running` with no owner (`interrupted`),
+                # which any server on the same store may claim at once, without waiting for a stale heartbeat
+                self.store.finish_run(lease, RunStatus.RUNNING, error=HANDED_BACK)
+            else:
+                self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
     async def _heartbeat(self, lease: Lease) -> None:
         """Keep the run's heartbeat fresh; a lost lease raises here and stops the run at once."""
@@ -530,7 +536,7 @@ class Engine:
                     result = await planning
                     plan_span.planned(result.info, result.workflow)
                 reviews.append(Review(round=current, accepted=result.workflow is None, info=result.info))
-                self.store.update_options(run.id, {"reviews": [r.model_dump(mode="json") for r in reviews]}, lease)
+                self.store.set_reviews(lease, reviews)
                 if result.workflow is None:
                     break
                 child_opts = opts.model_copy(update={"kind": "round", "round": current + 1, "previous": prev_id,

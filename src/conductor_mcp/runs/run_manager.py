@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -24,17 +24,16 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import anyio
 from anyio.abc import TaskGroup
 
-from ..errors import ConductorError, RunNotFound, RunStateError, internal_message
+from ..errors import ConductorError, RunNotFound, RunStateError, ShuttingDown, internal_message
 from ..models import Budget, Prefer, Run, RunOptions, RunStatus, StepRecord, Usage
 from ..planners.base import PlanEvent, PlanSink, tell
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Collection
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from ..store import EvalRecord, EvalSummary, RunListing, Store
+    from ..store import EvalRecord, EvalSummary, Row, RunListing, Store
     from ..workers.registry import Registry
     from .engine import Engine, EventSink, StepEvent
 
@@ -42,6 +41,18 @@ log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
 Listener = Callable[[Progress], Awaitable[None]]
 CancelWhen = Literal["on_exit", "on_abort", "never"]  # what leaving a follow() block before its run ends does
+
+
+@dataclass(frozen=True)
+class RunChange:
+    """A run's stored trace changed: it was stored (`added`: a new root run in the runs list), one of its steps
+    started or ended, it ended, or it was rated. A watcher that cares reads the run again."""
+
+    run_id: str
+    added: bool = False
+
+
+RunWatcher = Callable[[RunChange], None]  # called where the run changed (the event loop; a rating, maybe a thread)
 
 
 @dataclass
@@ -108,16 +119,18 @@ class RunManager:
         self._store: Store | None = None  # opened alone when only runs are read: reading needs no registry
         self._tg: TaskGroup | None = None
         self.handles: dict[str, RunHandle] = {}
+        self.draining = False  # told to stop (drain): no new runs
+        self._watchers: list[RunWatcher] = []
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            from ..store import Store
+            from ..store import open_store
             from ..workers.registry import Registry, load_registry
             from .engine import Engine
 
             registry = self._workers if isinstance(self._workers, Registry) else load_registry(self._workers)
-            self._engine = Engine(registry, self._store or Store(self._db))
+            self._engine = Engine(registry, self._store or open_store(self._db))
         return self._engine
 
     @property
@@ -126,9 +139,9 @@ class RunManager:
         if self._engine is not None:
             return self._engine.store
         if self._store is None:
-            from ..store import Store
+            from ..store import open_store
 
-            self._store = Store(self._db)
+            self._store = open_store(self._db)
         return self._store
 
     @property
@@ -153,16 +166,61 @@ class RunManager:
         handle = self.handles.get(run_id)
         return handle if handle is not None and not handle.done.is_set() else None
 
+    def drain(self) -> None:
+        """Stop taking new runs, and hand back the ones running here (the server was told to stop): each ends
+        `interrupted`, owned by no one, for any server on the same store to resume at once. `handed_back` waits
+        for them to be written so."""
+        self.draining = True
+        if self._engine is not None:
+            self._engine.handing_back = True
+        for handle in self.handles.values():
+            handle.scope.cancel()
+
+    async def handed_back(self, wait_s: float) -> bool:
+        """After drain: whether every run that was here has been handed back, waiting up to wait_s seconds."""
+        with anyio.move_on_after(wait_s):
+            for handle in list(self.handles.values()):
+                await handle.done.wait()
+        return all(h.done.is_set() for h in self.handles.values())
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ShuttingDown("this server is shutting down and takes no new runs; retry (behind a load balancer "
+                               "the retry reaches another server)")
+
     def _task_group(self) -> TaskGroup:
+        self._refuse_if_draining()
         if self._tg is None:
             raise RuntimeError("RunManager needs `async with manager.running()` to start runs")
         return self._tg
 
-    @staticmethod
-    def _sink(handle: RunHandle) -> Callable[[Progress], Awaitable[None]]:
+    def watch(self, watcher: RunWatcher) -> Callable[[], None]:
+        """Tell `watcher` of every change to a run's stored trace from now on, whoever made it (the MCP server's
+        resource subscriptions); the function returned stops that."""
+        self._watchers.append(watcher)
+
+        def unwatch() -> None:
+            with suppress(ValueError):
+                self._watchers.remove(watcher)
+
+        return unwatch
+
+    def _changed(self, run_id: str, *, added: bool = False) -> None:
+        change = RunChange(run_id, added)
+        for watcher in list(self._watchers):
+            try:
+                watcher(change)
+            except Exception:  # a watcher never fails the run that changed
+                log.warning("a run watcher failed on %s", change, exc_info=True)
+
+    def _sink(self, handle: RunHandle) -> Callable[[Progress], Awaitable[None]]:
         async def sink(event: Progress) -> None:
             for follower in handle.followers:
                 follower.send_nowait(event)  # unbounded: a follower never holds the run up
+            if not isinstance(event, PlanEvent):  # a step started or ended: its run's trace changed, and its root's
+                self._changed(event.run_id)
+                if event.run_id != handle.run_id:
+                    self._changed(handle.run_id)
             if handle.listener is not None:
                 await tell(handle.listener, event)
 
@@ -186,6 +244,7 @@ class RunManager:
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
                 handle.end()
+                self._changed(run_id)
 
         tg.start_soon(body)
         return handle
@@ -224,6 +283,7 @@ class RunManager:
                         stored = True
                     finally:
                         handle.planning = False
+                    self._changed(run.id, added=True)
                     await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
                                             steps=len(run.workflow.steps), source=run.plan.source,
                                             note=fallback_reason(run)))
@@ -237,6 +297,8 @@ class RunManager:
                 if not stored and handle.error is None:
                     handle.error = "cancelled while the conductor was planning; nothing was stored"
                 handle.end()
+                if stored:
+                    self._changed(handle.run_id)
 
         tg.start_soon(body)
         return handle
@@ -312,8 +374,11 @@ class RunManager:
                    workflow: Any = None, strategy: str = "conductor", budget: Budget | None = None,
                    prefer: Prefer | None = None, *, on_plan: PlanSink | None = None) -> Run:
         """Plan (or check the caller's `workflow`) and store the run as `planned`; nothing is spent on workers."""
-        return await self.engine.plan(task, workers, max_steps, workflow=workflow, strategy=strategy, budget=budget,
-                                      prefer=prefer, on_plan=on_plan)
+        self._refuse_if_draining()
+        run = await self.engine.plan(task, workers, max_steps, workflow=workflow, strategy=strategy, budget=budget,
+                                     prefer=prefer, on_plan=on_plan)
+        self._changed(run.id, added=True)
+        return run
 
     def budget(self, run_id: str | None = None, *, max_rounds: int | None = None, max_depth: int | None = None,
                max_total_tokens: int | None = None, max_usd: float | None = None) -> Budget | None:
@@ -353,9 +418,13 @@ class RunManager:
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
                        worker: str | None = None) -> tuple[StepRecord, Run, list[int]]:
         """Run one step of a run by hand: its record, the run after it, and the steps that can run now."""
+        self._refuse_if_draining()
         if self.active(run_id):
             raise RunStateError(f"run {run_id} is running; wait for it with get_run")
-        record, run = await self.engine.run_step(run_id, index, instruction, worker)
+        try:
+            record, run = await self.engine.run_step(run_id, index, instruction, worker)
+        finally:
+            self._changed(run_id)
         return record, run, self.engine.runnable(run)
 
     def options(self, run_id: str) -> RunOptions:
@@ -379,6 +448,11 @@ class RunManager:
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "host") -> None:
         self._trace_store.rate(run_id, score, note, source=source)
+        self._changed(run_id)
+
+    def run_ids(self, prefix: str = "", limit: int = 100) -> list[str]:
+        """Root runs' ids that start with `prefix`, newest first (what a host completes a run id from)."""
+        return self._trace_store.run_ids(prefix, limit)
 
     def page(self, size: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of run summaries, newest first, and the cursor of the next one."""
@@ -389,13 +463,22 @@ class RunManager:
         """Root runs, newest first, as `conductor-mcp runs` filters them (see Store.find_runs)."""
         return self._trace_store.find_runs(limit, statuses, strategy, text)
 
-    def usage_rows(self, since: float) -> list[sqlite3.Row]:
+    def usage_rows(self, since: float) -> list[Row]:
         """Every run of every tree whose root was created since `since`, as `conductor-mcp usage` sums them."""
         return self._trace_store.usage_rows(since)
 
     def store_path(self) -> Path:
-        """Where the trace store is (for messages)."""
-        return self._trace_store.path
+        """The SQLite file of the trace store (a PostgreSQL store has none: see store_location)."""
+        from ..store.sqlite import SQLiteStore
+
+        store = self._trace_store
+        if not isinstance(store, SQLiteStore):
+            raise RunStateError(f"trace store {store.location} is a PostgreSQL database, not a file")
+        return store.path
+
+    def store_location(self) -> str:
+        """The trace store, for messages: its path, or its URL without the password."""
+        return self._trace_store.location
 
     def learn_only_before(self, when: float | None) -> None:
         """Plan from ratings given before `when` only (None: from all), as an eval does while it grades."""

@@ -1,4 +1,4 @@
-"""conductor-mcp serve | ui | solve | plan | resume | runs | show | usage | rate | eval | calibrate | pull | doctor.
+"""mcp-conductor serve | ui | solve | plan | resume | runs | show | usage | rate | eval | calibrate | pull | doctor.
 
 Results go to stdout; logs and errors go to stderr. `serve` over stdio must keep stdout for protocol.
 Exit status: 0 done, 1 the work failed (a failed run, a worker, the store, the manifest), 2 the command
@@ -149,7 +149,7 @@ async def _plan(args: argparse.Namespace) -> int:
         emit(json.dumps(run_summary(run), indent=2))
     else:
         emit(f"run {run.id} planned ({run.plan.source} by {run.plan.planner})\n{workflow_text(run.workflow)}\n"
-             f"run it with: conductor-mcp resume {run.id}")
+             f"run it with: mcp-conductor resume {run.id}")
     return 0
 
 
@@ -180,7 +180,7 @@ async def _eval(args: argparse.Namespace) -> int:
                          f"{r.tokens} tokens, {r.steps} step(s), {r.seconds:.1f}s\n")
 
     sys.stderr.write(f"{args.command}: {len(tasks)} task(s) x {len(strategies)} strategies "
-                     f"({', '.join(strategies)}); store {runs.store_path()}\n")
+                     f"({', '.join(strategies)}); store {runs.store_location()}\n")
     started = time.time()
     reports = await run_eval(runs, tasks, strategies, args.prefer, progress)
     report = report_json(reports, str(args.suite))
@@ -331,16 +331,16 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..store import Store
+    from ..store import open_store
     from .transports import serve
 
     # a store that cannot be opened or is damaged stops the server here, in one line naming it, rather
     # than failing every tool call later
-    store = Store(args.db)
+    store = open_store(args.db)
     try:
         store.check()
         if store.read_only:
-            sys.stderr.write(f"conductor-mcp serve: trace store {store.path} is read-only ({store.read_only}): "
+            sys.stderr.write(f"mcp-conductor serve: trace store {store.location} is read-only ({store.read_only}): "
                              "runs can be read, not planned, run or rated\n")
     finally:
         store.close()
@@ -351,7 +351,7 @@ def _serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ..models import RunStatus
 
-    p = argparse.ArgumentParser(prog="conductor-mcp", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="mcp-conductor", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -447,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a name clients reach this server by, e.g. conductor.lan; accepted in the Host header "
                              "bare and with the serving port, or with the port given here (repeatable)")
         sp.add_argument("--allowed-origin", action="append", default=[], help="Origin to accept (repeatable)")
+        sp.add_argument("--stateless", action="store_true",
+                        default=os.environ.get("CONDUCTOR_STATELESS", "").lower() in ("1", "true", "yes"),
+                        help="streamable HTTP without MCP sessions, for replicas behind a round-robin load "
+                             "balancer (default $CONDUCTOR_STATELESS); no server-initiated notifications")
+        sp.add_argument("--grace-s", type=float, default=None,
+                        help="seconds to exit in once told to stop (SIGTERM); default $CONDUCTOR_GRACE_S or 10")
         common(sp, json_flag=False)
     return p
 
@@ -486,22 +492,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = handler(args)
     except ConductorError as exc:
-        sys.stderr.write(f"conductor-mcp {args.command}: {exc}\n")
+        sys.stderr.write(f"mcp-conductor {args.command}: {exc}\n")
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         run_id = getattr(args, "started_run", None)
-        sys.stderr.write(f"interrupted: resume with `conductor-mcp resume {run_id}`\n" if run_id
+        sys.stderr.write(f"interrupted: resume with `mcp-conductor resume {run_id}`\n" if run_id
                          else "interrupted before a run was stored: nothing to resume\n"
                          if args.command in ("solve", "plan") else "interrupted\n")
         return 130
     except Exception as exc:
         leaf = leaf_error(exc)
         if isinstance(leaf, ConductorError):  # raised on purpose inside a task group
-            sys.stderr.write(f"conductor-mcp {args.command}: {leaf}\n")
+            sys.stderr.write(f"mcp-conductor {args.command}: {leaf}\n")
             return 2 if isinstance(leaf, UsageError) else 1
         # one line, not a traceback; -v logs the traceback too
         log.info("traceback of the error below", exc_info=exc)
-        sys.stderr.write(f"conductor-mcp {args.command}: {internal_message(exc)}"
+        sys.stderr.write(f"mcp-conductor {args.command}: {internal_message(exc)}"
                          f"{'' if args.verbose else ' (-v shows the traceback)'}\n")
         return 1
     return result

@@ -1,4 +1,4 @@
-"""`conductor-mcp doctor` and `conductor-mcp schema`: what is configured, whether it answers, and the manifest's
+"""`mcp-conductor doctor` and `mcp-conductor schema`: what is configured, whether it answers, and the manifest's
 JSON Schema for editors.
 
 `doctor` reads the registry, the conductor and the store without calling anything. `doctor --check` also calls
@@ -111,15 +111,15 @@ async def check_workers(registry: Any, timeout_s: float) -> list[Check]:
 
 def doctor(args: argparse.Namespace) -> int:
     from ..errors import StoreError
-    from ..store import Store, default_db_path
+    from ..store import describe_target, open_store
     from ..workers.local_model import gpu_offload_supported
     from ..workers.registry import load_registry
 
     registry = load_registry(args.workers)
-    store_path, store_problem, read_only = str(args.db or default_db_path()), None, None
+    store_path, store_problem, read_only = describe_target(args.db or None), None, None
     try:
-        store = Store(args.db)
-        store_path, read_only = str(store.path), store.read_only
+        store = open_store(args.db)
+        store_path, read_only = store.location, store.read_only
         store.check()
         store.close()
     except StoreError as exc:
@@ -151,7 +151,7 @@ def doctor(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(redact(json.dumps(report, indent=2)) + "\n")
         return 1 if failed else 0
-    lines = [f"conductor-mcp {__version__}", f"workers ({registry.source}):"]
+    lines = [f"mcp-conductor {__version__}", f"workers ({registry.source}):"]
     for w in report["workers"]:
         state = "available" if w["available"] else f"unavailable: {w['reason']}"
         lines.append(f"  {w['id']:<24} {state:<32} {w['backend']}")
@@ -166,7 +166,7 @@ def doctor(args: argparse.Namespace) -> int:
         bad = [ch.id for ch in checks if ch.status == "failed"]
         if bad:
             lines.append(f"{len(bad)} failed: {', '.join(bad)}; fix the key, the endpoint or the model, then run "
-                         "`conductor-mcp doctor --check` again")
+                         "`mcp-conductor doctor --check` again")
     sys.stdout.write(redact("\n".join(lines)) + "\n")
     return 1 if failed else 0
 

@@ -31,9 +31,10 @@ from .. import __version__
 from ..errors import ConductorError, RunNotFound, internal_message
 from ..models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus, Usage
 from ..planners.base import PlanEvent, tell
-from ..runs.request import MAX_TASK_CHARS
+from ..runs.request import MAX_TASK_CHARS, InputError, check_json
 from ..runs.run_manager import CancelWhen, Listener, Progress, RunManager
 from ..runs.workflows import field_problems
+from .mcp_notify import Audience, Handler, log_end, log_event, log_plan, log_step
 from .tool_schemas import STRATEGY, WORKER_ID, compact, optional_not_null, output_shape, with_worker_ids
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ def _run_out(run: Run, u: Usage) -> RunOut:
 class ConductorServer(MCPServer[RunManager]):
     runs: RunManager | None = None
 
+    def add_request_handler(self, method: str, params_type: type[BaseModel], handler: Handler) -> None:
+        """Serve a protocol request MCPServer leaves unserved (logging/setLevel, resources/subscribe, ...); the
+        capabilities initialize declares follow from the handlers registered."""
+        self._lowlevel_server.add_request_handler(method, params_type, handler)
+
     def worker_ids(self) -> list[str] | None:
         """The ids a tool's `workers` may name; None when the registry does not load (a tool call says why)."""
         try:
@@ -164,6 +170,10 @@ class ConductorServer(MCPServer[RunManager]):
                         context: Context[RunManager, Any] | None = None) -> CallToolResult | InputRequiredResult:
         """Every tool's errors mapped in one place: a ConductorError is a tool error with its own message; anything
         else a short one, its traceback in the log."""
+        try:
+            check_json(arguments)  # the rules every surface applies: valid Unicode, nesting bounded
+        except InputError as exc:
+            raise ToolError(f"Error executing tool {name}: invalid arguments: {exc}") from None
         try:
             return await super().call_tool(name, arguments, context)
         except UnexpectedToolError as exc:
@@ -244,7 +254,8 @@ def _manager(ctx: AnyContext | None) -> RunManager:
 
 def reporter(ctx: AnyContext | None) -> Listener:
     """A tool call's progress notifications, one unit per event: planning's count is unknown ahead, then each step
-    starts and ends. A client gone away fails nothing."""
+    starts and ends; and the same events as log notifications, at the level the client chose (mcp_notify). A client
+    gone away fails nothing."""
     count = planning = 0
 
     async def send(event: Progress) -> None:
@@ -257,6 +268,7 @@ def reporter(ctx: AnyContext | None) -> Listener:
             await ctx.report_progress(count, message=event.message)
         else:
             await ctx.report_progress(count, total=planning + 2 * event.total, message=event.message)
+        await log_event(ctx.request_context, _manager(ctx), event)
 
     async def report(event: Progress) -> None:
         await tell(send, event)
@@ -274,6 +286,8 @@ async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext
             with anyio.move_on_after(wait_s):  # wait_s over: the run goes on
                 async for event in following:
                     await report(event)
+        if handle.done.is_set() and ctx is not None:  # it ended while this call followed it
+            await log_end(ctx.request_context, runs, run_id)
         if handle.planning:  # no run in the store yet: the plan is still being written
             return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
                           calls=0, trace_uri=_uri(run_id))
@@ -319,6 +333,8 @@ async def plan_workflow(task: TaskArg, workers: WorkersArg = None, max_steps: Ma
     runs = _manager(ctx)
     given = workflow.model_dump() if workflow is not None else None
     run = await runs.plan(task, workers, max_steps, workflow=given, on_plan=reporter(ctx))
+    if ctx is not None:
+        await log_plan(ctx.request_context, run)
     out = PlanOut(run_id=run.id, workflow=run.workflow.model_dump(),
                   plan_source=run.plan.source, trace_uri=_uri(run.id))
     return _result(out, run.id)
@@ -335,6 +351,8 @@ async def run_step(run_id: RunIdArg, step: Annotated[int, Field(ge=0, descriptio
     if instruction is not None and not instruction.strip():
         raise ToolError("instruction: empty; omit it to keep the planned instruction")
     record, run, runnable = await runs.run_step(run_id, step, instruction, worker)
+    if ctx is not None:
+        await log_step(ctx.request_context, run_id, record)
     out = StepResultOut(run_id=run_id, step=step, status=record.status.value, output=record.output,
                         error=record.error, runnable=runnable, run_status=run.status.value,
                         trace_uri=_uri(run_id))
@@ -382,20 +400,25 @@ TOOLS: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
 
 def build_server(workers: str | Path | None = None, db: str | Path | None = None,
                  manager: RunManager | None = None) -> MCPServer[RunManager]:
-    """The MCP server: its lifespan owns the RunManager (the tools read it from their request's context)."""
+    """The MCP server: its lifespan owns the RunManager (the tools read it from their request's context) and sends
+    the resource notifications of runs as they change (mcp_notify.Audience)."""
     runs = manager or RunManager(workers, db)
+    audience = Audience(runs)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[RunManager]) -> AsyncIterator[RunManager]:
         async with runs.running():
             await warm_litellm(runs)
-            yield runs
+            async with audience.serving():
+                yield runs
 
     server = ConductorServer("conductor-mcp", instructions=INSTRUCTIONS, version=__version__,
-                             lifespan=lifespan)
+                             lifespan=lifespan, subscriptions=audience.bus, middleware=[audience.middleware])
     server.runs = runs  # for tools/list, which has no request context: the live worker ids
     for fn, title, hints in TOOLS:
         server.add_tool(fn, title=title, annotations=hints)
+    for method, params, handler in audience.handlers():  # logging, subscriptions, completions
+        server.add_request_handler(method, params, handler)
     register_resources(server, runs)
     return server
 

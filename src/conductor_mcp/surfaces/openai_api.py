@@ -40,6 +40,7 @@ from .openai_chat import (
     trace_uri,
     usage_body,
 )
+from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from ..runs.run_manager import Following, RunHandle, RunManager
@@ -135,7 +136,10 @@ class OpenAIApp:
             return
         path, method = scope["path"].rstrip("/"), scope["method"]
         try:
-            if path == "/v1/models":
+            if path == "/v1/openapi.json":
+                self._method(method, "GET")
+                await send_json(send, 200, openapi_document(self.runs.registry))
+            elif path == "/v1/models":
                 self._method(method, "GET")
                 await send_json(send, 200, {"object": "list", "data": model_list(self.runs.registry)})
             elif path.startswith("/v1/models/"):
@@ -145,8 +149,8 @@ class OpenAIApp:
                 self._method(method, "POST")
                 await self._chat(scope, receive, send)
             else:
-                raise ApiError(404, f"no route {method} {path}; this server has GET /v1/models and POST "
-                               "/v1/chat/completions", code="not_found")
+                raise ApiError(404, f"no route {method} {path}; this server has GET /v1/models, GET "
+                               "/v1/openapi.json and POST /v1/chat/completions", code="not_found")
         except ClientGone:
             return
         except ApiError as exc:
@@ -157,7 +161,8 @@ class OpenAIApp:
     @staticmethod
     def _method(given: str, allowed: str) -> None:
         if given != allowed:
-            raise ApiError(405, f"method {given} not allowed here; use {allowed}", code="method_not_allowed")
+            raise ApiError(405, f"method {given} not allowed here; use {allowed}", code="method_not_allowed",
+                           allow=allowed)
 
     async def _model(self, send: Send, name: str) -> None:
         for m in model_list(self.runs.registry):

@@ -108,7 +108,8 @@ class ApiError(Exception):
     """An answer in OpenAI's error envelope: `{"error": {"message", "type", "param", "code"}}`."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, extra: dict[str, Any] | None = None, retry: bool | None = None) -> None:
+                 param: str | None = None, extra: dict[str, Any] | None = None, retry: bool | None = None,
+                 allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = redact(message)
@@ -117,6 +118,7 @@ class ApiError(Exception):
         self.param = param
         self.extra = extra or {}
         self.retry = retry  # x-should-retry: the openai SDK retries 409, 429 and 5xx unless told not to
+        self.allow = allow  # a 405's methods (RFC 9110 requires the header)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
@@ -126,6 +128,8 @@ class ApiError(Exception):
         out = [(b"content-type", b"application/json")]
         if self.retry is not None:
             out.append((b"x-should-retry", b"true" if self.retry else b"false"))
+        if self.allow is not None:
+            out.append((b"allow", self.allow.encode()))
         return out
 
 
@@ -465,7 +469,7 @@ def extension(run: Run, total: Usage | None = None, conductor: Usage | None = No
         "run_id": run.id, "status": run.status.value, "error": redact(run.error) if run.error else None,
         "workflow": run.workflow.model_dump(), "plan_source": run.plan.source,
         "steps": [{"index": s.index, "worker": s.worker, "status": s.status.value} for s in run.steps],
-        "trace_uri": trace_uri(run.id), "resume": f"conductor-mcp resume {run.id}"}
+        "trace_uri": trace_uri(run.id), "resume": f"mcp-conductor resume {run.id}"}
     if total is not None and conductor is not None:
         out.update(cost_usd=total.cost_usd, calls=total.calls,
                    orchestration={"prompt_tokens": conductor.prompt_tokens,
@@ -482,7 +486,7 @@ def finish_reason(run: Run, ext: dict[str, Any]) -> str:
         return "stop"
     if run.status == RunStatus.BUDGET_EXCEEDED:
         return "length"
-    how = f"resume it with `conductor-mcp resume {run.id}` or the MCP tool resume; trace: {trace_uri(run.id)}"
+    how = f"resume it with `mcp-conductor resume {run.id}` or the MCP tool resume; trace: {trace_uri(run.id)}"
     if run.status == RunStatus.FAILED:
         raise ApiError(502, f"run {run.id} failed: {run.error}; completed steps are kept: {how}", "server_error",
                        code="run_failed", extra={"conductor": ext}, retry=False)

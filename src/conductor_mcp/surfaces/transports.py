@@ -5,6 +5,11 @@ loopback), and off loopback they require a strong bearer token from CONDUCTOR_TO
 settings are for OAuth, so a plain token is a small ASGI layer around its apps. `/v1/*` (openai_api.py)
 is served by both HTTP transports under the same checks and token. Browsers' CORS preflights are answered
 for allowed origins only, before the token check (a preflight never carries one).
+
+Behind a round-robin load balancer (replicas on one store) `--stateless` serves each MCP request on its own,
+with no session to find again; `/healthz` and `/readyz` (probes.py) answer the balancer's or Kubernetes' probes.
+On SIGTERM a server takes no new runs, hands its running runs back to the store for another to resume at once,
+and exits within CONDUCTOR_GRACE_S seconds (Replica).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import os
 import re
 import socket
 import sys
+import threading
+import time
 from typing import Any
 
 import anyio
@@ -30,6 +37,7 @@ from ..runs.run_manager import RunManager
 from .mcp_server import build_server
 from .openai_api import OpenAIApp, send_error
 from .openai_chat import ApiError
+from .probes import Probes
 from .web import announce, with_web_ui
 
 log = logging.getLogger(__name__)
@@ -218,18 +226,22 @@ class Cors:
 
 
 def http_app(manager: RunManager, transport: str, host: str, port: int, allowed_hosts: list[str],
-             allowed_origins: list[str], token: str | None) -> Any:
+             allowed_origins: list[str], token: str | None, stateless: bool = False) -> Any:
+    """`stateless`: streamable HTTP with no MCP session (replicas behind a round-robin balancer; see serve)."""
     server = build_server(manager=manager)
     security = security_settings(host, port, allowed_hosts, allowed_origins)
     if transport == "http":
-        mcp_app: Any = server.streamable_http_app(transport_security=security, host=host)
+        mcp_app: Any = server.streamable_http_app(transport_security=security, host=host, stateless_http=stateless)
+    elif stateless:
+        raise ConfigError("--stateless needs --transport http: SSE keeps each client's stream in one process")
     else:
         mcp_app = server.sse_app(transport_security=security, host=host)
     app: ASGIApp = PathRouter(mcp_app, HostOriginCheck(OpenAIApp(manager), security))
     if token:
         app = BearerToken(app, token)
     # the web view of runs (web/) on `/` and `/ui/...`: outside CORS and BearerToken, with a sign-in of its own
-    return with_web_ui(Cors(app, security), manager, security, token)
+    app = with_web_ui(Cors(app, security), manager, security, token)
+    return Probes(app, manager)  # /healthz, /readyz: outside every check, for probes that send no token or Host
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -249,6 +261,63 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+DEFAULT_GRACE_S = 10.0  # docker stop waits 10 s before SIGKILL; Kubernetes 30 s (terminationGracePeriodSeconds)
+
+
+def grace_period(value: str | float | None) -> float:
+    """Seconds a stopped server has to exit (--grace-s, else CONDUCTOR_GRACE_S, else DEFAULT_GRACE_S)."""
+    if value is None or value == "":
+        value = os.environ.get("CONDUCTOR_GRACE_S") or DEFAULT_GRACE_S
+    try:
+        grace = float(value)
+    except ValueError:
+        grace = -1.0
+    if not 1.0 <= grace <= 3600.0:
+        raise ConfigError(f"grace period {value!r} (--grace-s or CONDUCTOR_GRACE_S): give seconds, 1 to 3600")
+    return grace
+
+
+def _force_exit(grace_s: float) -> None:
+    sys.stderr.write(f"mcp-conductor: still running {grace_s:g} s after it was told to stop: exiting now\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
+    """uvicorn's server, stopped as a replica behind a balancer is. On SIGTERM (or Ctrl-C) it takes no new runs and
+    hands the running ones back at once (each left `interrupted` with no owner, so another server on the same store
+    resumes it without waiting for a heartbeat to go stale; /readyz answers 503 meanwhile), then closes its listener,
+    lets open requests end and exits: within grace_s seconds of the signal, forced if it must be."""
+    import uvicorn
+
+    class Replica(uvicorn.Server):
+        deadline: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.deadline is None:  # the first signal starts the clock
+                self.deadline = time.monotonic() + grace_s
+                timer = threading.Timer(grace_s, _force_exit, args=(grace_s,))
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            deadline = self.deadline if self.deadline is not None else time.monotonic() + grace_s
+            running = sum(1 for h in manager.handles.values() if not h.done.is_set())
+            manager.drain()
+            if not await manager.handed_back(max(0.0, (deadline - time.monotonic()) / 2)):
+                log.warning("some runs were not handed back in time; a server resumes them once their heartbeat "
+                            "is stale")
+            if running:
+                sys.stderr.write(f"mcp-conductor: stopping: {running} run(s) handed back for any server to resume\n")
+                sys.stderr.flush()
+            # open requests (a tool call's stream, an MCP session's GET stream) get what is left, less a margin
+            self.config.timeout_graceful_shutdown = max(1, int(deadline - time.monotonic() - 1))
+            await super().shutdown(sockets)
+
+    return Replica(config)
+
+
 def serve(args: argparse.Namespace) -> None:
     manager = RunManager(args.workers, args.db)
     if args.transport == "stdio":
@@ -266,15 +335,18 @@ def serve(args: argparse.Namespace) -> None:
                           f"`Authorization: Bearer <token>` (make one with `{TOKEN_HOWTO}`), or bind to 127.0.0.1")
     if token:
         check_token(token)
+    stateless = bool(getattr(args, "stateless", False))
+    grace_s = grace_period(getattr(args, "grace_s", None))
     import uvicorn
 
     sock = bind(args.host, args.port)
     port = int(sock.getsockname()[1])
-    app = http_app(manager, args.transport, args.host, port, args.allowed_host, args.allowed_origin, token)
+    app = http_app(manager, args.transport, args.host, port, args.allowed_host, args.allowed_origin, token,
+                   stateless=stateless)
     config = uvicorn.Config(app, host=args.host, port=port, log_level="warning", lifespan="on")
     path = "/mcp" if args.transport == "http" else "/sse"
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
-    sys.stderr.write(f"conductor-mcp: serving {args.transport} on http://{shown}:{port}{path} "
+    sys.stderr.write(f"mcp-conductor: serving {args.transport} on http://{shown}:{port}{path} "
                      f"(OpenAI-compatible API: http://{shown}:{port}/v1)\n")
     sys.stderr.flush()
     announce(args.host, port, token=token is not None, to_stdout=getattr(args, "command", None) == "ui",
@@ -282,6 +354,6 @@ def serve(args: argparse.Namespace) -> None:
 
     async def run_http() -> None:
         async with manager.running():
-            await uvicorn.Server(config).serve(sockets=[sock])
+            await replica_server(config, manager, grace_s).serve(sockets=[sock])
 
     anyio.run(run_http)

@@ -116,7 +116,7 @@ def download(ref: HubGGUF) -> Path:
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
         parts = select(sizes, ref)
         # stdout may be the MCP protocol channel: progress goes to stderr, like huggingface_hub's bars
-        sys.stderr.write(f"conductor-mcp: downloading {ref.repo}: {', '.join(parts)} "
+        sys.stderr.write(f"mcp-conductor: downloading {ref.repo}: {', '.join(parts)} "
                          f"({_size(sum(sizes[p] for p in parts))}) into {cache_dir()}; later runs reuse it\n")
         sys.stderr.flush()
         paths = [hf_hub_download(ref.repo, part, revision=ref.revision) for part in parts]
@@ -171,7 +171,7 @@ def _hub_error(ref: HubGGUF, exc: Exception) -> ConfigError | None:
     if isinstance(exc, OfflineModeIsEnabled) or (constants.HF_HUB_OFFLINE and isinstance(exc, LocalEntryNotFoundError)):
         return ConfigError(f"conductor: field 'hf': {ref.label} is not in the Hugging Face cache ({cache}) and "
                            "HF_HUB_OFFLINE is set, so nothing is downloaded: unset HF_HUB_OFFLINE and run "
-                           "`conductor-mcp pull` once with network access")
+                           "`mcp-conductor pull` once with network access")
     if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
         return ConfigError(f"conductor: field 'file': {ref.pattern!r} is not in {ref.repo} at {endpoint}")
     if isinstance(exc, HfHubHTTPError):
@@ -181,7 +181,7 @@ def _hub_error(ref: HubGGUF, exc: Exception) -> ConfigError | None:
     if transport or isinstance(exc, (ConnectionError, TimeoutError, LocalEntryNotFoundError)):
         return ConfigError(f"conductor: field 'hf': cannot reach the Hugging Face Hub at {endpoint} "
                            f"({type(exc).__name__}: {exc}) and {ref.label} is not in the cache ({cache}): connect "
-                           "to the network (or set HF_ENDPOINT to a reachable mirror) and run `conductor-mcp pull`")
+                           "to the network (or set HF_ENDPOINT to a reachable mirror) and run `mcp-conductor pull`")
     if isinstance(exc, OSError):
         return ConfigError(f"conductor: field 'hf': downloading {ref.label} into {cache} failed: {exc}")
     return None

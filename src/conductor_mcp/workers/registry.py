@@ -142,7 +142,7 @@ class Registry:
             raise ConfigError(f"{self.source}: {exc}") from None
         if path is None:
             raise ConfigError(f"{self.source}: conductor: field 'hf': {ref.label} is not downloaded yet: "
-                              "run `conductor-mcp pull`")
+                              "run `mcp-conductor pull`")
         return path
 
     def conductor_downloaded(self) -> bool:
@@ -154,7 +154,7 @@ class Registry:
         """What doctor shows: the remote model, the GGUF path, or that an `hf` file still needs a pull."""
         ref = hub.HubGGUF.of(self.conductor)
         if ref is not None and not self.conductor_downloaded():
-            return f"{ref.label} (not downloaded yet: run `conductor-mcp pull`)"
+            return f"{ref.label} (not downloaded yet: run `mcp-conductor pull`)"
         return self.conductor.model or str(self.conductor_gguf())
 
     def select(self, ids: Iterable[str] | None) -> list[str]:

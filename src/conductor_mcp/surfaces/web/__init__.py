@@ -2,7 +2,7 @@
 (Mermaid, shipped in static/), its steps, child runs and review rounds, live progress, and a rating form.
 
 Read-only but for the rating. Pages are rendered on the server (pages.py); routes and their checks are in
-app.py. `conductor-mcp ui` serves it and prints its address.
+app.py. `mcp-conductor ui` serves it and prints its address.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ __all__ = ["announce", "is_ui_path", "ui_address", "with_web_ui"]
 
 
 def announce(host: str, port: int, *, token: bool, to_stdout: bool = False, open_browser: bool = False) -> str:
-    """Say where the view is (stderr; also stdout for `conductor-mcp ui`), and open it in a browser once the
+    """Say where the view is (stderr; also stdout for `mcp-conductor ui`), and open it in a browser once the
     server accepts connections. Never with the token in the address: the login form takes it."""
     url = ui_address(host, port)
     how = " (sign in with CONDUCTOR_TOKEN)" if token else ""
-    sys.stderr.write(f"conductor-mcp: runs in a browser at {url}{how}\n")
+    sys.stderr.write(f"mcp-conductor: runs in a browser at {url}{how}\n")
     sys.stderr.flush()
     if to_stdout:
         sys.stdout.write(url + "\n")
@@ -43,4 +43,4 @@ def _open_when_listening(url: str, port: int, wait_s: float = 30.0) -> None:
         except OSError:
             time.sleep(0.2)
     if not webbrowser.open(url):
-        sys.stderr.write(f"conductor-mcp: no browser could be opened here; open {url} yourself\n")
+        sys.stderr.write(f"mcp-conductor: no browser could be opened here; open {url} yourself\n")

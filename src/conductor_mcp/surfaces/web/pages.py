@@ -122,7 +122,7 @@ def runs_page(rows: list[ListRow], next_cursor: str | None, first_page: bool, li
                  f"<tbody>{body_rows}</tbody></table>")
     else:
         table = ('<p class="empty">No runs yet. Start one from an MCP host (the <code>solve</code> tool) or with '
-                 "<code>conductor-mcp solve \"TASK\"</code> on this store.</p>" if first_page
+                 "<code>mcp-conductor solve \"TASK\"</code> on this store.</p>" if first_page
                  else '<p class="empty">No older runs.</p>')
     pager = []
     if not first_page:
@@ -191,7 +191,7 @@ def result_fragment(view: RunView) -> str:
         return f'<h2>Answer</h2><div class="answer"><pre>{text(run.answer)}</pre></div>'
     if run.status == RunStatus.PLANNED:
         why = ('Planned, not started: run it with the <code>resume</code> tool or '
-               f"<code>conductor-mcp resume {text(run.id)}</code>.")
+               f"<code>mcp-conductor resume {text(run.id)}</code>.")
     elif run.status == RunStatus.RUNNING:
         why = "Running: the answer shows here when the last step is done."
     else:
@@ -428,8 +428,8 @@ def evals_page(evals: list[EvalSummary], signed_in: bool) -> str:
                  '<th class="num">Tasks</th><th>Strategies</th><th class="num">Took</th></tr></thead>'
                  f"<tbody>{rows}</tbody></table>")
     else:
-        table = ('<p class="empty">No evals yet. Run <code>conductor-mcp eval SUITE.jsonl</code> or '
-                 "<code>conductor-mcp calibrate SUITE.jsonl</code> on this store.</p>")
+        table = ('<p class="empty">No evals yet. Run <code>mcp-conductor eval SUITE.jsonl</code> or '
+                 "<code>mcp-conductor calibrate SUITE.jsonl</code> on this store.</p>")
     body = ('<h1>Evals</h1><p class="lede">Newest first: each <code>eval</code> and <code>calibrate</code> '
             f"run on this store, its strategies compared on the same tasks.</p>{table}")
     return layout("Evals", body, signed_in=signed_in)

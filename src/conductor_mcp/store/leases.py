@@ -1,0 +1,162 @@
+"""Ownership: which process runs a run, and the lease that fences every write it makes.
+
+A claim makes this process the run's owner under a new lease epoch (the fencing token): every write an owner
+makes names the epoch it holds, so a process that lost the run (paused, then taken over) can write nothing.
+Whether an owner lives: on SQLite (one machine) its pid and start time decide, or, across hosts sharing a
+file, a fresh heartbeat; on PostgreSQL its lease, which expires in the database's own clock unless heartbeats
+renew it. A run whose owner is gone is `interrupted`, and another process may claim (adopt) it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from ..errors import LeaseLost, RunNotFound, RunStateError
+from ..models import Run, RunStatus, StepStatus
+from .base import Conn, Row, StoreBase
+
+# Across hosts only a heartbeat tells whether the owner lives: older than this, it is taken for gone.
+STALE_AFTER_S = 30.0
+
+
+def _host_id() -> str:
+    # containers sharing one database volume have distinct hostnames but may share pids
+    return os.environ.get("CONDUCTOR_HOST_ID") or socket.gethostname()
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def _make_owner() -> str:
+    """Host, pid, the process's start time (so a reused pid is not mistaken for us) and a token."""
+    return f"{_host_id()}:{os.getpid()}:{_start_time(os.getpid()) or 0:.2f}:{secrets.token_hex(4)}"
+
+
+_OWNER = _make_owner()
+
+
+def process_owner() -> str:
+    """Who owns a run this process executes."""
+    return _OWNER
+
+
+def stale_after_s() -> float:
+    """The lease time: CONDUCTOR_STALE_AFTER_S shortens it (tests); owners beat six times within it."""
+    return float(os.environ.get("CONDUCTOR_STALE_AFTER_S") or STALE_AFTER_S)
+
+
+def heartbeat_s() -> float:
+    return stale_after_s() / 6
+
+
+def owner_alive(owner: str | None, heartbeat_at: float | None, now: float | None = None) -> bool:
+    """Whether the process named by `owner` still runs. On this host the pid and its start time decide
+    (a paused process is alive whatever its heartbeat says); elsewhere only a fresh heartbeat can."""
+    if not owner:
+        return False
+    if owner == _OWNER:
+        return True
+    now = time.time() if now is None else now
+    fresh = heartbeat_at is not None and now - heartbeat_at <= stale_after_s()
+    parts = owner.rsplit(":", 3)
+    if len(parts) == 4 and parts[0] == _host_id() and parts[1].isdigit():
+        try:
+            started = _start_time(int(parts[1]))
+        except psutil.AccessDenied:  # another user's process (macOS hides their start times): the heartbeat decides
+            return fresh
+        try:
+            return started is not None and abs(started - float(parts[2])) < 1.0
+        except ValueError:
+            return False
+    if not fresh:
+        return False
+    host, _, rest = owner.partition(":")  # an owner written before start times were recorded
+    pid_text = rest.partition(":")[0]
+    if host == _host_id() and pid_text.isdigit():
+        return bool(psutil.pid_exists(int(pid_text)))
+    return True
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This process's hold on a run, from one claim: the run's writes name it (the epoch is the fencing token)."""
+
+    run_id: str
+    epoch: int
+
+
+class Ownership(StoreBase):
+    """Claims, heartbeats and the fence every owner's write passes."""
+
+    def _status(self, row: Row, now: float) -> RunStatus:
+        """A stored status as readers see it: a running run whose owner is gone is interrupted."""
+        status = RunStatus(row["status"])
+        if status == RunStatus.RUNNING and not self._alive(row, now):
+            return RunStatus.INTERRUPTED
+        return status
+
+    def _refuse_if_owned(self, row: Row, run_id: str, now: float) -> None:
+        """Inside a write transaction on a runs row: refuse when another live process runs it."""
+        if row["status"] == RunStatus.RUNNING and row["owner"] != _OWNER and self._alive(row, now):
+            raise RunStateError(f"run {run_id} is running in another live process ({row['owner']}); "
+                                "wait for it, or stop that process first")
+
+    def _hold(self, db: Conn, lease: Lease) -> None:
+        """Inside a write transaction: raise LeaseLost unless this process still holds the run (the fence)."""
+        row = self._lock_run(db, lease.run_id, "owner, lease")
+        if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
+            raise LeaseLost(f"run {lease.run_id}: taken over by {row['owner'] if row else 'nobody'}; "
+                            "this process stops working on it")
+
+    def claim(self, run_id: str) -> tuple[Lease, Run]:
+        """Make this process the run's owner under a new lease epoch; refuse if another live process owns
+        it. Claiming again in this process fences off the earlier claim too."""
+        with self._tx() as db:
+            now = self._now(db)
+            row = self._lock_run(db, run_id, "status, owner, heartbeat_at, lease_expires_at, lease")
+            if row is None:
+                raise RunNotFound(f"run_id: no run {run_id!r}")
+            self._refuse_if_owned(row, run_id, now)
+            lease = Lease(run_id, int(row["lease"]) + 1)
+            # an execution that never finished (its process died) counts until its last heartbeat
+            db.execute("UPDATE runs SET status=?, owner=?, lease=?, heartbeat_at=?, lease_expires_at=?, updated_at=?,"
+                       f" error=NULL, run_s = run_s + COALESCE({self.MAX2}(COALESCE(heartbeat_at, claimed_at)"
+                       " - claimed_at, 0), 0), claimed_at=? WHERE id=?",
+                       (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now + stale_after_s(), now, now, run_id))
+            # a step or attempt left running belonged to a process that is gone
+            db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
+            db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
+                       (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value, StepStatus.FAILED.value,
+                        StepStatus.SKIPPED.value))
+        return lease, self.get_run(run_id)
+
+    def heartbeat(self, lease: Lease) -> None:
+        """Renew the lease (tell other hosts the owner lives); raise LeaseLost if the run was taken over."""
+        with self._tx() as db:
+            self._hold(db, lease)
+            now = self._now(db)
+            db.execute("UPDATE runs SET heartbeat_at=?, lease_expires_at=? WHERE id=?",
+                       (now, now + stale_after_s(), lease.run_id))
+
+    def orphaned_runs(self, limit: int = 20) -> list[str]:
+        """Root runs stored as running whose owner is gone (its lease expired), oldest first: a live replica
+        adopts them (claim, then carry on from the first unfinished step)."""
+        with self._read() as db:
+            now = self._now(db)
+            rows = db.execute("SELECT id, status, owner, heartbeat_at, lease_expires_at FROM runs"
+                              " WHERE status=? AND parent_run_id IS NULL ORDER BY updated_at, id",
+                              (RunStatus.RUNNING.value,)).fetchall()
+        return [str(r["id"]) for r in rows if not self._alive(r, now)][:limit]
+
+    def get_run(self, run_id: str) -> Run:
+        raise NotImplementedError

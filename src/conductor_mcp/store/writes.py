@@ -1,0 +1,185 @@
+"""Writes: a run as it is planned and carried out, step by step and call by call, its rating, and evals.
+
+Every write an owner makes passes the fence (Ownership._hold) in its own transaction, so a process that lost
+the run writes nothing; each state change is committed as it happens.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import RunNotFound, RunStateError
+from ..models import Budget, PlanInfo, Review, RunStatus, StepStatus, Usage, Workflow
+from ..redact import redact, redact_optional
+from .base import Conn
+from .ids import new_run_id
+from .leases import Lease, Ownership
+
+FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
+
+
+class Writes(Ownership):
+    # -- runs -----------------------------------------------------------------------------------
+    def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: dict[str, Any] | None = None,
+                   parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> str:
+        """Store a planned run; a child run (recursion or a round) only under its parent's lease. `run_id`: an id
+        from new_run_id() handed out before the plan was written (a run being planned in the background)."""
+        run_id = run_id or new_run_id()
+        parent_run_id = parent.run_id if parent else None
+        with self._tx() as db:
+            if parent is not None:
+                self._hold(db, parent)
+            now = self._now(db)
+            db.execute(
+                "INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at,"
+                " parent_run_id, parent_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), redact(plan.model_dump_json()),
+                 json.dumps(options or {}), now, now, parent_run_id, parent_step),
+            )
+            self._write_steps(db, run_id, workflow, 0)
+        return run_id
+
+    def _write_steps(self, db: Conn, run_id: str, workflow: Workflow, start: int) -> None:
+        for i, step in enumerate(workflow.steps[start:], start):
+            db.execute(
+                "INSERT INTO steps (run_id, idx, worker, instruction, access, status) VALUES (?,?,?,?,?,?)",
+                (run_id, i, step.worker, step.instruction, json.dumps(step.access), StepStatus.PENDING.value),
+            )
+
+    def _set_option(self, lease: Lease, key: str, value: Any) -> None:
+        with self._tx() as db:
+            self._hold(db, lease)
+            row = db.execute("SELECT options FROM runs WHERE id=?", (lease.run_id,)).fetchone()
+            db.execute("UPDATE runs SET options=? WHERE id=?",
+                       (json.dumps({**json.loads(row["options"]), key: value}), lease.run_id))
+
+    def set_budget(self, lease: Lease, budget: Budget) -> None:
+        """Replace the run's limits (a resume's new budget), as its owner: written only once it may run."""
+        self._set_option(lease, "budget", budget.model_dump(mode="json"))
+
+    def set_reviews(self, lease: Lease, reviews: list[Review]) -> None:
+        """Record the conductor's reviews of a root run's rounds, as its owner."""
+        self._set_option(lease, "reviews", [r.model_dump(mode="json") for r in reviews])
+
+    def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None,
+                   error: str | None = None) -> None:
+        with self._tx() as db:
+            self._hold(db, lease)
+            now = self._now(db)
+            db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
+                       f" lease_expires_at=NULL, run_s = run_s + COALESCE({self.MAX2}(? - claimed_at, 0), 0),"
+                       " claimed_at=NULL WHERE id=?",
+                       (status.value, answer, redact_optional(error), now, now, lease.run_id))
+
+    def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
+        """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
+        answer is what a user sees; children and rounds are parts of it. Only a finished run (FINAL) is rated:
+        the planner learns from rewards, and a planned or running run has no answer yet to judge."""
+        if not 0.0 <= score <= 1.0:
+            raise RunStateError(f"score: {score!r}; a reward is between 0 (unusable) and 1 (correct)")
+        with self._tx() as db:
+            row = db.execute("SELECT parent_run_id, status, owner, heartbeat_at, lease_expires_at FROM runs"
+                             " WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"run_id: no run {run_id!r} (list runs with `mcp-conductor runs` or the "
+                                  "conductor://runs resource)")
+            if row["parent_run_id"] is not None:
+                raise RunStateError(f"run {run_id} is part of run {row['parent_run_id']}; rate that one")
+            status = self._status(row, self._now(db))
+            if status not in FINAL:
+                then = ("rate it when it has finished" if status == RunStatus.RUNNING
+                        else "resume it, and rate it when it has finished")
+                raise RunStateError(f"run {run_id} is {status.value}, not finished: only a completed, failed, "
+                                    f"cancelled or budget_exceeded run is rated; {then}")
+            db.execute("UPDATE runs SET reward=?, reward_note=?, reward_source=?, rated_at=? WHERE id=?",
+                       (score, note, source, self._now(db), run_id))
+
+    def edit_step(self, lease: Lease, index: int, workflow: Workflow) -> None:
+        """Record a host's change of a step's instruction or worker (run_step), as the run's owner."""
+        step = workflow.steps[index]
+        with self._tx() as db:
+            self._hold(db, lease)
+            db.execute("UPDATE runs SET workflow=?, updated_at=? WHERE id=?",
+                       (workflow.model_dump_json(), self._now(db), lease.run_id))
+            db.execute("UPDATE steps SET worker=?, instruction=?, edited=1 WHERE run_id=? AND idx=?",
+                       (step.worker, step.instruction, lease.run_id, index))
+
+    # -- steps and attempts ---------------------------------------------------------------------
+    def step_started(self, lease: Lease, index: int) -> None:
+        with self._tx() as db:
+            self._hold(db, lease)
+            db.execute("UPDATE steps SET status=?, started_at=COALESCE(started_at, ?), error=NULL"
+                       " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, self._now(db), lease.run_id, index))
+
+    def attempt_started(self, lease: Lease, index: int, worker: str) -> int:
+        """Record a call about to be made; LeaseLost here means it must not be made."""
+        with self._tx() as db:
+            self._hold(db, lease)
+            n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE run_id=? AND idx=?",
+                           (lease.run_id, index)).fetchone()[0]
+            db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,?,?,?,?,?)",
+                       (lease.run_id, index, n, worker, "running", self._now(db)))
+        return int(n)
+
+    def _end_attempt(self, db: Conn, run_id: str, index: int, n: int, status: str, latency_s: float,
+                     usage: Usage | None, error: str | None) -> None:
+        u = usage or Usage()
+        db.execute("UPDATE attempts SET status=?, error=?, latency_s=?, prompt_tokens=?, completion_tokens=?,"
+                   " cost_usd=? WHERE run_id=? AND idx=? AND n=?",
+                   (status, redact_optional(error), latency_s, u.prompt_tokens, u.completion_tokens, u.cost_usd,
+                    run_id, index, n))
+
+    def attempt_ended(self, lease: Lease, index: int, n: int, status: str, latency_s: float,
+                      usage: Usage | None = None, error: str | None = None) -> None:
+        with self._tx() as db:
+            self._hold(db, lease)
+            self._end_attempt(db, lease.run_id, index, n, status, latency_s, usage, error)
+
+    def step_completed(self, lease: Lease, index: int, output: str, usage: Usage,
+                       attempt: tuple[int, float, Usage | None] | None = None, code: str | None = None) -> None:
+        """Commit a step's output, with the successful attempt (n, latency, usage) that produced it, in one
+        transaction: a kill between the two would leave a paid call whose output is lost."""
+        with self._tx() as db:
+            self._hold(db, lease)
+            now = self._now(db)
+            if attempt is not None:
+                self._end_attempt(db, lease.run_id, index, attempt[0], "ok", attempt[1], attempt[2], None)
+            db.execute("UPDATE steps SET status=?, output=?, error=NULL, prompt_tokens=?, completion_tokens=?,"
+                       " cost_usd=?, calls=?, ended_at=?, code=? WHERE run_id=? AND idx=?",
+                       (StepStatus.COMPLETED.value, output, usage.prompt_tokens, usage.completion_tokens,
+                        usage.cost_usd, usage.calls, now, code, lease.run_id, index))
+            db.execute("UPDATE runs SET updated_at=? WHERE id=?", (now, lease.run_id))
+
+    def step_ended(self, lease: Lease, index: int, status: StepStatus, error: str | None,
+                   usage: Usage | None = None) -> None:
+        u = usage or Usage()
+        with self._tx() as db:
+            self._hold(db, lease)
+            db.execute("UPDATE steps SET status=?, error=?, prompt_tokens=?, completion_tokens=?, cost_usd=?,"
+                       " calls=?, ended_at=? WHERE run_id=? AND idx=?",
+                       (status.value, redact_optional(error), u.prompt_tokens, u.completion_tokens, u.cost_usd,
+                        u.calls, self._now(db), lease.run_id, index))
+
+    def cancel_in_flight(self, lease: Lease) -> None:
+        """A cancelled run keeps its completed steps; what was in flight goes back to pending."""
+        with self._tx() as db:
+            self._hold(db, lease)
+            db.execute("UPDATE attempts SET status='cancelled' WHERE run_id=? AND status='running'", (lease.run_id,))
+            db.execute("UPDATE steps SET status=? WHERE run_id=? AND status=?",
+                       (StepStatus.PENDING.value, lease.run_id, StepStatus.RUNNING.value))
+
+    def reset_step(self, lease: Lease, index: int) -> None:
+        with self._tx() as db:
+            self._hold(db, lease)
+            db.execute("UPDATE steps SET status=?, error=NULL WHERE run_id=? AND idx=?",
+                       (StepStatus.PENDING.value, lease.run_id, index))
+
+    # -- evals ----------------------------------------------------------------------------------------
+    def add_eval(self, command: str, suite: str, started_at: float, ended_at: float, report: dict[str, Any]) -> str:
+        """Record an `eval` or `calibrate` with its report (evals.report_json); the new eval's id."""
+        eval_id = new_run_id()
+        with self._tx() as db:
+            db.execute("INSERT INTO evals (id, command, suite, started_at, ended_at, report) VALUES (?,?,?,?,?,?)",
+                       (eval_id, command, suite, started_at, ended_at, json.dumps(report)))
+        return eval_id

@@ -1,0 +1,134 @@
+"""Which backend a target names, and what only PostgreSQL does, on a real PostgreSQL server: migrations under an
+advisory lock when replicas start together, leases that expire in the database's clock, adoption of a run whose
+owner's lease expired, fencing of the old owner, and URLs whose passwords never reach a message."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conductor_mcp.errors import LeaseLost, RunStateError, StoreError
+from conductor_mcp.models import PlanInfo, RunStatus, StepStatus, Usage, Workflow
+from conductor_mcp.store import MIGRATIONS, Store, open_store
+from conductor_mcp.store.postgres import PostgresStore, redact_url
+from conductor_mcp.store.sqlite import SQLiteStore
+
+from ..conftest import execute, store_migrations
+from ..servers.postgres_server import PostgresServer
+
+WF = Workflow.model_validate({"steps": [{"worker": "a", "instruction": "x"},
+                                        {"worker": "a", "instruction": "y", "access": "all"}]})
+PLAN = PlanInfo(source="host", planner="host")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_path_is_sqlite_and_an_unknown_scheme_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store(str(tmp_path / "t.db"))
+    assert isinstance(store, SQLiteStore)
+    store.close()
+    for target in ("mysql://user:hunter2@host/db", "sqlite://x.db"):
+        with pytest.raises(StoreError, match=r"unknown scheme '(mysql|sqlite)'.*postgresql://") as err:
+            open_store(target)
+        assert "hunter2" not in str(err.value)
+    monkeypatch.setenv("CONDUCTOR_DB", "redis://host/0")
+    with pytest.raises(StoreError, match="unknown scheme 'redis'"):
+        Store()
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # no folder named after a scheme
+
+
+def test_a_postgresql_url_creates_no_folder_and_hides_its_password(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CONDUCTOR_DB=postgresql://user@host/db` once made a folder `postgresql:` with a SQLite file inside."""
+    monkeypatch.chdir(tmp_path)
+    url = f"postgresql://user:hunter2@127.0.0.1:{closed_port()}/db?connect_timeout=2"
+    monkeypatch.setenv("CONDUCTOR_DB", url)
+    with pytest.raises(StoreError) as err:
+        Store()
+    message = str(err.value)
+    assert message.startswith("trace store postgresql://user:***@127.0.0.1:") and "hunter2" not in message
+    assert list(tmp_path.iterdir()) == []  # no folder `postgresql:`, no SQLite file
+    assert redact_url("postgres://u:p@h/db?sslmode=require&password=p2") == \
+        "postgres://u:***@h/db?sslmode=require&password=***"
+
+
+def test_replicas_starting_together_migrate_once(postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    stores: list[Store] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            stores.append(open_store(url))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(stores) == 4
+    assert store_migrations(stores[0]) == [name for name, _ in MIGRATIONS]  # each once (name is the key)
+    run_id = stores[0].create_run("t", WF, PLAN)
+    assert all(s.get_run(run_id).task == "t" for s in stores)
+    for s in stores:
+        s.close()
+
+
+def test_an_expired_lease_is_adopted_and_the_old_owner_fenced(postgres: PostgresServer,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replica A claims a run and completes its first step, then stops beating; its lease expires in the
+    database's clock; replica B finds the run orphaned, adopts it, and goes on from the first unfinished step,
+    while every write of A (whose pid lives: only the lease counts across machines) fails."""
+    monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "1")
+    url = postgres.new_database()
+    a, b = open_store(url), open_store(url)
+    assert isinstance(a, PostgresStore) and isinstance(b, PostgresStore)
+    try:
+        run_id = a.create_run("t", WF, PLAN)
+        lease_a, _ = a.claim(run_id)
+        u = Usage(prompt_tokens=3, completion_tokens=2, calls=1)
+        a.step_completed(lease_a, 0, "first", u, (a.attempt_started(lease_a, 0, "a"), 0.1, u))
+        a.step_started(lease_a, 1)
+        a.attempt_started(lease_a, 1, "a")
+        # another replica's: its owner's name says nothing, only its lease
+        execute(a, "UPDATE runs SET owner='replica-a:1:1.00:beef' WHERE id=?", run_id)
+        assert b.get_run(run_id).status == RunStatus.RUNNING and b.orphaned_runs() == []
+        with pytest.raises(RunStateError, match="another live process"):
+            b.claim(run_id)
+        time.sleep(1.3)  # the lease (1 s) expires: nobody renewed it
+        assert b.get_run(run_id).status == RunStatus.INTERRUPTED and b.orphaned_runs() == [run_id]
+        lease_b, run = b.claim(run_id)
+        assert lease_b.epoch == lease_a.epoch + 1 and b.orphaned_runs() == []
+        assert [s.status for s in run.steps] == [StepStatus.COMPLETED, StepStatus.PENDING]  # step 0 never again
+        assert run.steps[0].output == "first" and [x.status for x in run.steps[1].attempts] == ["interrupted"]
+        writes: list[Callable[[], None]] = [lambda: a.heartbeat(lease_a),
+                                            lambda: a.step_completed(lease_a, 1, "late", u),
+                                            lambda: a.finish_run(lease_a, RunStatus.COMPLETED, "late")]
+        for write in writes:
+            with pytest.raises(LeaseLost, match="taken over"):
+                write()
+        b.heartbeat(lease_b)  # renewed in the database's clock
+        with psycopg.connect(url) as conn:
+            left = conn.execute("SELECT lease_expires_at - EXTRACT(EPOCH FROM clock_timestamp())"
+                                " FROM runs WHERE id=%s", (run_id,)).fetchone()
+        assert left is not None and 0 < left[0] <= 1.0
+        b.step_completed(lease_b, 1, "second", u)
+        b.finish_run(lease_b, RunStatus.COMPLETED, "second")
+        done = a.get_run(run_id)
+        assert done.status == RunStatus.COMPLETED and done.answer == "second" and done.steps[0].output == "first"
+    finally:
+        a.close()
+        b.close()
