@@ -69,7 +69,10 @@ def test_schemathesis_finds_no_5xx_and_no_response_outside_the_schema(served: tu
         runs = [store.get_run(r.run_id) for r in store.find_runs(100_000)]
     finally:
         store.close()
-    assert all(r.status.value == "completed" for r in runs), json.dumps([(r.id, r.status, r.error) for r in runs])
+    # (a budget that stops a run at once is a valid request, answered with finish_reason "length")
+    assert all(r.status.value in ("completed", "budget_exceeded") for r in runs), \
+        json.dumps([(r.id, r.status, r.error) for r in runs])
     cases = re.search(r"(\d+) generated", proc.stdout)
     assert cases and int(cases.group(1)) >= 50, proc.stdout[-3000:]  # bounded, but not a token run
-    assert runs and scripted.stats()["requests"] >= len(runs)  # valid requests did run, on the workers
+    # valid requests did run, on the workers: the document's example at least (the examples phase sends it)
+    assert runs and scripted.stats()["requests"] >= len(runs)

@@ -15,6 +15,7 @@ from conductor_mcp.errors import WorkflowError
 from conductor_mcp.models import Budget, Manifest, RunStatus, StepStatus, WorkerSpec
 from conductor_mcp.planners.remote import RemotePlanner
 from conductor_mcp.runs.engine import Engine
+from conductor_mcp.runs.request import RequestError
 from conductor_mcp.runs.resilience import RetryPolicy
 from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
@@ -116,10 +117,10 @@ async def test_token_budget_stops_then_resume_with_more(server: ScriptedServer, 
 
 async def test_usd_budget(server: ScriptedServer, store: Store) -> None:
     unpriced = make_engine(server, store)
-    run = await unpriced.plan("usd", workflow={"steps": [{"worker": "a", "instruction": "x"}]},
-                              budget=Budget(max_usd=1.0))
-    run = await RunManager(engine=unpriced).drive(run.id)
-    assert run.status == RunStatus.FAILED and "no known price, so it cannot be used under max_usd" in (run.error or "")
+    with pytest.raises(RequestError, match=r"\['a'\] have no known price, so they cannot be used under max_usd"):
+        await unpriced.plan("usd", workflow={"steps": [{"worker": "a", "instruction": "x"}]},
+                            budget=Budget(max_usd=1.0))
+    assert store.find_runs(10) == []  # refused before it was stored
     priced = make_engine(server, store, price={"input_per_mtok": 1000.0, "output_per_mtok": 1000.0})
     run = await priced.plan("usd", workflow={"steps": [{"worker": "a", "instruction": "x"}]},
                             budget=Budget(max_usd=0.05))

@@ -64,3 +64,18 @@ def test_each_bad_argument_is_named(registry: Registry, kwargs: dict[str, Any], 
     assert err.value.param == param and words in err.value.detail
     assert str(err.value) == f"{param}: {err.value.detail}"
     assert err.value.too_long == (words.startswith("at most"))
+
+
+def test_max_usd_needs_a_price_for_every_worker_it_may_use(tmp_path: Path) -> None:
+    path = tmp_path / "workers.yaml"
+    path.write_text(MANIFEST + "  - {id: priced, model: openai/unlisted-model, api_base: 'http://127.0.0.1:9/v1',"
+                               " price: {input_per_mtok: 1.0, output_per_mtok: 2.0}}\n")
+    registry = load_manifest(path, {})
+    usd = Budget(max_usd=0.5)
+    assert check_request(registry, "t", strategy="single:priced", budget=usd).budget.max_usd == 0.5
+    assert check_request(registry, "t", ["priced", "py"], budget=usd).workers == ["priced", "py"]  # py: no tokens
+    with pytest.raises(RequestError) as err:
+        check_request(registry, "t", budget=usd)
+    assert err.value.param == "workers" and "['fast', 'slow'] have no known price" in err.value.detail
+    with pytest.raises(RequestError, match="'fast'"):
+        check_request(registry, "t", workflow={"steps": [{"worker": "fast", "instruction": "x"}]}, budget=usd)

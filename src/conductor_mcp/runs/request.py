@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import ConfigError, WorkflowError
 from ..models import MAX_STEPS_LIMIT, Budget, Prefer, Workflow
 from ..planners.strategies import SinglePlanner, strategy_planner
+from ..workers.llm import known_cost
 from .workflows import validate_workflow
 
 if TYPE_CHECKING:
@@ -139,4 +140,12 @@ def check_request(registry: Registry, task: str, workers: Sequence[str] | None =
             fixed.check([registry.spec(i) for i in ids], steps)
         except WorkflowError as exc:
             raise RequestError("strategy", str(exc)) from None
+    if budget.max_usd is not None:  # a worker with no price could not be used: refused now, not mid-run
+        used = ([s.worker for s in checked.steps] if checked is not None
+                else [fixed.worker] if isinstance(fixed, SinglePlanner) else ids)
+        unpriced = [i for i in dict.fromkeys(used)
+                    if registry.spec(i).kind == "model" and known_cost(registry.spec(i), 1, 1) is None]
+        if unpriced:
+            raise RequestError("workers", f"{unpriced} have no known price, so they cannot be used under max_usd; "
+                                          "add `price:` to their manifest entries, leave them out, or drop max_usd")
     return PlanRequest(task, ids, steps, strategy, budget, prefer or registry.conductor.prefer, checked)

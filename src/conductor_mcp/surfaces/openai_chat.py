@@ -398,7 +398,7 @@ def parse_request(body: Any, registry: Registry) -> ChatRequest:
     include_usage = bool(stream and isinstance(options, dict) and options.get("include_usage"))
     raw = body.get("conductor")
     try:
-        opts = ConductorOptions.model_validate(raw if raw is not None else {})
+        opts = ConductorOptions.model_validate(raw if raw is not None else {}, strict=True)  # JSON: false is no 0
     except ValidationError as exc:
         problems = field_problems(exc, "conductor")
         first = exc.errors()[0]["loc"] if exc.errors() else ()

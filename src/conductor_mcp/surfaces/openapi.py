@@ -51,7 +51,8 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
     defs = {**body.pop("$defs", {}), **options.pop("$defs", {})}
     body["properties"]["conductor"] = {"anyOf": [{"$ref": "#/components/schemas/ConductorOptions"},
                                                  {"type": "null"}]}
-    body["properties"]["model"] = {"enum": [m["id"] for m in model_list(registry)],
+    models = [m["id"] for m in model_list(registry)]
+    body["properties"]["model"] = {"enum": models,
                                    "description": "a model GET /v1/models lists"}
     body["properties"]["messages"] = {"type": "array", "minItems": 1, "items": {
         "type": "object", "required": ["role", "content"],
@@ -76,11 +77,16 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
             "/v1/chat/completions": {"post": {
                 "operationId": "createChatCompletion",
                 "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ChatBody"}}}},
+                    "schema": {"$ref": "#/components/schemas/ChatBody"},
+                    "example": {"model": models[0] if models else "conductor",
+                                "messages": [{"role": "user", "content": "Name a colour of the sky."}]}}}},
                 "responses": {
                     "200": {"description": "the run's answer (`stream: true`: server-sent chunks)", "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
-                        "text/event-stream": {"schema": {"type": "string"}}}},
+                        # one server-sent event: `data:` a chat.completion.chunk's JSON, or `[DONE]` last
+                        "text/event-stream": {"schema": {"type": "object", "required": ["data"],
+                                                         "properties": {"data": {"type": "string"},
+                                                                        "event": {"type": "string"}}}}}},
                     **_errors(400, 401, 404, 409, 413, 502, 503)}}},
         },
         "components": {"schemas": {**defs, "ChatBody": body, "ConductorOptions": options, "Error": ERROR,
