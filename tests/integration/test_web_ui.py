@@ -486,6 +486,44 @@ def test_wrong_tokens_are_slowed_down(env: dict[str, str], stop: list[subprocess
         assert http.get("/ui/", headers={"authorization": f"Bearer {STRONG_TOKEN}"}).status_code == 200
 
 
+def test_form_fields_must_be_valid_unicode_and_within_the_limit(env: dict[str, str],
+                                                                 stop: list[subprocess.Popen[bytes]]) -> None:
+    """A form field with bytes that are not UTF-8 (raw, or %-escaped as a lone surrogate's would be) is refused
+    with 400 naming it, and a form over 16 KiB with 413 naming the field it was cut in, as every surface refuses
+    such text: never repaired and stored, never compared as a token (no wrong guess counted)."""
+    solve = subprocess.run([sys.executable, "-m", "conductor_mcp", "solve", "Say yes.\nREPLY: yes",
+                            "--strategy", "single:fast", "--json"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert solve.returncode == 0, solve.stderr
+    run_id = json.loads(solve.stdout)["run_id"]
+    proc, port = start_http({**env, "CONDUCTOR_TOKEN": STRONG_TOKEN}, "http", host="0.0.0.0")
+    stop.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    form = {"origin": base, "content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=base, timeout=30, headers=form) as http:
+        for body, status, named in [
+            (b"token=abc%ED%A0%80&next=/ui/", 400, "token: not valid Unicode text"),  # U+D800 as WTF-8
+            (b"token=abc\xff&next=/ui/", 400, "token: not valid Unicode text"),
+            (b"next=/ui/&token=" + b"x" * 20_000, 413, "token: the form is over 16384 bytes"),
+            (b"%FF=1&token=x", 400, "\\udcff: not valid Unicode text"),
+        ] * 2:  # 8 refusals, more than the 5 wrong tokens a minute allowed: none was counted as a guess
+            r = http.post("/ui/login", content=body)
+            assert r.status_code == status and named in r.text and "set-cookie" not in r.headers, (body[:40], r.text)
+        assert http.post("/ui/login", data={"token": STRONG_TOKEN, "next": "/ui/"}).status_code == 303
+        rate = f"/ui/runs/{run_id}/rate"
+        bearer = {"authorization": f"Bearer {STRONG_TOKEN}"}
+        for body, status, named in [(b"score=1&note=right%ED%B0%80", 400, "note: not valid Unicode text"),
+                                    (b"score=1&note=" + b"y" * 17_000, 413, "note: the form is over 16384 bytes")]:
+            r = http.post(rate, content=body, headers=bearer)
+            assert r.status_code == status and named in r.text, r.text
+        assert http.post(rate, data={"score": "1", "note": "z" * 2001}, headers=bearer).status_code == 400
+    store = Store(Path(env["CONDUCTOR_DB"]))
+    try:
+        assert store.get_run(run_id).reward is None  # nothing refused reached the store
+    finally:
+        store.close()
+
+
 def test_runs_list_is_paged(env: dict[str, str], stop: list[subprocess.Popen[bytes]]) -> None:
     proc, port = start_http(env, "http")
     stop.append(proc)

@@ -60,8 +60,10 @@ def check_json(value: object, where: str = "") -> None:
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             for key, child in pairs:
                 if isinstance(key, str):
-                    check_text(f"{path}.{key}" if path else key, key)
-                    stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+                    # a key that is not valid Unicode is named escaped: the refusal must itself be valid Unicode
+                    named = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    check_text(f"{path}.{named}" if path else named, key)
+                    stack.append((child, f"{path}.{named}" if path else named, depth + 1))
                 else:
                     stack.append((child, f"{path}[{key}]", depth + 1))
 

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...errors import ConductorError, EvalNotFound, RunNotFound
+from ...runs.request import InputError, check_text
 from ...runs.run_manager import RunManager
 from ...store import strategy_of
 from . import pages
@@ -127,16 +128,42 @@ def _safe_next(value: str | None) -> str:
     return "/ui/"
 
 
+class FormRefused(InputError):
+    """A form that no surface accepts, with the field named: text that is not valid Unicode (400), or a form over
+    MAX_FORM_BYTES (413, naming the field it was cut in)."""
+
+    def __init__(self, param: str, message: str, status: int = 400) -> None:
+        super().__init__(param, message)
+        self.status = status
+
+
+def _named(field: str) -> str:
+    return field.encode("utf-8", "backslashreplace").decode("utf-8")  # a refusal must itself be valid Unicode
+
+
 async def _form(request: Request) -> dict[str, str]:
+    """The form's fields (the first of each name), every name and value valid Unicode text: refused, never
+    repaired, as on every surface (runs/request.py)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             break
+    # bytes that are not UTF-8, sent raw or %-escaped, become lone surrogates, which check_text refuses
+    pairs = urllib.parse.parse_qsl(body.decode("utf-8", "surrogateescape"), keep_blank_values=True,
+                                   encoding="utf-8", errors="surrogateescape")
     if len(body) > MAX_FORM_BYTES:
-        return {}
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {k: v[0] for k, v in fields.items()}
+        raise FormRefused(_named(pairs[-1][0]) if pairs else "form", f"the form is over {MAX_FORM_BYTES} bytes",
+                          413)
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        try:
+            check_text(_named(name), name)
+            check_text(_named(name), value)
+        except InputError as exc:
+            raise FormRefused(exc.param, str(exc).removeprefix(f"{exc.param}: ")) from None
+        fields.setdefault(name, value)
+    return fields
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
@@ -185,7 +212,10 @@ def web_app(manager: RunManager, security: TransportSecuritySettings, token: str
                 refusal = JSONResponse({"error": "unauthorized: sign in at /ui/login, or send Authorization: Bearer "
                                                  "$CONDUCTOR_TOKEN"}, status_code=401,
                                        headers={"www-authenticate": "Bearer"})
-            response = refusal if refusal is not None else await endpoint(request)
+            try:
+                response = refusal if refusal is not None else await endpoint(request)
+            except FormRefused as exc:  # before anything is compared or stored
+                response = _html(pages.message_page("Bad request", str(exc)), exc.status)
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
