@@ -85,7 +85,7 @@ class ConductorSpec(Strict):
 PYTHON_WORKER_DESCRIPTION = ("runs the Python program of the steps it sees (the last ```python block) and returns "
                              "what it printed; no model, 0 tokens")
 # what a python worker may not have: it calls no model
-_MODEL_FIELDS = ("model", "gguf", "api_key_env", "api_base", "fallback", "params", "price")
+_MODEL_FIELDS = ("model", "gguf", "api_key_env", "api_base", "fallback", "params", "price", "client")
 
 
 class WorkerSpec(Strict):
@@ -112,6 +112,10 @@ class WorkerSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="call parameters such as temperature and "
                                                                      "max_tokens")
     price: Price | None = Field(default=None, description="USD per million tokens; else litellm's price list")
+    client: Literal["auto", "httpx", "litellm"] = Field(
+        default="auto", description="how a `model` worker is called: httpx (direct, OpenAI's chat completions API), "
+                                    "litellm (any provider), or auto: httpx for an `openai/` model with an "
+                                    "api_base that is not OpenAI's, else litellm")
     memory_mb: int = Field(default=512, ge=16, description="python worker: the program's address-space limit")
     network: Literal["deny", "allow"] = Field(
         default="deny", description="python worker: deny cuts the program's network (the step fails when this "
@@ -145,6 +149,11 @@ class WorkerSpec(Strict):
         if bool(self.model) == bool(self.gguf):
             raise ValueError("give exactly one of `model` (a litellm model string) or `gguf` (or set kind: python "
                              "for a worker that runs code)")
+        if self.gguf and "client" in self.model_fields_set:
+            raise ValueError("field 'client' applies to a `model` worker only (a gguf worker runs in this process)")
+        if self.client == "httpx" and not self.api_base and not (self.model or "").startswith("openai/"):
+            raise ValueError("client httpx speaks OpenAI's chat completions API: give `api_base` (an "
+                             "OpenAI-compatible endpoint) or an `openai/` model, or use client litellm")
         return self
 
     @property

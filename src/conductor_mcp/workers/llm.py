@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 _litellm: Any = None
 # The completion cap sent when a call's params set none; the budget reserves the same number.
 DEFAULT_MAX_TOKENS = {"litellm": 4096, "gguf": 512}
+# Models litellm's (local, fixed) price list lacks: asking again costs 0.1-0.2 ms a call for the same None
+_unpriced: set[str] = set()
 
 
 class Priced(Protocol):
@@ -87,11 +89,15 @@ def known_cost(call: Priced, prompt_tokens: int, completion_tokens: int) -> floa
         return price_cost(call.price, prompt_tokens, completion_tokens)
     if call.backend == "gguf":
         return 0.0
+    if call.model in _unpriced:
+        return None
     try:
         p, c = litellm_module().cost_per_token(model=call.model, prompt_tokens=prompt_tokens,
                                                completion_tokens=completion_tokens)
         return float(p) + float(c)
     except Exception:  # litellm raises for a model missing from its price list
+        if call.model is not None:
+            _unpriced.add(call.model)
         return None
 
 

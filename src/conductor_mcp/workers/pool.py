@@ -1,13 +1,15 @@
-"""Call a worker once: litellm for model strings, an in-process GGUF for local models (both through llm.py,
-which the conductor's own model calls through too).
+"""Call a worker once: the direct httpx client for OpenAI-compatible endpoints (openai_http.py), litellm for
+other model strings, an in-process GGUF for local models (litellm and GGUF through llm.py, which the conductor's
+own model calls through too).
 
 One call here is one attempt. Retries, fallbacks and their trace live in the engine, so there is
-exactly one retry layer: litellm and the OpenAI client inside it are told not to retry.
+exactly one retry layer: litellm and the OpenAI client inside it are told not to retry, nor is httpx.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +22,14 @@ from ..models import Usage, WorkerSpec
 from ..redact import redact, register_key_envs
 from .llm import MalformedReply, Reply, gguf_complete, litellm_complete, litellm_module
 from .local_model import LocalModel
+from .openai_http import Endpoint, HttpClients, endpoint, http_complete
 from .registry import Registry
 
 __all__ = ["Reply", "WorkerPool", "litellm_module"]
 log = logging.getLogger(__name__)
+# What litellm puts before a provider's own message ("litellm.RateLimitError: RateLimitError: OpenAIException - "):
+# cut, so that an error reads the same from either client and says what the provider said
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+(?: Error)?: )?(?:\w+Exception - )?")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -57,12 +63,15 @@ def _classify(exc: Exception, worker_id: str, api_base: str | None = None) -> Wo
     broken = next((e for e in chain if isinstance(e, httpx.TransportError)
                    and not isinstance(e, httpx.TimeoutException)), None)
     if broken is not None:
-        detail = str(broken).splitlines()[0][:200] if str(broken) else ""
+        # httpx's own errors may have no text: the OS error under them says what happened ("Connection reset")
+        said = next((str(e) for e in chain[chain.index(broken):] if str(e)), "")
+        detail = said.splitlines()[0][:200] if said else ""
         return WorkerError(redact(f"{worker_id}: connection failed at {where}: {type(broken).__name__}"
                                   f"{f' ({detail})' if detail else ''}"), retryable=True)
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
-    text = str(exc).splitlines()[0][:300] if str(exc) else name
+    first = _LITELLM_PREFIX.sub("", str(exc).splitlines()[0]) if str(exc) else ""
+    text = first[:300] or name
     permanent = status in (400, 401, 403, 404, 422) or name in (
         "AuthenticationError", "BadRequestError", "NotFoundError", "PermissionDeniedError",
         "ContextWindowExceededError", "ContentPolicyViolationError", "UnsupportedParamsError")
@@ -97,6 +106,9 @@ class WorkerPool:
         self.registry = registry
         self._limiters = {s.spec.id: anyio.CapacityLimiter(s.spec.max_concurrency) for s in registry.states}
         self._local: dict[Path, LocalModel] = {}
+        self._http = HttpClients()
+        # each worker's client, decided once: the direct endpoint, or None for litellm
+        self._endpoints = {s.spec.id: endpoint(s.spec) for s in registry.states}
         register_key_envs(s.spec.api_key_env for s in registry.states)  # their values never reach a trace
 
     def limiter(self, worker_id: str) -> anyio.CapacityLimiter:
@@ -121,7 +133,7 @@ class WorkerPool:
                     if state.gguf_path is not None:
                         reply = await self._local_call(state.spec, state.gguf_path, messages)
                     else:
-                        reply = await self._litellm_call(state.spec, messages)
+                        reply = await self._model_call(state.spec, messages)
                 except TimeoutError:
                     raise
                 except WorkerError:
@@ -143,20 +155,32 @@ class WorkerPool:
             try:
                 if gguf_path is not None:
                     return await self._local_call(spec, gguf_path, [{"role": "user", "content": "Say OK."}])
-                return await self._litellm_call(spec, [{"role": "user", "content": "Say OK."}],
-                                                timeout_s=timeout_s)
+                return await self._model_call(spec, [{"role": "user", "content": "Say OK."}], timeout_s=timeout_s)
             except NoTextContent:  # content null: the provider answered
                 return Reply("", Usage(calls=1))
-            except WorkerError:
+            except (WorkerError, TimeoutError):
                 raise
             except Exception as exc:
                 raise _classify(exc, spec.id, spec.api_base) from exc
 
-    async def _litellm_call(self, spec: WorkerSpec, messages: list[dict[str, str]],
-                            timeout_s: float | None = None) -> Reply:
+    def endpoint(self, worker_id: str) -> Endpoint | None:
+        """The worker's OpenAI-compatible endpoint when the direct client calls it; None: litellm (or no model)."""
+        return self._endpoints.get(worker_id)
+
+    async def aclose(self) -> None:
+        """Close the direct client's connections (the pool stays usable: a later call opens new ones)."""
+        await self._http.aclose()
+
+    async def _model_call(self, spec: WorkerSpec, messages: list[dict[str, str]],
+                          timeout_s: float | None = None) -> Reply:
+        # a probe's spec is a copy with other params: the client depends on none of them
+        target = self._endpoints[spec.id] if spec.id in self._endpoints else endpoint(spec)
         try:
-            reply = await litellm_complete(spec, messages, timeout_s=timeout_s or spec.timeout_s,
-                                           api_base=spec.api_base, api_key_env=spec.api_key_env)
+            if target is not None:
+                reply = await http_complete(self._http, spec, target, messages, timeout_s=timeout_s or spec.timeout_s)
+            else:
+                reply = await litellm_complete(spec, messages, timeout_s=timeout_s or spec.timeout_s,
+                                               api_base=spec.api_base, api_key_env=spec.api_key_env)
         except MalformedReply as exc:
             raise WorkerError(f"{spec.id}: malformed completion ({exc})", retryable=True) from exc
         if reply.content_null:

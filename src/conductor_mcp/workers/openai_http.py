@@ -1,0 +1,141 @@
+"""The direct client: one chat completion to an OpenAI-compatible endpoint over a pooled httpx client, no litellm.
+
+litellm spends about 4 ms of CPU a call translating a request that an OpenAI-compatible server takes as it is.
+This client sends what litellm sends for an `openai/` model (messages, the worker's params as they are, the
+completion cap, `Bearer none` to a keyless endpoint) and reads what litellm reads back (text, finish_reason,
+usage; 0 tokens when the server reports none), so a step's trace does not depend on the client that made it.
+Errors are raised named as litellm names them (provider_errors.py); a timeout is TimeoutError, the same as the
+pool's own deadline. Models whose provider needs translation (anthropic/, gemini/, bedrock/, ...) stay on litellm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from ..models import Usage, WorkerSpec
+from ..redact import RedactFilter
+from .llm import MalformedReply, Reply, completion_cap, known_cost
+from .provider_errors import provider_error
+
+OPENAI_BASE = "https://api.openai.com/v1"
+# Prefixes of litellm providers that speak OpenAI's API: the name sent is the model string without them.
+_OPENAI_PREFIXES = frozenset({"openai", "custom_openai", "hosted_vllm", "lm_studio", "openrouter"})
+# litellm's call options that a manifest's params may hold; litellm consumes them, the endpoint never sees them
+_NOT_SENT = frozenset({"api_base", "base_url", "api_key", "timeout", "stream", "num_retries", "max_retries",
+                       "drop_params", "custom_llm_provider"})
+# Below uvicorn's 5 s keep-alive (vLLM, SGLang and most Python servers): a connection the server is closing
+# is not reused
+KEEPALIVE_S = 4.0
+for _name in ("httpx", "httpcore"):  # their debug logs quote requests: a key must not reach a log that way either
+    logging.getLogger(_name).addFilter(RedactFilter())
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the direct client sends a worker's calls: base URL, the model name sent, and the key's variable."""
+
+    base_url: str
+    model: str
+    key_env: str | None
+
+
+def _hosted_openai(api_base: str) -> bool:
+    return (urlparse(api_base).hostname or "") == "api.openai.com"
+
+
+def endpoint(spec: WorkerSpec) -> Endpoint | None:
+    """The endpoint the direct client calls for this worker, or None when litellm calls it.
+
+    `client: auto` takes the direct path for an `openai/<model>` with an `api_base` that is not OpenAI's own:
+    a self-hosted OpenAI-compatible server (vLLM, llama.cpp, SGLang, LM Studio, a proxy) takes params as they
+    are. Hosted OpenAI stays on litellm under auto, which adapts params to each model (gpt-5 and o-series refuse
+    `max_tokens` and a non-default temperature); `client: httpx` sends them as written, there too."""
+    if spec.model is None or spec.client == "litellm":
+        return None
+    prefix, _, rest = spec.model.partition("/")
+    if spec.client == "auto" and not (prefix == "openai" and rest and spec.api_base
+                                      and not _hosted_openai(spec.api_base)):
+        return None
+    name = rest if rest and prefix in _OPENAI_PREFIXES else spec.model
+    return Endpoint((spec.api_base or OPENAI_BASE).rstrip("/"), name, spec.api_key_env)
+
+
+class HttpClients:
+    """One pooled httpx.AsyncClient per endpoint (base URL and key) for the event loop that runs the calls.
+
+    A client's connections belong to the loop that opened them, so a new loop (a second anyio.run in one
+    process) starts a new set; the old loop's clients are dropped, not closed: their loop is gone."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], httpx.AsyncClient] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self, base_url: str, key: str) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._clients, self._loop = {}, loop
+        client = self._clients.get((base_url, key))
+        if client is None:
+            # no connection cap here: each worker's CapacityLimiter already caps its calls in flight
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S)
+            client = httpx.AsyncClient(base_url=base_url, limits=limits, headers={
+                "authorization": f"Bearer {key}", "accept": "application/json"})
+            self._clients[(base_url, key)] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def _key(target: Endpoint) -> str:
+    if target.key_env:
+        return os.environ.get(target.key_env) or ""  # read at call time: keys may be rotated
+    return "none"  # as litellm sends to a keyless endpoint: local servers want some key
+
+
+def _parse(raw: bytes) -> tuple[Any, str | None, int, int]:
+    """content, finish_reason, prompt and completion tokens of a chat completion's JSON body."""
+    try:
+        payload = json.loads(raw)
+        choice = payload["choices"][0]
+        content = choice["message"].get("content")
+        usage = payload.get("usage") or {}
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise MalformedReply(f"{type(exc).__name__}: {exc}") from exc
+    reason = choice.get("finish_reason")
+    return content, reason if isinstance(reason, str) else None, prompt, completion
+
+
+async def http_complete(clients: HttpClients, spec: WorkerSpec, target: Endpoint,
+                        messages: list[dict[str, str]], *, timeout_s: float) -> Reply:
+    """One call, one attempt, sent with the completion cap the budget reserved (as litellm_complete sends it)."""
+    body: dict[str, Any] = {"model": target.model, "messages": messages,
+                            **{k: v for k, v in spec.params.items() if k not in _NOT_SENT}}
+    if "max_completion_tokens" not in body:
+        body["max_tokens"] = completion_cap(spec)
+    client = clients.get(target.base_url, _key(target))
+    started = time.perf_counter()
+    try:
+        response = await client.post("/chat/completions", json=body, timeout=timeout_s)
+    except httpx.TimeoutException as exc:
+        raise TimeoutError(f"{spec.id}: no answer within {timeout_s:g}s") from exc
+    latency = time.perf_counter() - started
+    if response.status_code >= 400:
+        raise provider_error(response)
+    content, reason, prompt, completion = _parse(response.content)
+    return Reply(content if isinstance(content, str) else "",
+                 Usage(prompt_tokens=prompt, completion_tokens=completion,
+                       cost_usd=known_cost(spec, prompt, completion), calls=1),
+                 latency, reason, content_null=not isinstance(content, str))

@@ -1,0 +1,102 @@
+"""Which workers the direct httpx client calls, how an endpoint's error answer is named, and the manifest's
+`client` field."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from conductor_mcp.models import WorkerSpec
+from conductor_mcp.workers.openai_http import OPENAI_BASE, Endpoint, endpoint
+from conductor_mcp.workers.pool import _classify
+from conductor_mcp.workers.provider_errors import provider_error
+
+LOCAL = "http://127.0.0.1:8080/v1"
+
+
+def spec(**fields: object) -> WorkerSpec:
+    return WorkerSpec.model_validate({"id": "w", **fields})
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"model": "openai/qwen2.5", "api_base": LOCAL}, Endpoint(LOCAL, "qwen2.5", None)),
+    ({"model": "openai/qwen2.5", "api_base": LOCAL + "/", "api_key_env": "K"}, Endpoint(LOCAL, "qwen2.5", "K")),
+    ({"model": "openai/gpt-5"}, None),  # hosted OpenAI: litellm adapts params to each model
+    ({"model": "openai/gpt-5", "api_base": "https://api.openai.com/v1"}, None),
+    ({"model": "openai/gpt-5", "client": "httpx"}, Endpoint(OPENAI_BASE, "gpt-5", None)),
+    ({"model": "openai/qwen2.5", "api_base": LOCAL, "client": "litellm"}, None),
+    ({"model": "anthropic/claude-sonnet-4-5"}, None),
+    ({"model": "ollama_chat/qwen2.5:7b", "api_base": "http://127.0.0.1:11434"}, None),
+    ({"model": "hosted_vllm/llama", "api_base": LOCAL, "client": "httpx"}, Endpoint(LOCAL, "llama", None)),
+    ({"model": "qwen/qwen3", "api_base": LOCAL, "client": "httpx"}, Endpoint(LOCAL, "qwen/qwen3", None)),
+])
+def test_which_workers_go_direct(fields: dict[str, object], expected: Endpoint | None) -> None:
+    assert endpoint(spec(**fields)) == expected
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"model": "anthropic/claude-sonnet-4-5", "client": "httpx"}, "client httpx speaks OpenAI's chat completions"),
+    ({"gguf": "bundled", "client": "litellm"}, "field 'client' applies to a `model` worker only"),
+    ({"kind": "python", "client": "httpx"}, "remove field(s) client"),
+    ({"model": "openai/x", "client": "requests"}, "Input should be 'auto', 'httpx' or 'litellm'"),
+])
+def test_client_field_is_checked(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        spec(**fields)
+
+
+def answer(status: int, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, text=body, headers=headers,
+                          request=httpx.Request("POST", LOCAL + "/chat/completions"))
+
+
+def error(message: str, type_: str = "invalid_request_error", code: str | None = None) -> str:
+    return httpx.Response(200, json={"error": {"message": message, "type": type_, "code": code}}).text
+
+
+@pytest.mark.parametrize(("status", "body", "expected", "retryable"), [
+    (429, error("Rate limit reached", "requests", "rate_limit_exceeded"), "RateLimitError 429: Rate limit reached",
+     True),
+    (429, error("You exceeded your current quota", "insufficient_quota", "insufficient_quota"),
+     "RateLimitError 429: insufficient_quota: You exceeded your current quota", False),
+    (400, error("This model's maximum context length is 16 tokens."),
+     "ContextWindowExceededError 400: This model's maximum context length", False),
+    (400, error("prompt too long", code="context_length_exceeded"), "ContextWindowExceededError 400", False),
+    (400, error("Invalid 'temperature'"), "BadRequestError 400: Invalid 'temperature'", False),
+    (422, "{\"detail\": \"bad field\"}", "BadRequestError 400: Error code: 422 - {\"detail\": \"bad field\"}", False),
+    (401, error("Incorrect API key provided: Bearer sk-abcdefghijklmnopqrstuvwxyz"),
+     "AuthenticationError 401: Incorrect API key provided: Bearer [REDACTED]", False),
+    (403, error("forbidden", "permission_error"), "PermissionDeniedError 403: forbidden", False),
+    (404, error("The model `x` does not exist", code="model_not_found"), "NotFoundError 404", False),
+    (500, error("boom", "server_error"), "InternalServerError 500: boom", True),
+    (502, "<html>bad gateway</html>", "BadGatewayError 502: Error code: 502 - <html>bad gateway</html>", True),
+    (503, error("overloaded", "server_error"), "ServiceUnavailableError 503: overloaded", True),
+    (504, "", "Timeout 408: Error code: 504 - ", True),
+    (418, "teapot", "APIError 418: Error code: 418 - teapot", True),
+])
+def test_error_answers_are_named_as_litellm_names_them(status: int, body: str, expected: str,
+                                                       retryable: bool) -> None:
+    err = _classify(provider_error(answer(status, body)), "w")
+    assert str(err).startswith(f"w: {expected}"), str(err)
+    assert err.retryable is retryable
+
+
+def test_retry_after_is_read_from_the_answer() -> None:
+    limited = provider_error(answer(429, error("slow down", "requests"), {"retry-after-ms": "1500"}))
+    assert _classify(limited, "w").retry_after == 1.5
+
+
+def test_litellm_errors_read_as_the_providers_own_message() -> None:
+    """litellm's wrapping ("litellm.RateLimitError: RateLimitError: OpenAIException - ") is cut, so that an error
+    reads the same from either client."""
+    from conductor_mcp.workers.llm import litellm_module
+
+    litellm = litellm_module()
+    request = httpx.Request("POST", LOCAL)
+    limited = litellm.RateLimitError("RateLimitError: OpenAIException - slow down", llm_provider="openai",
+                                     model="m", response=httpx.Response(429, request=request))
+    too_long = litellm.ContextWindowExceededError("ContextWindowExceededError: OpenAIException - too long",
+                                                  llm_provider="openai", model="m")
+    assert str(_classify(limited, "w")) == "w: RateLimitError 429: slow down"
+    assert str(_classify(too_long, "w")) == "w: ContextWindowExceededError 400: too long"
