@@ -1,7 +1,9 @@
-"""Replicas as a load balancer runs them, with real server processes: the probes (/healthz, /readyz, a 503 when the
-store is gone or lacks migrations), an MCP client and /v1 through nginx's round robin (deploy/nginx.conf) over two
-`--stateless` servers on one store, and SIGTERM: the runs handed back, resumed at once by the other server (a
-different host as far as the store can tell), and the process gone within its grace period."""
+"""Replicas as a load balancer runs them, with real server processes on one store, SQLite and PostgreSQL: the probes
+(/healthz, /readyz, a 503 when the store is gone or lacks migrations); an MCP client, the openai SDK and /v1 through
+nginx's round robin (deploy/nginx.conf) over two and three `--stateless` servers; SIGTERM (the runs handed back,
+adopted at once by another server, the process gone within its grace period); and kill -9 with a step in flight
+(the run adopted by a surviving server once its lease expires, no completed step paid again, and a client waiting
+on another server sees it through)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import openai
 import pytest
 from mcp import Client
 
@@ -101,8 +104,10 @@ def start_nginx(tmp_path: Path, upstream_ports: list[int]) -> tuple[subprocess.P
     upstream."""
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
     port = free_port()
-    names = iter(upstream_ports)
-    conf = re.sub(r"server replica\d:8765", lambda _: f"server 127.0.0.1:{next(names)}", conf)
+    line = re.search(r"^( *)server replica1:8765(.*)$", conf, re.M)
+    assert line is not None
+    servers = "\n".join(f"{line[1]}server 127.0.0.1:{p}{line[2]}" for p in upstream_ports)
+    conf = re.sub(r"(^ *server replica\d:8765.*\n)+", servers + "\n", conf, flags=re.M)
     conf = re.sub(r"listen 8080;", f"listen 127.0.0.1:{port};", conf)
     log = tmp_path / "access.log"
     conf = conf.replace("access_log /dev/stdout", f"access_log {log}").replace(
@@ -123,13 +128,24 @@ def start_nginx(tmp_path: Path, upstream_ports: list[int]) -> tuple[subprocess.P
     raise AssertionError("nginx did not start")
 
 
-async def test_mcp_client_and_v1_through_round_robin_over_stateless_replicas(
-        env: dict[str, str], tmp_path: Path, stop: list[subprocess.Popen[bytes]]) -> None:
-    a, port_a = start_http(env, "http", "--stateless")
-    stop.append(a)
-    b, port_b = start_http(env, "http", "--stateless")
-    stop.append(b)
-    nginx, port, log = start_nginx(tmp_path, [port_a, port_b])
+def start_replicas(env: dict[str, str], n: int, stop: list[subprocess.Popen[bytes]],
+                   **extra: str) -> list[int]:
+    """n stateless servers on env's store, each a different host as far as the store can tell (as containers
+    are); their ports."""
+    ports = []
+    for i in range(n):
+        proc, port = start_http({**env, "CONDUCTOR_HOST_ID": f"replica-{i}", **extra}, "http", "--stateless")
+        stop.append(proc)
+        ports.append(port)
+    return ports
+
+
+@pytest.mark.parametrize("backend,n", [("sqlite", 2), ("postgresql", 3)], indirect=["backend"])
+async def test_mcp_client_and_openai_sdk_through_round_robin_over_stateless_replicas(
+        env: dict[str, str], backend: str, n: int, tmp_path: Path, stop: list[subprocess.Popen[bytes]]) -> None:
+    env = {**env, "CONDUCTOR_DB": backend}
+    ports = start_replicas(env, n, stop)
+    nginx, port, log = start_nginx(tmp_path, ports)
     stop.append(nginx)
     log.write_text("")  # only the client's requests from here on
     heard: list[str] = []
@@ -147,66 +163,143 @@ async def test_mcp_client_and_v1_through_round_robin_over_stateless_replicas(
         r = await c.call_tool("resume", {"run_id": r.structured_content["run_id"], "wait_s": 30},
                               progress_callback=on_progress)
         assert r.structured_content is not None and r.structured_content["status"] == "completed"
+        r = await c.call_tool("solve", {"task": "Say hi.", "strategy": "single:fast", "wait_s": 30})
+        assert r.structured_content is not None and r.structured_content["status"] == "completed"
     assert heard, "no progress notification came through the balancer"
-    async with httpx.AsyncClient(base_url=f"http://localhost:{port}/v1", timeout=60) as http:
-        for _ in range(2):
-            resp = await http.post("/chat/completions", json={"model": "fast", "messages": [
-                {"role": "user", "content": "Say hi."}]})
-            assert resp.status_code == 200, resp.text
+    async with openai.AsyncOpenAI(base_url=f"http://localhost:{port}/v1", api_key="unused", max_retries=0) as sdk:
+        for _ in range(n):
+            done = await sdk.chat.completions.create(model="fast", messages=[{"role": "user", "content": "Say hi."}])
+            assert done.choices[0].message.content and done.choices[0].finish_reason == "stop"
+        stream = await sdk.chat.completions.create(model="fast", stream=True,
+                                                   messages=[{"role": "user", "content": "Say hi."}])
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+        assert text
+        models = await sdk.models.list()
+        assert {"fast", "strong"} <= {m.id for m in models.data}
     lines = [line for line in log.read_text().splitlines() if "/mcp" in line or "/v1/" in line]
     upstreams = [line.rsplit("upstream=", 1)[1] for line in lines]
-    assert all(" 20" in line for line in lines if '"POST /mcp' in line), lines  # every MCP request answered
+    assert all(" 20" in line for line in lines), lines  # every request answered
     posts = [u for line, u in zip(lines, upstreams, strict=True) if '"POST /mcp' in line]
-    assert len(posts) >= 8 and set(posts) == {f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"}
-    # round robin: consecutive requests alternate between the two servers
+    everyone = {f"127.0.0.1:{p}" for p in ports}
+    assert len(posts) >= 8 and set(posts) == everyone
+    # round robin: consecutive requests go to different servers
     assert sum(x != y for x, y in itertools.pairwise(posts)) >= len(posts) // 2, posts
-    assert {u for line, u in zip(lines, upstreams, strict=True) if "/v1/" in line} == set(posts)
+    assert {u for line, u in zip(lines, upstreams, strict=True) if "/v1/" in line} == everyone
 
 
-async def test_sigterm_hands_runs_back_for_another_server_and_exits_within_grace(
-        env: dict[str, str], server: ScriptedServer, stop: list[subprocess.Popen[bytes]]) -> None:
-    """A and B share the store but not a host name, as two containers would: without the hand-back, B would
-    refuse the run as another live process's until A's heartbeat is 30 s stale."""
+async def wait_for_step_in_flight(c: Client, run_id: str) -> None:
+    """Until the run's first step is done and its second (20 s on the slow worker) is being called."""
+    r = await c.call_tool("get_run", {"run_id": run_id})
+    with anyio.fail_after(30):
+        while r.structured_content is None or r.structured_content["steps"][0]["status"] != "completed":
+            await anyio.sleep(0.1)
+            r = await c.call_tool("get_run", {"run_id": run_id})
+    assert r.structured_content["status"] == "running"
+    assert r.structured_content["steps"][1]["status"] == "running"
+
+
+async def start_run(port: int) -> str:
+    async with Client(f"http://127.0.0.1:{port}/mcp") as c:
+        r = await c.call_tool("plan_workflow", {"task": "handover", "workflow": WORKFLOW})
+        assert r.structured_content is not None
+        run_id = str(r.structured_content["run_id"])
+        await c.call_tool("resume", {"run_id": run_id, "wait_s": 0.5})
+        await wait_for_step_in_flight(c, run_id)
+    return run_id
+
+
+def assert_paid_once(server: ScriptedServer, trace: dict[str, object], owners: set[str]) -> None:
+    """Step 0 was done before the replica went: never called again; step 1's call in flight ended with it."""
+    assert server.ok_calls_for("Your subtask:\nDraft one") == 1
+    assert server.ok_calls_for("Your subtask:\nMerge the drafts") == 1
+    steps = trace["steps"]
+    assert isinstance(steps, list)
+    assert [a["status"] for a in steps[0]["attempts"]] == ["ok"]
+    assert [a["status"] for a in steps[1]["attempts"]][-1] == "ok"
+    assert trace["owner"] is None or str(trace["owner"]).split(":")[0] in owners
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+async def test_sigterm_hands_runs_back_and_another_server_adopts_them_at_once(
+        env: dict[str, str], backend: str, server: ScriptedServer, stop: list[subprocess.Popen[bytes]]) -> None:
+    """A and B share the store but not a host name, as two containers would: without the hand-back, B would wait
+    for A's lease (30 s) to expire before adopting the run."""
     grace = 5.0
+    env = {**env, "CONDUCTOR_DB": backend, "CONDUCTOR_ADOPT_S": "0.5"}
     server.set_latency(model_latency={"scripted-slow": 20.0})  # the slow step is in flight at the signal
     a, port_a = start_http({**env, "CONDUCTOR_HOST_ID": "replica-a", "CONDUCTOR_GRACE_S": str(grace)},
                            "http", "--stateless")
     stop.append(a)
     b, port_b = start_http({**env, "CONDUCTOR_HOST_ID": "replica-b"}, "http", "--stateless")
     stop.append(b)
-    async with Client(f"http://127.0.0.1:{port_a}/mcp") as c:
-        r = await c.call_tool("plan_workflow", {"task": "handover", "workflow": WORKFLOW})
-        assert r.structured_content is not None
-        run_id = str(r.structured_content["run_id"])
-        r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 0.5})
-        with anyio.fail_after(30):
-            while r.structured_content is None or r.structured_content["steps"][0]["status"] != "completed":
-                await anyio.sleep(0.1)
-                r = await c.call_tool("get_run", {"run_id": run_id})
-        assert r.structured_content["status"] == "running"
-        assert r.structured_content["steps"][1]["status"] == "running"
-
-        async def waiting_call() -> None:  # a client waiting on the run when the signal comes
-            r = await c.call_tool("get_run", {"run_id": run_id, "wait_s": 60})
-            assert r.structured_content is not None
-            assert r.structured_content["status"] == "interrupted", r.structured_content
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(waiting_call)
-            await anyio.sleep(0.5)
-            started = time.monotonic()
-            a.send_signal(signal.SIGTERM)
-            await anyio.to_thread.run_sync(a.wait, grace + 2)  # TimeoutExpired: it outlived its grace
+    run_id = await start_run(port_a)
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "get_run", "arguments": {"run_id": run_id, "wait_s": 60}}}
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    async with httpx.AsyncClient(timeout=30) as http, \
+            http.stream("POST", f"http://127.0.0.1:{port_a}/mcp", json=call, headers=headers) as waiting:
+        # a client waiting on the run where it runs when the signal comes (its answer's headers are here: A has it)
+        assert waiting.status_code == 200
+        started = time.monotonic()
+        a.send_signal(signal.SIGTERM)
+        server.set_latency(model_latency={})  # for B's call: A's is in flight already
+        body = (await waiting.aread()).decode()
+        await anyio.to_thread.run_sync(a.wait, grace + 2)  # TimeoutExpired: it outlived its grace
+    answers = [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+    answer = next((m for m in answers if m.get("id") == 7), None)
+    assert answer is not None, a.stderr.read().decode()
+    # answered, not cut off: handed back, or already adopted by B
+    assert answer["result"]["structuredContent"]["status"] in ("interrupted", "running", "completed"), answer
     took = time.monotonic() - started
     assert took < grace + 1, took
     stderr = a.stderr.read().decode()  # type: ignore[union-attr]
     assert "1 run(s) handed back" in stderr, stderr
-    server.set_latency(model_latency={})
     async with Client(f"http://127.0.0.1:{port_b}/mcp") as c:
-        r = await c.call_tool("get_run", {"run_id": run_id})
-        assert r.structured_content is not None and r.structured_content["status"] == "interrupted"
-        r = await c.call_tool("resume", {"run_id": run_id, "wait_s": 30})  # at once: no stale heartbeat to wait for
+        # nobody calls resume: B adopts the handed-back run by itself at its next look, not after a lease expires
+        r = await c.call_tool("get_run", {"run_id": run_id, "wait_s": 30})
         assert r.structured_content is not None and r.structured_content["status"] == "completed", r
         trace = json.loads((await c.read_resource(f"conductor://runs/{run_id}")).contents[0].text)  # type: ignore[union-attr]
-    assert server.ok_calls_for("Your subtask:\nDraft one") == 1  # done before the signal: never again
+    assert time.monotonic() - started < grace + 3
+    assert_paid_once(server, trace, {"replica-b"})
     assert [a["status"] for a in trace["steps"][1]["attempts"]] == ["cancelled", "ok"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_kill_9_with_a_step_in_flight_the_run_completes_on_another_replica(
+        env: dict[str, str], backend: str, server: ScriptedServer, stop: list[subprocess.Popen[bytes]]) -> None:
+    """Three replicas; the one running the run is killed with a worker call in flight. Its lease (3 s here)
+    expires in the database's clock, the two survivors race to adopt the run, one wins and carries it on from the
+    first unfinished step, and a client waiting on a survivor sees the run through to its end."""
+    lease_s = 3.0
+    env = {**env, "CONDUCTOR_DB": backend, "CONDUCTOR_STALE_AFTER_S": str(lease_s), "CONDUCTOR_ADOPT_S": "0.5"}
+    server.set_latency(model_latency={"scripted-slow": 20.0})
+    ports = start_replicas(env, 3, stop)
+    victim = stop[0]
+    run_id = await start_run(ports[0])
+    heard: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append(message or "")
+
+    async with Client(f"http://127.0.0.1:{ports[1]}/mcp") as c:
+        async with anyio.create_task_group() as tg:
+            result: dict[str, object] = {}
+
+            async def waiting_call() -> None:
+                r = await c.call_tool("get_run", {"run_id": run_id, "wait_s": 60}, progress_callback=on_progress)
+                assert r.structured_content is not None
+                result.update(r.structured_content)
+
+            tg.start_soon(waiting_call)
+            await anyio.sleep(0.5)
+            victim.kill()
+            killed = time.monotonic()
+            server.set_latency(model_latency={})
+        took = time.monotonic() - killed
+        trace = json.loads((await c.read_resource(f"conductor://runs/{run_id}")).contents[0].text)  # type: ignore[union-attr]
+    assert result["status"] == "completed", result
+    assert lease_s < took < lease_s + 5, took  # not before the lease expired; within it plus a look or two
+    assert_paid_once(server, trace, {"replica-1", "replica-2"})
+    assert [a["status"] for a in trace["steps"][1]["attempts"]] == ["interrupted", "ok"]
+    assert any("step 1" in m and "completed" in m for m in heard), heard  # the waiting call heard the adopter
+    assert any("step 2" in m for m in heard), heard

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -121,6 +121,7 @@ class RunManager:
         self.handles: dict[str, RunHandle] = {}
         self.draining = False  # told to stop (drain): no new runs
         self._watchers: list[RunWatcher] = []
+        self.adopt_s = 0.0  # how often this server adopts orphaned runs (runs/replicas.py); 0: never
 
     @property
     def engine(self) -> Engine:
@@ -193,6 +194,10 @@ class RunManager:
         if self._tg is None:
             raise RuntimeError("RunManager needs `async with manager.running()` to start runs")
         return self._tg
+
+    def background(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start one of the server's own tasks (adopting orphaned runs) beside the runs; it ends with them."""
+        self._task_group().start_soon(func, *args)
 
     def watch(self, watcher: RunWatcher) -> Callable[[], None]:
         """Tell `watcher` of every change to a run's stored trace from now on, whoever made it (the MCP server's
@@ -355,6 +360,10 @@ class RunManager:
                 raise RunNotFound(f"run {run_id} is being planned; it is stored once the conductor has "
                                   "written its workflow") from None
             raise
+
+    def orphaned_runs(self) -> list[str]:
+        """Root runs stored as running whose owner is gone, oldest first (for runs/replicas.py to adopt)."""
+        return self._trace_store.orphaned_runs()
 
     def usage(self, run_id: str) -> tuple[Usage, Usage]:
         """What a run tree cost (its plans, steps, reviews and child runs), and the conductor's own share of it:

@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "balancer (default $CONDUCTOR_STATELESS); no server-initiated notifications")
         sp.add_argument("--grace-s", type=float, default=None,
                         help="seconds to exit in once told to stop (SIGTERM); default $CONDUCTOR_GRACE_S or 10")
+        sp.add_argument("--adopt-s", type=float, default=None,
+                        help="seconds between looks for runs whose server died, resumed here (0: never); "
+                             "default $CONDUCTOR_ADOPT_S, or the heartbeat interval over HTTP and never on stdio")
         common(sp, json_flag=False)
     return p
 

@@ -31,6 +31,7 @@ from .. import __version__
 from ..errors import ConductorError, RunNotFound, internal_message
 from ..models import MAX_STEPS_LIMIT, Access, Run, RunStatus, StepStatus, Usage
 from ..planners.base import PlanEvent, tell
+from ..runs.replicas import follow_stored
 from ..runs.request import MAX_TASK_CHARS, InputError, check_json
 from ..runs.run_manager import CancelWhen, Listener, Progress, RunManager
 from ..runs.workflows import field_problems
@@ -278,12 +279,19 @@ def reporter(ctx: AnyContext | None) -> Listener:
 
 async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext | None,
                    cancel: CancelWhen) -> RunOut:
-    """Follow the run up to wait_s, sending progress; `cancel`: whether a cancelled call cancels the run."""
+    """Follow the run up to wait_s, sending progress; `cancel`: whether a cancelled call cancels the run. A run
+    another server executes (replicas on one store) is followed through the store."""
+    report = reporter(ctx)
+    deadline = anyio.current_time() + wait_s
     handle = runs.active(run_id)
+    if handle is None and wait_s > 0:
+        with anyio.move_on_after(wait_s):
+            async for stored in follow_stored(runs, run_id, through_handover=runs.adopt_s > 0):
+                await report(stored)
+        handle = runs.active(run_id)  # this server adopted it meanwhile: follow it here for the time left
     if handle is not None:
-        report = reporter(ctx)
         async with runs.follow(handle, cancel=cancel) as following:
-            with anyio.move_on_after(wait_s):  # wait_s over: the run goes on
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):  # wait_s over: the run goes on
                 async for event in following:
                     await report(event)
         if handle.done.is_set() and ctx is not None:  # it ended while this call followed it

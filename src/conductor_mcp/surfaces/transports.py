@@ -33,11 +33,13 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigError
+from ..runs.replicas import adopt_every, adopt_orphans
 from ..runs.run_manager import RunManager
 from .mcp_server import build_server
 from .openai_api import OpenAIApp, send_error
 from .openai_chat import ApiError
 from .probes import Probes
+from .stdio_guard import serve_stdio
 from .web import announce, with_web_ui
 
 log = logging.getLogger(__name__)
@@ -261,6 +263,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+STREAMS_SETTLE_S = 0.5  # after the hand-back: calls that waited on the runs send their answers
 DEFAULT_GRACE_S = 10.0  # docker stop waits 10 s before SIGKILL; Kubernetes 30 s (terminationGracePeriodSeconds)
 
 
@@ -289,6 +292,11 @@ def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
     resumes it without waiting for a heartbeat to go stale; /readyz answers 503 meanwhile), then closes its listener,
     lets open requests end and exits: within grace_s seconds of the signal, forced if it must be."""
     import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    # sse-starlette ends every event stream the moment uvicorn is told to exit, so a tool call waiting on a run got
+    # its stream cut with no answer; here the streams end once the runs are handed back and the answers sent
+    AppStatus.enable_automatic_graceful_drain = False
 
     class Replica(uvicorn.Server):
         deadline: float | None = None
@@ -311,6 +319,8 @@ def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
             if running:
                 sys.stderr.write(f"mcp-conductor: stopping: {running} run(s) handed back for any server to resume\n")
                 sys.stderr.flush()
+            await anyio.sleep(min(STREAMS_SETTLE_S, max(0.0, deadline - time.monotonic() - 1)))
+            AppStatus.should_exit = True  # what still streams (an MCP session's GET stream) ends now
             # open requests (a tool call's stream, an MCP session's GET stream) get what is left, less a margin
             self.config.timeout_graceful_shutdown = max(1, int(deadline - time.monotonic() - 1))
             await super().shutdown(sockets)
@@ -320,12 +330,15 @@ def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
 
 def serve(args: argparse.Namespace) -> None:
     manager = RunManager(args.workers, args.db)
+    manager.adopt_s = adopt_every(getattr(args, "adopt_s", None), default_on=args.transport != "stdio")
     if args.transport == "stdio":
         server = build_server(manager=manager)
 
         async def run_stdio() -> None:
-            async with manager.running():
-                await server.run_stdio_async()
+            async with manager.running() as runs:
+                if runs.adopt_s:
+                    runs.background(adopt_orphans, runs, runs.adopt_s)
+                await serve_stdio(server)  # every line answered as JSON-RPC asks (stdio_guard)
 
         anyio.run(run_stdio)
         return
@@ -353,7 +366,9 @@ def serve(args: argparse.Namespace) -> None:
              open_browser=bool(getattr(args, "open", False)))
 
     async def run_http() -> None:
-        async with manager.running():
+        async with manager.running() as runs:
+            if runs.adopt_s:
+                runs.background(adopt_orphans, runs, runs.adopt_s)
             await replica_server(config, manager, grace_s).serve(sockets=[sock])
 
     anyio.run(run_http)
