@@ -17,7 +17,7 @@ from mcp import Client
 from mcp.server import MCPServer
 from mcp.shared.exceptions import MCPError
 
-from conductor_mcp.models import PlanInfo, RunStatus, WorkerSpec, Workflow
+from conductor_mcp.models import PlanInfo, RunOptions, RunStatus, WorkerSpec, Workflow
 from conductor_mcp.planners.gguf import GGUFPlanner
 from conductor_mcp.planners.prompts import planner_messages
 from conductor_mcp.planners.schema import max_plan_tokens
@@ -230,9 +230,9 @@ def with_child(tmp_path: Path) -> tuple[Path, str, str]:
     path = tmp_path / "traces.db"
     store = Store(path)
     wf = Workflow.model_validate({"steps": [{"worker": "fast", "instruction": "Draft"}]})
-    root = store.create_run("root task", wf, PlanInfo(source="host", planner="host"), {"kind": "root"})
+    root = store.create_run("root task", wf, PlanInfo(source="host", planner="host"), RunOptions(kind="root"))
     lease, _ = store.claim(root)
-    child = store.create_run("sub task", wf, PlanInfo(source="host", planner="host"), {"kind": "recursion"},
+    child = store.create_run("sub task", wf, PlanInfo(source="host", planner="host"), RunOptions(kind="recursion"),
                              parent=lease, parent_step=0)
     store.finish_run(lease, RunStatus.CANCELLED, error="stopped")
     store.close()

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,9 @@ import openai
 import pytest
 from mcp import Client
 
-from conductor_mcp.store import MIGRATIONS
+from conductor_mcp.models import PlanInfo, RunStatus, Workflow
+from conductor_mcp.runs.engine import HANDED_BACK
+from conductor_mcp.store import MIGRATIONS, open_store
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import WORKFLOW, server_env, write_manifest
@@ -303,3 +306,40 @@ async def test_kill_9_with_a_step_in_flight_the_run_completes_on_another_replica
     assert [a["status"] for a in trace["steps"][1]["attempts"]] == ["interrupted", "ok"]
     assert any("step 1" in m and "completed" in m for m in heard), heard  # the waiting call heard the adopter
     assert any("step 2" in m for m in heard), heard
+
+
+RACER = """
+import sys, time
+from conductor_mcp.errors import RunStateError
+from conductor_mcp.store import open_store
+store = open_store(sys.argv[1])
+while time.time() < float(sys.argv[3]):  # every racer claims at the same instant
+    pass
+try:
+    print("won", store.claim(sys.argv[2])[0].epoch)
+except RunStateError as exc:
+    print("lost", exc)
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_replicas_racing_to_adopt_one_run_one_wins(backend: str, tmp_path: Path) -> None:
+    """Four processes, each a different host as far as the store can tell, claim a handed-back run at the same
+    instant: the store lets exactly one have it; the others are told another live process runs it."""
+    store = open_store(backend)
+    try:
+        run_id = store.create_run("race", Workflow.model_validate(WORKFLOW), PlanInfo(source="host", planner="host"))
+        lease, _ = store.claim(run_id)
+        store.finish_run(lease, RunStatus.RUNNING, error=HANDED_BACK)  # as a stopping server leaves it
+        assert store.orphaned_runs() == [run_id]
+        go = time.time() + 4  # after the racers' imports
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, backend, run_id, str(go)],
+                                   env={**os.environ, "CONDUCTOR_HOST_ID": f"racer-{i}"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+        outcomes = [r.communicate(timeout=60)[0].strip() for r in racers]
+        assert sorted(o.split()[0] for o in outcomes) == ["lost", "lost", "lost", "won"], outcomes
+        assert f"won {lease.epoch + 1}" in outcomes
+        assert all("another live process" in o for o in outcomes if o.startswith("lost")), outcomes
+        assert str(store.get_run(run_id).owner).startswith("racer-") and store.orphaned_runs() == []
+    finally:
+        store.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conductor_mcp.models import PlanInfo, RunStatus, Workflow
+from conductor_mcp.models import PlanInfo, RunOptions, RunStatus, Workflow
 from conductor_mcp.runs.engine import Engine
 from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
@@ -26,7 +26,7 @@ def test_a_directive_in_a_task_or_instruction_stays_text(store: Store) -> None:
     out as the entity `#37;`, in the CLI's and the resource's diagram and in the web view's."""
     run_id = store.create_run(f"x {DIRECTIVE}", wf(DIRECTIVE, "50% more"), PLAN)
     lease, _ = store.claim(run_id)
-    store.create_run("a round", wf(DIRECTIVE), PLAN, {"round": 2}, parent=lease)
+    store.create_run("a round", wf(DIRECTIVE), PLAN, RunOptions(round=2), parent=lease)
     run = store.get_run(run_id)
     children = [store.get_run(c) for c in store.children(run_id)]
     manager = RunManager(engine=Engine(http_registry("http://127.0.0.1:9"), store))
@@ -43,8 +43,8 @@ def test_review_rounds_are_numbered_among_rounds(store: Store) -> None:
     run_id = store.create_run("t", wf("first try", "hard part"), PLAN)
     lease, _ = store.claim(run_id)
     store.create_run("hard part", wf("child step"), PLAN, parent=lease, parent_step=1)
-    store.create_run("t", wf("fix it"), PLAN, {"round": 2}, parent=lease)
-    store.create_run("t", wf("fix it again"), PLAN, {"round": 3}, parent=lease)
+    store.create_run("t", wf("fix it"), PLAN, RunOptions(round=2), parent=lease)
+    store.create_run("t", wf("fix it again"), PLAN, RunOptions(round=3), parent=lease)
     store.finish_run(lease, RunStatus.COMPLETED, answer="done")
     children = [store.get_run(c) for c in store.children(run_id)]
     text = mermaid(store.get_run(run_id), children)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from conductor_mcp.errors import LeaseLost, RunNotFound, RunStateError
-from conductor_mcp.models import Budget, PlanInfo, RunStatus, StepStatus, Usage, Workflow
+from conductor_mcp.models import Budget, PlanInfo, RunOptions, RunStatus, StepStatus, Usage, Workflow
 from conductor_mcp.store import MIGRATIONS, Lease, Store, open_store, owner_alive, process_owner
 
 from ..conftest import applied_migrations, execute, store_migrations
@@ -47,7 +47,7 @@ def test_run_ids_unguessable(any_store: Store) -> None:
 
 def test_lifecycle_and_usage(any_store: Store) -> None:
     store = any_store
-    run_id = store.create_run("t", WF, PLAN, {"workers": ["a"]})
+    run_id = store.create_run("t", WF, PLAN, RunOptions(workers=["a"]))
     run = store.get_run(run_id)
     assert run.status == RunStatus.PLANNED and [s.status for s in run.steps] == [StepStatus.PENDING] * 2
     lease, _ = store.claim(run_id)
@@ -63,7 +63,7 @@ def test_lifecycle_and_usage(any_store: Store) -> None:
     assert run.usage.total_tokens == 15 and run.usage.cost_usd is None
     store.finish_run(lease, RunStatus.COMPLETED, answer="ans")
     assert store.get_run(run_id).answer == "ans"
-    assert store.options(run_id) == {"workers": ["a"]}
+    assert store.options(run_id) == RunOptions(workers=["a"]).stored()
     with pytest.raises(RunNotFound, match="no run 'nope'"):
         store.get_run("nope")
 

@@ -217,7 +217,7 @@ class Engine:
                 wf, info = result.workflow, result.info
         options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer,
                              otel=run_span.link)  # so that a run resumed in another process links to its plan
-        run_id = self.store.create_run(task, wf, info, options.stored(), run_id=run_id)
+        run_id = self.store.create_run(task, wf, info, options, run_id=run_id)
         run = self.store.get_run(run_id)
         run_span.planned(run, options)
         return run
@@ -498,7 +498,7 @@ class Engine:
                         result = await planning
                         plan_span.planned(result.info, result.workflow)
                     child_opts = opts.model_copy(update={"kind": "recursion", "depth": depth})
-                    child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts.stored(),
+                    child_id = self.store.create_run(subtask, result.workflow, result.info, child_opts,
                                                      parent=lease, parent_step=i)
                 child = await self._execute(child_id, None, guard)
         except anyio.get_cancelled_exc_class():
@@ -544,7 +544,7 @@ class Engine:
                 # the review's calls are counted once, in `reviews` above: the round's plan (that same review)
                 # carries no usage, or every sum over the run tree would count them twice
                 plan = result.info.model_copy(update={"usage": Usage()})
-                child_id = self.store.create_run(run.task, result.workflow, plan, child_opts.stored(), parent=lease)
+                child_id = self.store.create_run(run.task, result.workflow, plan, child_opts, parent=lease)
             child = await self._execute(child_id, on_event, guard)
             if child.status != RunStatus.COMPLETED or child.answer is None:
                 status = child.status if child.status in FINAL else RunStatus.FAILED

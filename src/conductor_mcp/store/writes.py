@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..errors import RunNotFound, RunStateError
-from ..models import Budget, PlanInfo, Review, RunStatus, StepStatus, Usage, Workflow
+from ..models import Budget, PlanInfo, Review, RunOptions, RunStatus, StepStatus, Usage, Workflow
 from ..redact import redact, redact_optional
 from .base import Conn
 from .ids import new_run_id
@@ -21,7 +21,7 @@ FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.B
 
 class Writes(Ownership):
     # -- runs -----------------------------------------------------------------------------------
-    def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: dict[str, Any] | None = None,
+    def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None = None,
                    parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> str:
         """Store a planned run; a child run (recursion or a round) only under its parent's lease. `run_id`: an id
         from new_run_id() handed out before the plan was written (a run being planned in the background)."""
@@ -35,7 +35,7 @@ class Writes(Ownership):
                 "INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at,"
                 " parent_run_id, parent_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), redact(plan.model_dump_json()),
-                 json.dumps(options or {}), now, now, parent_run_id, parent_step),
+                 json.dumps(options.stored() if options else {}), now, now, parent_run_id, parent_step),
             )
             self._write_steps(db, run_id, workflow, 0)
         return run_id
