@@ -272,3 +272,24 @@ def test_http_answers_every_hostile_call_and_stores_nothing(http: tuple[RawHttp,
     assert status in (200, 400) and msg["id"] in (7, None) and refused(msg), (status, msg)
     assert proc.poll() is None
     assert root_run_ids(db) == []
+
+
+@pytest.mark.parametrize("text,code,param", [
+    (request_text(7, "solve", {"task": "fix \ud800 this", "wait_s": 0}), -32602, "task"),
+    (request_text(7, "get_run", {"run_id": "\udfff"}), -32602, "run_id"),
+    (request_text(7, "solve", {"task": Deep(3000), "wait_s": 0}), -32602, "task"),
+    ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": [1]}', -32600, None),
+    ('{"jsonrpc": "2.0", "id": 7, "method": ', -32700, None),
+])
+def test_http_names_what_the_sdk_refuses_to_parse(http: tuple[RawHttp, Any, Path], text: str, code: int,
+                                                  param: str | None) -> None:
+    """The SDK alone answers each of these 400 with -32700 and a column; the same answer as over stdio instead."""
+    client, proc, db = http
+    status, msg = client.call(7, text)
+    assert status == 400 and msg["error"]["code"] == code, msg
+    assert msg["id"] == (None if code == -32700 else 7), msg
+    named = (msg["error"].get("data") or {}).get("param")
+    assert named == param or str(named).startswith(f"{param}[0][0]"), msg  # the path to the deep part
+    if param:
+        assert f"Invalid params: {param}" in msg["error"]["message"], msg
+    assert proc.poll() is None and root_run_ids(db) == []

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import ConfigError
 from ..runs.replicas import adopt_every, adopt_orphans
 from ..runs.run_manager import RunManager
+from .http_guard import NamedRefusals
 from .mcp_server import build_server
 from .openai_api import OpenAIApp, send_error
 from .openai_chat import ApiError
@@ -233,7 +234,8 @@ def http_app(manager: RunManager, transport: str, host: str, port: int, allowed_
     server = build_server(manager=manager)
     security = security_settings(host, port, allowed_hosts, allowed_origins)
     if transport == "http":
-        mcp_app: Any = server.streamable_http_app(transport_security=security, host=host, stateless_http=stateless)
+        mcp_app: Any = NamedRefusals(server.streamable_http_app(transport_security=security, host=host,
+                                                                 stateless_http=stateless))
     elif stateless:
         raise ConfigError("--stateless needs --transport http: SSE keeps each client's stream in one process")
     else:
