@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 
 def write_manifest(tmp_path: Path, base_url: str, **extra: str) -> Path:
@@ -27,3 +31,25 @@ WORKFLOW = {"steps": [
     {"worker": "slow", "instruction": "Draft two", "access": "none"},
     {"worker": "strong", "instruction": "Merge the drafts", "access": "all"},
 ]}
+
+
+def stop_proc(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def require_npx(test: str) -> None:
+    """`test` (the MCP Inspector CLI's, the conformance suite's) drives a third-party client through npx: a missing
+    npx fails it (CI must run it), unless CONDUCTOR_SKIP_INSPECTOR=1 asks for a skip on purpose."""
+    if os.environ.get("CONDUCTOR_SKIP_INSPECTOR") == "1":
+        pytest.skip(f"CONDUCTOR_SKIP_INSPECTOR=1: {test} is skipped on request")
+    if shutil.which("npx") is None:
+        pytest.fail(f"npx (Node.js 20+ with npm) is missing, and {test} needs it: install Node.js and npm (`make "
+                    "test` does so on a root machine with apt-get), or set CONDUCTOR_SKIP_INSPECTOR=1 to skip this "
+                    "test on purpose", pytrace=False)

@@ -27,7 +27,7 @@ from conductor_mcp.workers.registry import load_registry
 from .. import conftest
 from ..conftest import root_run_ids
 from ..servers.openai_server import ScriptedServer
-from .mcp_helpers import WORKFLOW, server_env, write_manifest
+from .mcp_helpers import WORKFLOW
 
 CLI = [sys.executable, "-m", "conductor_mcp"]
 
@@ -40,11 +40,6 @@ def ok(env: dict[str, str], *args: str) -> str:
     proc = cli(env, *args)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
     return proc.stdout
-
-
-@pytest.fixture
-def env(tmp_path: Path, server: ScriptedServer) -> dict[str, str]:
-    return server_env(tmp_path, write_manifest(tmp_path, server.base_url))
 
 
 @pytest.fixture

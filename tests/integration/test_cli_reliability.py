@@ -26,11 +26,6 @@ def cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.Com
                           env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def env(tmp_path: Path, server: ScriptedServer) -> dict[str, str]:
-    return server_env(tmp_path, write_manifest(tmp_path, server.base_url))
-
-
 def one_run(path: Path) -> str:
     store = Store(path)
     run_id = store.create_run("an old task", Workflow.model_validate(WORKFLOW), PlanInfo(source="host",

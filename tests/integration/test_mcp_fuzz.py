@@ -24,9 +24,8 @@ from hypothesis import strategies as st
 from conductor_mcp.runs.request import MAX_JSON_DEPTH, MAX_TASK_CHARS
 
 from ..conftest import root_run_ids
-from .mcp_helpers import WORKFLOW, server_env
+from .mcp_helpers import WORKFLOW, server_env, stop_proc
 from .test_mcp_transports import HEADERS, INIT, start_http
-from .test_openai_api import stop_proc
 from .test_stdio_jsonrpc import ANSWER_S, NO_MODEL, RawStdio, start_raw_stdio
 
 EXAMPLES = 400  # generated calls a transport, plus 5 canonical ones: a few seconds each, on 2 slow cores

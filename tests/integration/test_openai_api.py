@@ -21,7 +21,7 @@ from conductor_mcp.models import PlanInfo
 from conductor_mcp.store import Store
 
 from ..servers.openai_server import ScriptedServer, count_tokens
-from .mcp_helpers import server_env
+from .mcp_helpers import server_env, stop_proc
 from .test_mcp_transports import STRONG_TOKEN, start_http
 
 pytestmark = pytest.mark.anyio
@@ -72,15 +72,6 @@ def serve(tmp: Path, base_url: str, *extra: str, host: str = "127.0.0.1", transp
     env.pop("CONDUCTOR_TEST_ABSENT_KEY", None)
     proc, port = start_http(env, transport, *extra, host=host)
     return Served(port, tmp / "traces.db", proc)
-
-
-def stop_proc(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ import pytest
 from conductor_mcp.store import Store
 
 from ..servers.openai_server import ScriptedServer
-from .mcp_helpers import server_env
+from .mcp_helpers import server_env, stop_proc
 from .test_mcp_transports import start_http
-from .test_openai_api import stop_proc
 
 ABSENT = "CONDUCTOR_FUZZ_ABSENT_KEY"  # the conductor's key, unset: fuzzed runs are one step or moa, never planned
 

@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -31,26 +30,11 @@ from conductor_mcp.runs.engine import HANDED_BACK
 from conductor_mcp.store import MIGRATIONS, open_store
 
 from ..servers.openai_server import ScriptedServer
-from .mcp_helpers import WORKFLOW, server_env, write_manifest
+from .mcp_helpers import WORKFLOW
 from .test_mcp_transports import STRONG_TOKEN, exercise, free_port, start_http
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def env(tmp_path: Path, server: ScriptedServer) -> dict[str, str]:
-    return server_env(tmp_path, write_manifest(tmp_path, server.base_url))
-
-
-@pytest.fixture
-def stop() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def probe(port: int, path: str, **kw: object) -> httpx.Response:
@@ -59,7 +43,8 @@ def probe(port: int, path: str, **kw: object) -> httpx.Response:
 
 def test_probes_answer_without_token_and_say_when_the_store_is_not_ready(
         env: dict[str, str], tmp_path: Path, stop: list[subprocess.Popen[bytes]]) -> None:
-    env = {**env, "CONDUCTOR_TOKEN": STRONG_TOKEN}
+    # the server's look for orphaned runs comes often, and meets the store gone and unmigrated: it must outlive that
+    env = {**env, "CONDUCTOR_TOKEN": STRONG_TOKEN, "CONDUCTOR_ADOPT_S": "0.1"}
     proc, port = start_http(env, "http")
     stop.append(proc)
     # a kubelet sends the pod's address as Host and no token: both probes answer, and nothing else does
@@ -89,7 +74,9 @@ def test_probes_answer_without_token_and_say_when_the_store_is_not_ready(
     r = probe(port, "/readyz")
     assert (r.status_code, r.json()) == (503, {"status": "not ready", "reason": "the trace store does not answer"})
     assert str(tmp_path) not in r.text
+    time.sleep(0.5)  # a few looks for orphaned runs on the missing store
     assert probe(port, "/healthz").status_code == 200  # alive all the while: restarting it would not help
+    assert proc.poll() is None
 
 
 def nginx_binary() -> str:

@@ -65,24 +65,6 @@ def write_manifest(tmp_path: Path, base_url: str) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path, server: ScriptedServer) -> dict[str, str]:
-    return server_env(tmp_path, write_manifest(tmp_path, server.base_url))
-
-
-@pytest.fixture
-def stop() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-@pytest.fixture
 def shots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("CONDUCTOR_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)

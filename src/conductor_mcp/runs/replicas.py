@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import ConductorError, ConfigError
+from ..errors import ConfigError, internal_message
 from ..models import RunStatus, StepStatus
 from .run_manager import RunManager
 
@@ -57,18 +57,18 @@ async def adopt_orphans(runs: RunManager, every_s: float) -> None:
     while not runs.draining:
         try:
             orphans = runs.orphaned_runs()
-        except ConductorError as exc:  # the store is unreachable for now: the next look tries again
-            log.warning("looking for orphaned runs failed: %s", exc)
+        except Exception as exc:  # the store unreachable or not migrated yet (readyz says so): the next look tries
+            log.warning("looking for orphaned runs failed: %s", internal_message(exc))
             orphans = []
         for run_id in orphans:
             if runs.draining or runs.active(run_id) is not None:
                 continue
             try:
                 runs.resume(run_id)
-            except ConductorError as exc:
+            except Exception as exc:  # never the server's end: a run it cannot take is left for another
                 if run_id not in refused:
                     refused.add(run_id)
-                    log.warning("not adopting run %s: %s", run_id, exc)
+                    log.warning("not adopting run %s: %s", run_id, internal_message(exc))
             else:
                 log.info("adopting run %s: its owner is gone", run_id)
         await anyio.sleep(every_s)

@@ -153,9 +153,11 @@ class Ownership(StoreBase):
         adopts them (claim, then carry on from the first unfinished step)."""
         with self._read() as db:
             now = self._now(db)
+            # the partial index runs_running serves this: the status a literal (a parameter would not prove the
+            # index's condition), and the parent test one no other index can take (SQLite would pick runs_parent)
             rows = db.execute("SELECT id, status, owner, heartbeat_at, lease_expires_at FROM runs"
-                              " WHERE status=? AND parent_run_id IS NULL ORDER BY updated_at, id",
-                              (RunStatus.RUNNING.value,)).fetchall()
+                              f" WHERE status='{RunStatus.RUNNING.value}' AND COALESCE(parent_run_id, '') = ''"
+                              " ORDER BY updated_at, id").fetchall()
         return [str(r["id"]) for r in rows if not self._alive(r, now)][:limit]
 
     def get_run(self, run_id: str) -> Run:

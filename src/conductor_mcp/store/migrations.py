@@ -108,6 +108,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("007_lease_expiry", """
         ALTER TABLE runs ADD COLUMN lease_expires_at REAL;
     """),
+    # Every replica looks for orphaned runs every few seconds: without it, each look reads every stored run.
+    ("008_running_runs", """
+        CREATE INDEX runs_running ON runs(updated_at, id) WHERE status = 'running';
+    """),
 ]
 
 MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
