@@ -88,7 +88,9 @@ class _PgConn:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str | Path | None = None, min_size: int = 1, max_size: int = 8) -> None:
+    # the engine's store calls run on the event loop one at a time, so a replica holds one connection at a time and a
+    # second for the web view's and probes' threads: 4 leaves room, and 25 replicas stay under PostgreSQL's 100
+    def __init__(self, url: str | Path | None = None, min_size: int = 1, max_size: int = 4) -> None:
         from . import resolve_target
 
         url = str(resolve_target(url))
