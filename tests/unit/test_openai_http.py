@@ -7,10 +7,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from conductor_mcp.models import WorkerSpec
+from conductor_mcp.models import Manifest, WorkerSpec
 from conductor_mcp.workers.openai_http import OPENAI_BASE, Endpoint, endpoint
-from conductor_mcp.workers.pool import _classify
+from conductor_mcp.workers.pool import _classify, uses_litellm
 from conductor_mcp.workers.provider_errors import provider_error
+from conductor_mcp.workers.registry import build_registry
 
 LOCAL = "http://127.0.0.1:8080/v1"
 
@@ -33,6 +34,19 @@ def spec(**fields: object) -> WorkerSpec:
 ])
 def test_which_workers_go_direct(fields: dict[str, object], expected: Endpoint | None) -> None:
     assert endpoint(spec(**fields)) == expected
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"model": "openai/qwen2.5", "api_base": LOCAL, "price": {"input_per_mtok": 1, "output_per_mtok": 2}}, False),
+    ({"model": "openai/qwen2.5", "api_base": LOCAL}, True),  # unpriced: priced from litellm's list
+    ({"model": "openai/qwen2.5", "api_base": LOCAL, "client": "litellm",
+      "price": {"input_per_mtok": 1, "output_per_mtok": 2}}, True),
+    ({"gguf": "bundled"}, False),
+])
+def test_litellm_is_loaded_only_where_a_call_needs_it(fields: dict[str, object], expected: bool) -> None:
+    # the server warms litellm at start (and the CLI imports it) only when some call will use it
+    registry = build_registry(Manifest(workers=[spec(**fields)]), "test")
+    assert uses_litellm(registry) is expected
 
 
 @pytest.mark.parametrize(("fields", "message"), [

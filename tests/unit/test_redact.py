@@ -44,3 +44,13 @@ def test_the_cli_log_format_masks_tracebacks(monkeypatch: pytest.MonkeyPatch) ->
     out = RedactingFormatter("%(message)s").format(record)
     assert "Traceback" in out and "RuntimeError: 401: invalid key [REDACTED]" in out
     assert "value-of-the-key-42" not in out and "tok-abcdefgh123" not in out
+
+
+def test_a_key_set_or_rotated_after_a_call_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the secret values are cached against the environment: any change to it is seen at the next call
+    monkeypatch.setenv("ROTATED_API_KEY", "first-value-123456")
+    assert redact("first-value-123456") == "[REDACTED]"
+    monkeypatch.setenv("ROTATED_API_KEY", "second-value-123456")
+    assert redact("first-value-123456 second-value-123456") == "first-value-123456 [REDACTED]"
+    monkeypatch.setenv("LATE_TOKEN", "late-value-1234567")
+    assert redact("late-value-1234567, BEARER abcdefgh123") == "[REDACTED], BEARER [REDACTED]"

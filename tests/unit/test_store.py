@@ -217,3 +217,18 @@ def test_only_a_finished_run_is_rated(any_store: Store) -> None:
     legacy = store.create_run("rated while planned, before the rule", WF, PLAN)
     execute(store, "UPDATE runs SET reward=1.0, reward_source='user', rated_at=? WHERE id=?", time.time(), legacy)
     assert legacy not in {r["id"] for r in store.rated_runs()} and len(store.rated_runs()) == 4
+
+
+def test_add_run_answers_the_run_as_it_reads_back(any_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the engine takes a planned run from add_run, unread: it must be the run get_run reads, redaction included
+    monkeypatch.setenv("SOME_API_KEY", "secret-value-123456")
+    plan = PlanInfo(source="conductor", planner="p", attempts=2, notes=["saw secret-value-123456"],
+                    usage=Usage(prompt_tokens=5, completion_tokens=7, cost_usd=0.01, calls=1))
+    wf = Workflow.model_validate({"steps": [{"worker": "a", "instruction": "x"},
+                                            {"worker": "b", "instruction": "y", "access": [0]},
+                                            {"worker": "a", "instruction": "z", "access": "all"}]})
+    run = any_store.add_run("task", wf, plan, RunOptions(max_steps=3))
+    assert run == any_store.get_run(run.id) and "secret-value" not in run.plan.model_dump_json()
+    lease, _ = any_store.claim(run.id)
+    child = any_store.add_run("sub", WF, PLAN, RunOptions(kind="recursion", depth=1), parent=lease, parent_step=1)
+    assert child == any_store.get_run(child.id) and child.parent_run_id == run.id and child.parent_step == 1

@@ -217,8 +217,7 @@ class Engine:
                 wf, info = result.workflow, result.info
         options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer,
                              otel=run_span.link)  # so that a run resumed in another process links to its plan
-        run_id = self.store.create_run(task, wf, info, options, run_id=run_id)
-        run = self.store.get_run(run_id)
+        run = self.store.add_run(task, wf, info, options, run_id=run_id)
         run_span.planned(run, options)
         return run
 

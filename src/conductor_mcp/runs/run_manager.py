@@ -64,6 +64,7 @@ class RunHandle:
     planning: bool = False  # the conductor is still writing the workflow: the store has no run yet
     error: str | None = None  # why a run ended before it was stored (planning failed or was cancelled)
     followers: list[MemoryObjectSendStream[Progress]] = field(default_factory=list)  # one per follow() block
+    final: Run | None = None  # the run as its execution here left it: its waiters need not read it again
 
     def end(self) -> None:
         """The run is over, stored or not: its waiters wake, and its followers' events end."""
@@ -155,13 +156,18 @@ class RunManager:
         if self._tg is not None:
             yield self
             return
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                yield self
-            finally:
-                self._tg = None
-                tg.cancel_scope.cancel()  # shutdown: runs end `cancelled`, resumable later
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    yield self
+                finally:
+                    self._tg = None
+                    tg.cancel_scope.cancel()  # shutdown: runs end `cancelled`, resumable later
+        finally:  # every run has ended: close the direct client's pooled connections
+            if self._engine is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._engine.pool.aclose()
 
     def active(self, run_id: str) -> RunHandle | None:
         handle = self.handles.get(run_id)
@@ -244,7 +250,7 @@ class RunManager:
         async def body() -> None:
             try:
                 with handle.scope:
-                    await engine.execute_checked(run_id, sink, budget)
+                    handle.final = await engine.execute_checked(run_id, sink, budget)
             except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
@@ -292,7 +298,7 @@ class RunManager:
                     await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
                                             steps=len(run.workflow.steps), source=run.plan.source,
                                             note=fallback_reason(run)))
-                    await engine.execute_checked(run.id, sink)  # planned just now: nothing to check
+                    handle.final = await engine.execute_checked(run.id, sink)  # planned just now: nothing to check
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:
@@ -365,11 +371,11 @@ class RunManager:
         """Root runs stored as running whose owner is gone, oldest first (for runs/replicas.py to adopt)."""
         return self._trace_store.orphaned_runs()
 
-    def usage(self, run_id: str) -> tuple[Usage, Usage]:
+    def usage(self, run_id: str, run: Run | None = None) -> tuple[Usage, Usage]:
         """What a run tree cost (its plans, steps, reviews and child runs), and the conductor's own share of it:
-        its planning and review calls."""
+        its planning and review calls. `run`: the run, if the caller has just read it."""
         store = self._trace_store
-        run = store.get_run(run_id)
+        run = run if run is not None else store.get_run(run_id)
         total, conductor = run.usage, run.plan.usage  # counted as store.tree_usage counts, in one walk
         for review in self.options(run_id).reviews:
             total, conductor = total + review.info.usage, conductor + review.info.usage

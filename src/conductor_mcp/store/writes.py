@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..errors import RunNotFound, RunStateError
-from ..models import Budget, PlanInfo, Review, RunOptions, RunStatus, StepStatus, Usage, Workflow
+from ..models import Budget, PlanInfo, Review, Run, RunOptions, RunStatus, StepRecord, StepStatus, Usage, Workflow
 from ..redact import redact, redact_optional
 from .base import Conn
 from .ids import new_run_id
@@ -25,8 +25,15 @@ class Writes(Ownership):
                    parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> str:
         """Store a planned run; a child run (recursion or a round) only under its parent's lease. `run_id`: an id
         from new_run_id() handed out before the plan was written (a run being planned in the background)."""
+        return self.add_run(task, workflow, plan, options, parent, parent_step, run_id).id
+
+    def add_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None = None,
+                parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> Run:
+        """create_run, answering the run as get_run would read it back (planned, its steps pending), without
+        reading it: a planned run is known from what was written."""
         run_id = run_id or new_run_id()
         parent_run_id = parent.run_id if parent else None
+        plan_json = redact(plan.model_dump_json())
         with self._tx() as db:
             if parent is not None:
                 self._hold(db, parent)
@@ -34,11 +41,15 @@ class Writes(Ownership):
             db.execute(
                 "INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at,"
                 " parent_run_id, parent_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), redact(plan.model_dump_json()),
+                (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), plan_json,
                  json.dumps(options.stored() if options else {}), now, now, parent_run_id, parent_step),
             )
             self._write_steps(db, run_id, workflow, 0)
-        return run_id
+        return Run(id=run_id, task=task, status=RunStatus.PLANNED, workflow=workflow,
+                   plan=PlanInfo.model_validate_json(plan_json),  # as stored: redacted
+                   steps=[StepRecord(index=i, worker=s.worker, instruction=s.instruction, access=s.access,
+                                     status=StepStatus.PENDING) for i, s in enumerate(workflow.steps)],
+                   created_at=now, updated_at=now, parent_run_id=parent_run_id, parent_step=parent_step)
 
     def _write_steps(self, db: Conn, run_id: str, workflow: Workflow, start: int) -> None:
         for i, step in enumerate(workflow.steps[start:], start):

@@ -41,12 +41,13 @@ def _manager(args: argparse.Namespace, calls_workers: bool = True) -> RunManager
     command line names is checked against the registry before the store opens or a model loads."""
     from ..runs.run_manager import RunManager
     from ..workers.llm import litellm_module
+    from ..workers.pool import uses_litellm
     from ..workers.registry import load_registry
 
     registry = load_registry(args.workers)
     if hasattr(args, "use"):
         _check_request(registry, args)
-    if registry.conductor.model or (calls_workers and any(s.available and s.spec.model for s in registry.states)):
+    if registry.conductor.model or (calls_workers and uses_litellm(registry)):
         # litellm's import takes seconds on the event loop: inside the first call it would eat that call's
         # time limit, and on a busy machine time it out
         litellm_module()

@@ -25,7 +25,13 @@ import anyio.lowlevel
 from mcp.server.connection import Connection, allowed_log_levels
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated, SubscriptionBus
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    SubscriptionBus,
+)
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
@@ -63,6 +69,7 @@ STEP_TEMPLATE = "conductor://runs/{run_id}/steps/{index}"
 RUN_TEMPLATES = frozenset({RUN_TEMPLATE, STEP_TEMPLATE, "conductor://runs/{run_id}/diagram"})
 MAX_COMPLETIONS = 100  # the protocol's cap on one completion's values
 MAX_SUBSCRIPTIONS = 1000  # per connection: a client cannot grow the server without bound
+MAX_KNOWN_RUNS = 4096  # runs whose resource URIs are kept: a run changes several times, its URIs never
 Handler = Callable[[ServerRequestContext[Any, Any], Any], Awaitable[HandlerResult]]
 
 
@@ -175,10 +182,11 @@ async def log_step(ctx: ServerRequestContext[Any, Any], run_id: str, step: StepR
         await send_log(ctx, level, message, run_id)
 
 
-async def log_end(ctx: ServerRequestContext[Any, Any], runs: RunManager, run_id: str) -> None:
-    """How a followed run ended: completed, failed, cancelled, or stopped by its budget."""
+async def log_end(ctx: ServerRequestContext[Any, Any], runs: RunManager, run_id: str, run: Run | None = None) -> None:
+    """How a followed run ended: completed, failed, cancelled, or stopped by its budget (`run`: the ended run, if
+    the caller has it)."""
     try:
-        run = runs.get(run_id)
+        run = run if run is not None else runs.get(run_id)
     except ConductorError as exc:  # ended before it was stored: planning failed or was cancelled
         await send_log(ctx, "error", str(exc), run_id)
         return
@@ -195,6 +203,29 @@ async def log_end(ctx: ServerRequestContext[Any, Any], runs: RunManager, run_id:
 
 # -- subscriptions and completions ------------------------------------------------------------------
 
+class CountedBus(InMemorySubscriptionBus):
+    """The in-process bus, knowing whether anyone listens: with no listener (and no subscribed connection) a run's
+    changes are not even read from the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners = 0
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listeners += 1
+        done = False
+
+        def once() -> None:  # idempotent, as the bus's own is
+            nonlocal done
+            if not done:
+                done = True
+                self.listeners -= 1
+            unsubscribe()
+
+        return once
+
+
 class Audience:
     """The server's clients as runs change: the handshake-era connections with the URIs each subscribed to, and
     the subscriptions/listen bus. RunManager tells it of every change (`run_changed`); a task of the server's
@@ -203,9 +234,10 @@ class Audience:
 
     def __init__(self, runs: RunManager, bus: SubscriptionBus | None = None) -> None:
         self.runs = runs
-        self.bus: SubscriptionBus = bus if bus is not None else InMemorySubscriptionBus()
+        self.bus: SubscriptionBus = bus if bus is not None else CountedBus()
         self.peers: dict[Connection, set[str]] = {}  # handshake-era connections: the URIs each subscribed to
         self._changed: dict[str, None] = {}  # run ids, in order
+        self._uris: dict[str, list[str]] = {}  # run_uris of runs seen lately: fixed once a run is stored
         self._added = False
         self._wake = anyio.Event()
         self._loop: tuple[anyio.lowlevel.EventLoopToken, int] | None = None  # serving's loop, and its thread
@@ -315,18 +347,38 @@ class Audience:
                 if added:  # a new run: every handshake-era client hears it, as the capability promises
                     for connection in list(self.peers):
                         await self._notify(connection, connection.send_resource_list_changed)
-                    await self.bus.publish(ResourcesListChanged())
+                    if self._bus_heard():
+                        await self.bus.publish(ResourcesListChanged())
                 for run_id in changed:
                     await self._updated(run_id)
             except Exception:  # notifications are advisory: one that fails never stops the next ones
                 log.warning("resource notifications not sent", exc_info=True)
 
+    def _bus_heard(self) -> bool:
+        return not isinstance(self.bus, CountedBus) or self.bus.listeners > 0
+
+    def _heard(self) -> bool:
+        """Whether a resource update can reach anyone: a connection with subscriptions, or a bus listener."""
+        return any(self.peers.values()) or self._bus_heard()
+
+    def _run_uris(self, run_id: str) -> list[str] | None:
+        uris = self._uris.get(run_id)
+        if uris is None:
+            try:
+                uris = run_uris(self.runs.get(run_id))
+            except ConductorError:
+                return None  # never stored (its planning failed): no resource of it ever existed
+            if len(self._uris) >= MAX_KNOWN_RUNS:
+                del self._uris[next(iter(self._uris))]  # the oldest
+            self._uris[run_id] = uris
+        return uris
+
     async def _updated(self, run_id: str) -> None:
-        try:
-            run = self.runs.get(run_id)
-        except ConductorError:
-            return  # never stored (its planning failed): no resource of it ever existed
-        uris = run_uris(run)
+        if not self._heard():
+            return
+        uris = self._run_uris(run_id)
+        if uris is None:
+            return
         for connection, subscribed in list(self.peers.items()):
             for uri in uris:
                 if uri in subscribed:

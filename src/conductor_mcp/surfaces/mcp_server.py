@@ -233,11 +233,13 @@ def _result(model: BaseModel, run_id: str, text: str | None = None) -> CallToolR
 async def warm_litellm(runs: RunManager) -> None:
     """Import litellm on a thread before serving: its import takes seconds, and done by the first worker call it
     would hold the event loop (every other request and run) meanwhile. Only for manifests that use it."""
+    from ..workers.pool import uses_litellm
+
     try:
         registry = runs.registry
     except ConductorError:
         return  # a bad manifest: the first tool call reports it
-    if registry.conductor.model or any(s.spec.backend == "litellm" for s in registry.states):
+    if uses_litellm(registry):  # the direct client calls OpenAI-compatible workers without it
         from ..workers.llm import litellm_module
 
         await anyio.to_thread.run_sync(litellm_module)
@@ -295,15 +297,17 @@ async def wait_for(runs: RunManager, run_id: str, wait_s: float, ctx: AnyContext
                 async for event in following:
                     await report(event)
         if handle.done.is_set() and ctx is not None:  # it ended while this call followed it
-            await log_end(ctx.request_context, runs, run_id)
+            await log_end(ctx.request_context, runs, run_id, handle.final)
         if handle.planning:  # no run in the store yet: the plan is still being written
             return RunOut(run_id=run_id, status=RunStatus.RUNNING.value, steps=[], tokens=0, cost_usd=None,
                           calls=0, trace_uri=_uri(run_id))
+        if handle.final is not None:  # it ended here: as its execution left it
+            return _out(runs, handle.final)
     return _out(runs, runs.get(run_id))
 
 
 def _out(runs: RunManager, run: Run) -> RunOut:
-    return _run_out(run, runs.tree_usage(run.id))
+    return _run_out(run, runs.usage(run.id, run)[0])  # the tree's usage, as tree_usage counts it, from `run`
 
 
 def run_result(result: RunOut) -> CallToolResult:

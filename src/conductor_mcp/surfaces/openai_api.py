@@ -80,13 +80,13 @@ class ChatRuns:
         if handle.error is not None:
             raise ApiError(502, f"run {handle.run_id}: {handle.error}", "server_error", code="planning_failed",
                            retry=False)
-        return self.runs.get(handle.run_id)
+        return handle.final if handle.final is not None else self.runs.get(handle.run_id)
 
     def get(self, run_id: str) -> Run:
         return self.runs.get(run_id)
 
-    def usage(self, run_id: str) -> tuple[Usage, Usage]:
-        return self.runs.usage(run_id)
+    def usage(self, run: Run) -> tuple[Usage, Usage]:
+        return self.runs.usage(run.id, run)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -188,7 +188,7 @@ class OpenAIApp:
             try:
                 await following.wait()
                 run = self.chat.result(handle)
-                total, conductor = self.chat.usage(run.id)
+                total, conductor = self.chat.usage(run)
                 ext = extension(run, total, conductor)
                 reason = finish_reason(run, ext)
                 answer = {"id": req.id, "object": "chat.completion", "created": req.created, "model": req.model,
@@ -247,7 +247,7 @@ class StreamAnswer:
                                                          "trace_uri": trace_uri(handle.run_id)}))
                 await self._progress(write, following)
                 run = self.chat.result(handle)
-                total, conductor = self.chat.usage(run.id)
+                total, conductor = self.chat.usage(run)
                 ext = extension(run, total, conductor)
                 reason = finish_reason(run, ext)
                 await write(self.chunk({"reasoning_content": end_text(run, total)}))

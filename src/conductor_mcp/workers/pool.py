@@ -25,7 +25,7 @@ from .local_model import LocalModel
 from .openai_http import Endpoint, HttpClients, endpoint, http_complete
 from .registry import Registry
 
-__all__ = ["Reply", "WorkerPool", "litellm_module"]
+__all__ = ["Reply", "WorkerPool", "litellm_module", "uses_litellm"]
 log = logging.getLogger(__name__)
 # What litellm puts before a provider's own message ("litellm.RateLimitError: RateLimitError: OpenAIException - "):
 # cut, so that an error reads the same from either client and says what the provider said
@@ -97,6 +97,14 @@ def _retry_after(exc: Exception) -> float | None:
             except (TypeError, ValueError):
                 continue  # an HTTP date: fall back to our own backoff
     return None
+
+
+def uses_litellm(registry: Registry) -> bool:
+    """Whether calls through this registry may import litellm: for the remote conductor, a worker the direct client
+    does not call, or one it does call but with no manifest price (priced from litellm's list)."""
+    return bool(registry.conductor.model) or any(
+        s.available and s.spec.backend == "litellm" and s.spec.model is not None
+        and (endpoint(s.spec) is None or s.spec.price is None) for s in registry.states)
 
 
 class WorkerPool:
