@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
 from pydantic import ValidationError
 
 from conductor_mcp.models import Manifest, WorkerSpec
-from conductor_mcp.workers.openai_http import OPENAI_BASE, Endpoint, endpoint
+from conductor_mcp.workers.openai_http import OPENAI_BASE, Channel, Endpoint, endpoint
 from conductor_mcp.workers.pool import _classify, uses_litellm
 from conductor_mcp.workers.provider_errors import provider_error
 from conductor_mcp.workers.registry import build_registry
@@ -114,3 +115,22 @@ def test_litellm_errors_read_as_the_providers_own_message() -> None:
                                                   llm_provider="openai", model="m")
     assert str(_classify(limited, "w")) == "w: RateLimitError 429: slow down"
     assert str(_classify(too_long, "w")) == "w: ContextWindowExceededError 400: too long"
+
+
+def test_a_proxy_or_a_password_in_the_url_takes_httpxs_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct client's lean request needs no proxy and no basic auth; where either applies the call goes
+    through httpx.AsyncClient, which applies them."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "localhost")  # names no proxy
+
+    async def check() -> None:
+        lean, with_password = Channel(LOCAL, "k"), Channel("http://u:p@127.0.0.1:8080/v1", "k")
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+        proxied = Channel(LOCAL, "k")
+        assert lean.transport is not None and with_password.transport is None and proxied.transport is None
+        assert str(lean.url) == LOCAL + "/chat/completions"
+        for channel in (lean, with_password, proxied):
+            await channel.aclose()
+
+    anyio.run(check)
