@@ -97,14 +97,21 @@ def scripted() -> Iterator[ScriptedServer]:
         yield srv
 
 
-@pytest.fixture
-def server(scripted: ScriptedServer) -> ScriptedServer:
+def reset(scripted: ScriptedServer) -> None:
     scripted.reset_stats()
     scripted.clear_scripts()
     scripted.set_faults(rate=0.0, fail_models={})
     scripted.set_latency(latency_s=0.0, model_latency={})
     scripted.set_api_key(None)
-    return scripted
+
+
+@pytest.fixture
+def server(scripted: ScriptedServer) -> Iterator[ScriptedServer]:
+    """The session's scripted server, as it starts; left as it starts too, for the tests (and module fixtures) that
+    use `scripted` directly: a fault, a latency or a key a test set must not reach them."""
+    reset(scripted)
+    yield scripted
+    reset(scripted)
 
 
 def http_registry(base_url: str, ids: tuple[str, ...] = ("alpha", "beta", "gamma"), **overrides: object) -> Registry:

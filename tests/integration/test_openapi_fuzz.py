@@ -50,7 +50,7 @@ def test_the_document_describes_the_live_api(served: tuple[str, Path]) -> None:
 
 
 def test_schemathesis_finds_no_5xx_and_no_response_outside_the_schema(served: tuple[str, Path],
-                                                                       scripted: ScriptedServer) -> None:
+                                                                       server: ScriptedServer) -> None:
     base, db = served
     st = Path(sys.executable).parent / "st"
     proc = subprocess.run(
@@ -74,4 +74,4 @@ def test_schemathesis_finds_no_5xx_and_no_response_outside_the_schema(served: tu
     cases = re.search(r"(\d+) generated", proc.stdout)
     assert cases and int(cases.group(1)) >= 50, proc.stdout[-3000:]  # bounded, but not a token run
     # valid requests did run, on the workers: the document's example at least (the examples phase sends it)
-    assert runs and scripted.stats()["requests"] >= len(runs)
+    assert runs and server.stats()["requests"] >= len(runs)
