@@ -16,9 +16,11 @@ the same venv, manifest, scripted workers (tests.servers.openai_server in their 
    /proc/PID/task/*/schedstat (nanoseconds) before and after: CPU ms a run, one figure a round, medians over rounds.
    Runs per second on one server core = 1000 / that. Also each server's start (spawn to listening, its CPU from
    /proc/PID/stat) and its RSS after the runs.
-2. Engine overhead per step (figure 2): in a child process per side, plan (host workflow) + drive of a 1-step
-   run, interleaved with the bare call of the client the engine uses for that worker (a POST on a pooled httpx
-   client when `engine.pool.endpoint(id)` names an endpoint, else litellm.acompletion); paired differences of
+2. Engine overhead per step (figure 2): in a child process per side, a 1-step run (host workflow) as the servers
+   run one (RunManager.solve, then wait for its end; until 2026-12-07 this was plan + drive, which reads the run
+   back), interleaved with the bare call of the client the engine uses for that worker (a POST through the direct
+   client's own `Channel` when `engine.pool.endpoint(id)` names an endpoint, else litellm.acompletion; until
+   2026-12-07 the former was `httpx.AsyncClient.post`, about 0.4 ms dearer); paired differences of
    wall and CPU. Children alternate sides, `chunks` times each.
 3. Parallel efficiency (figure 3): in a child per side, four 200 ms steps side by side then a 200 ms aggregator;
    efficiency = 0.400 s / execute wall.
@@ -284,8 +286,11 @@ async def _child_engine(base_url: str, pairs: int) -> dict[str, Any]:
         messages = worker_messages(TASK, Workflow.model_validate(ONE_STEP), 0, {})
         endpoint_of = getattr(engine.pool, "endpoint", None)  # the version before has only litellm
         target = endpoint_of("strong") if endpoint_of is not None else None
-        http = httpx.AsyncClient(base_url=base_url, headers={"authorization": "Bearer none"})
         llm: Any = litellm_module() if target is None else None
+        channel: Any = None
+        if target is not None:  # the engine's own channel class: the very request code its steps send through
+            from conductor_mcp.workers.openai_http import Channel
+            channel = Channel(target.base_url, "none")
 
         async def bare() -> None:
             if target is None:
@@ -294,29 +299,34 @@ async def _child_engine(base_url: str, pairs: int) -> dict[str, Any]:
                                                  timeout=spec.timeout_s, max_retries=0, num_retries=0)
                 text = response.choices[0].message.content
             else:
-                r = await http.post("/chat/completions", json={"model": target.model, "messages": messages,
-                                                               "max_tokens": completion_cap(spec)})
+                r = await channel.post({"model": target.model, "messages": messages,
+                                        "max_tokens": completion_cap(spec)}, spec.timeout_s)
                 text = r.json()["choices"][0]["message"]["content"]
             if not text:
                 raise RuntimeError("bare call returned no text")
 
-        async def run() -> None:
-            planned = await engine.plan(TASK, workflow=ONE_STEP)
-            done = await RunManager(engine=engine).drive(planned.id)
+        manager = RunManager(engine=engine)
+
+        async def run() -> None:  # the servers' path: solve in the background, wait for its end
+            handle = await manager.solve(TASK, workflow=ONE_STEP)
+            await manager.wait(handle, None)
+            done = getattr(handle, "final", None) or manager.get(handle.run_id)  # as /v1 reads it on each side
             if done.status != RunStatus.COMPLETED:
                 raise RuntimeError(f"run ended {done.status}: {done.error}")
 
         samples: dict[str, list[float]] = {k: [] for k in ("run_cpu", "run_wall", "bare_cpu", "bare_wall")}
-        for _ in range(30):
-            await bare()
-            await run()
-        for i in range(pairs):
-            for what in (("run", "bare") if i % 2 == 0 else ("bare", "run")):
-                c0, t0 = time.process_time(), time.perf_counter()
-                await (run() if what == "run" else bare())
-                samples[f"{what}_wall"].append((time.perf_counter() - t0) * 1e3)
-                samples[f"{what}_cpu"].append((time.process_time() - c0) * 1e3)
-        await http.aclose()
+        async with manager.running():
+            for _ in range(30):
+                await bare()
+                await run()
+            for i in range(pairs):
+                for what in (("run", "bare") if i % 2 == 0 else ("bare", "run")):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    await (run() if what == "run" else bare())
+                    samples[f"{what}_wall"].append((time.perf_counter() - t0) * 1e3)
+                    samples[f"{what}_cpu"].append((time.process_time() - c0) * 1e3)
+        if channel is not None:
+            await channel.aclose()
         if hasattr(engine.pool, "aclose"):
             await engine.pool.aclose()
         engine.store.close()

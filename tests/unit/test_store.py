@@ -51,8 +51,7 @@ def test_lifecycle_and_usage(any_store: Store) -> None:
     run = store.get_run(run_id)
     assert run.status == RunStatus.PLANNED and [s.status for s in run.steps] == [StepStatus.PENDING] * 2
     lease, _ = store.claim(run_id)
-    store.step_started(lease, 0)
-    n = store.attempt_started(lease, 0, "a")
+    n = store.attempt_started(lease, 0, "a", step_start=True)
     store.attempt_ended(lease, 0, n, "error", 0.1, error="boom")
     n2 = store.attempt_started(lease, 0, "a")
     u = Usage(prompt_tokens=10, completion_tokens=5, cost_usd=None, calls=1)
@@ -116,13 +115,13 @@ def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -
     store = any_store
     run_id = store.create_run("t", WF, PLAN)
     old, _ = store.claim(run_id)
-    store.step_started(old, 0)
-    n = store.attempt_started(old, 0, "a")
+    n = store.attempt_started(old, 0, "a", step_start=True)
     new, run = store.claim(run_id)  # a takeover: the in-flight attempt is interrupted, the step pending
     assert new.epoch == old.epoch + 1 and run.steps[0].status == StepStatus.PENDING
     u = Usage(prompt_tokens=3, completion_tokens=2, calls=1)
     for write in (lambda: store.step_completed(old, 0, "late", u, (n, 0.1, u)),
-                  lambda: store.attempt_started(old, 1, "a"), lambda: store.step_started(old, 1),
+                  lambda: store.attempt_started(old, 1, "a"),
+                  lambda: store.attempt_started(old, 1, "a", step_start=True),
                   lambda: store.heartbeat(old), lambda: store.finish_run(old, RunStatus.COMPLETED, "late"),
                   lambda: store.cancel_in_flight(old), lambda: store.reset_step(old, 0),
                   lambda: store.create_run("child", WF, PLAN, parent=old),
@@ -232,3 +231,21 @@ def test_add_run_answers_the_run_as_it_reads_back(any_store: Store, monkeypatch:
     lease, _ = any_store.claim(run.id)
     child = any_store.add_run("sub", WF, PLAN, RunOptions(kind="recursion", depth=1), parent=lease, parent_step=1)
     assert child == any_store.get_run(child.id) and child.parent_run_id == run.id and child.parent_step == 1
+
+
+def test_claiming_a_run_planned_just_now_answers_it_unread(any_store: Store) -> None:
+    """claim_run(planned=) answers the run add_run gave, claimed, without reading it back: it must be the run
+    get_run reads then. Once the run was ever claimed (a lease taken, steps maybe run), it is read back."""
+    store = any_store
+    planned = store.add_run("task", WF, PLAN, RunOptions(workers=["a"], max_steps=2))
+    lease, run, options = store.claim_run(planned.id, planned)
+    assert lease.epoch == 1 and run == store.get_run(planned.id) and run.status == RunStatus.RUNNING
+    assert RunOptions.load(options) == RunOptions.load(store.options(planned.id))
+    u = Usage(prompt_tokens=3, completion_tokens=4, calls=1)
+    n = store.attempt_started(lease, 0, "a", step_start=True)  # the step starts with its first attempt
+    assert store.get_run(planned.id).steps[0].status == StepStatus.RUNNING
+    store.step_completed(lease, 0, "first", u, (n, 0.1, u))
+    store.finish_run(lease, RunStatus.PLANNED)  # as run_step leaves a run after one step by hand
+    lease, run, _ = store.claim_run(planned.id, planned)  # the planned run is stale now: read back
+    assert lease.epoch == 2 and run == store.get_run(planned.id) and run.steps[0].output == "first"
+    assert [a.n for a in run.steps[0].attempts] == [1]

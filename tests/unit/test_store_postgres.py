@@ -101,8 +101,7 @@ def test_an_expired_lease_is_adopted_and_the_old_owner_fenced(postgres: Postgres
         lease_a, _ = a.claim(run_id)
         u = Usage(prompt_tokens=3, completion_tokens=2, calls=1)
         a.step_completed(lease_a, 0, "first", u, (a.attempt_started(lease_a, 0, "a"), 0.1, u))
-        a.step_started(lease_a, 1)
-        a.attempt_started(lease_a, 1, "a")
+        a.attempt_started(lease_a, 1, "a", step_start=True)
         # another replica's: its owner's name says nothing, only its lease
         execute(a, "UPDATE runs SET owner='replica-a:1:1.00:beef' WHERE id=?", run_id)
         assert b.get_run(run_id).status == RunStatus.RUNNING and b.orphaned_runs() == []

@@ -77,6 +77,7 @@ class StepEvent:
 
 EventSink = Callable[[StepEvent], Awaitable[None]]
 Attempted = tuple[int, float, Usage | None]  # the successful attempt: number, latency, usage
+AttemptStarter = Callable[[str], Awaitable[int]]  # records an attempt of a worker (the step's first starts it)
 
 
 @dataclass
@@ -258,10 +259,11 @@ class Engine:
             f"{', '.join(self.registry.ids)}); add it back to go on, or {instead}plan the task again")
 
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
-                              budget: Budget | None = None) -> Run:
+                              budget: Budget | None = None, planned: Run | None = None) -> Run:
         """Carry out a run that check_resumable has passed (`budget`: the run's new limits, stored once it is
-        claimed). RunManager is the door to it."""
-        return await self._execute(run_id, on_event, None, budget=budget)
+        claimed; `planned`: the run as plan answered it, when it was planned just now). RunManager is the door
+        to it."""
+        return await self._execute(run_id, on_event, None, budget=budget, planned=planned)
 
     def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
@@ -269,15 +271,15 @@ class Engine:
         return BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
 
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
-                       budget: Budget | None = None) -> Run:
+                       budget: Budget | None = None, planned: Run | None = None) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
-            lease, run = self.store.claim(run_id)  # refuses a run another live process owns
+            lease, run, stored = self.store.claim_run(run_id, planned)  # refuses a run another live process owns
             try:
                 if budget is not None:
                     self.store.set_budget(lease, budget)
-                opts = self.options(run_id)
+                opts = self.options(run_id) if budget is not None else RunOptions.load(stored)
                 guard = guard if guard is not None else self._guard(run_id, opts.budget)
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self._heartbeat, lease)
@@ -370,18 +372,29 @@ class Engine:
             if on_event:
                 await on_event(StepEvent(run.id, i, total, step.worker, phase, status, step.instruction))
 
+        started = False
+
+        async def attempt_started(worker: str) -> int:
+            """Record an attempt (LeaseLost: make no call); the first also starts the step, in one transaction,
+            and is when listeners hear that it started."""
+            nonlocal started
+            n = self.store.attempt_started(lease, i, worker, step_start=not started)
+            if not started:
+                started = True
+                await emit("start", StepStatus.RUNNING)
+            return n
+
         with telemetry.tracer().step(run.id, i, step) as step_span:
-            self.store.step_started(lease, i)
-            await emit("start", StepStatus.RUNNING)
             code = None
             try:
                 if step.worker == CONDUCTOR_WORKER:
-                    text, usage, attempt = await self._run_child(run, lease, i, messages, opts, guard)
+                    text, usage, attempt = await self._run_child(run, lease, i, messages, opts, guard,
+                                                                 attempt_started)
                 elif self.registry.spec(step.worker).kind == "python":
-                    text, usage, attempt, code = await self._run_program(lease, wf, i, outputs)
+                    text, usage, attempt, code = await self._run_program(lease, wf, i, outputs, attempt_started)
                 else:
                     text, usage, attempt = await self._call_with_retries(lease, i, step.worker, messages, guard,
-                                                                    step_span)
+                                                                    step_span, attempt_started)
             except BudgetExceeded:
                 self.store.reset_step(lease, i)
                 raise
@@ -394,15 +407,15 @@ class Engine:
             step_span.completed(text)
         return text
 
-    async def _run_program(self, lease: Lease, wf: Workflow, i: int,
-                           outputs: dict[int, str]) -> tuple[str, Usage, Attempted, str | None]:
+    async def _run_program(self, lease: Lease, wf: Workflow, i: int, outputs: dict[int, str],
+                           attempt_started: AttemptStarter) -> tuple[str, Usage, Attempted, str | None]:
         """A python worker's step: the program it sees, run once in the sandbox (it calls no model, so it is
         not retried: the same code prints the same). Its output is what the program printed; a step that finds
         no program says so as its output, so that a later step can fall back to reasoning."""
         spec = self.registry.spec(wf.steps[i].worker)
         code, where = python_worker.find_program(wf, i, outputs)
         free = Usage(cost_usd=0.0)
-        n = self.store.attempt_started(lease, i, spec.id)
+        n = await attempt_started(spec.id)
         if code is None:
             self.store.attempt_ended(lease, i, n, "ok", 0.0, free)
             return f"[no program to run: {where}]", free, (n, 0.0, free), None
@@ -429,7 +442,8 @@ class Engine:
         return sorted(chain, key=self.health.cooling)  # stable: order kept among equals
 
     async def _call_with_retries(self, lease: Lease, index: int, worker: str, messages: list[dict[str, str]],
-                                 guard: BudgetGuard, step_span: telemetry.StepSpan) -> tuple[str, Usage, Attempted]:
+                                 guard: BudgetGuard, step_span: telemetry.StepSpan,
+                                 attempt_started: AttemptStarter) -> tuple[str, Usage, Attempted]:
         """Call the step's worker (then its fallbacks) until one answers. The successful attempt is
         returned, not recorded: the step's commit records it with the output, in one transaction."""
         errors: list[str] = []
@@ -438,8 +452,8 @@ class Engine:
             for attempt in range(1, self.policy.attempts_per_worker + 1):
                 reservation = guard.reserve(spec, messages)  # raises before anything is spent
                 try:
-                    n = self.store.attempt_started(lease, index, candidate)  # LeaseLost: make no call
-                except LeaseLost:
+                    n = await attempt_started(candidate)  # LeaseLost: make no call
+                except BaseException:
                     guard.settle(reservation, None)
                     raise
                 started = time.perf_counter()
@@ -472,11 +486,12 @@ class Engine:
 
     # -- recursion and rounds -------------------------------------------------------------------
     async def _run_child(self, run: Run, lease: Lease, i: int, messages: list[dict[str, str]],
-                         opts: RunOptions, guard: BudgetGuard) -> tuple[str, Usage, Attempted]:
+                         opts: RunOptions, guard: BudgetGuard,
+                         attempt_started: AttemptStarter) -> tuple[str, Usage, Attempted]:
         """The conductor plans and runs the subtask as a child workflow; its answer is this step's output.
         Its usage stays on the child run (the tree's total counts it once)."""
         depth = opts.depth + 1
-        n = self.store.attempt_started(lease, i, CONDUCTOR_WORKER)
+        n = await attempt_started(CONDUCTOR_WORKER)
         started = time.perf_counter()
         existing = self.store.children(run.id, step=i)
         try:

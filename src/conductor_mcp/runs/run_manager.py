@@ -298,7 +298,8 @@ class RunManager:
                     await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
                                             steps=len(run.workflow.steps), source=run.plan.source,
                                             note=fallback_reason(run)))
-                    handle.final = await engine.execute_checked(run.id, sink)  # planned just now: nothing to check
+                    # planned just now: nothing to check, and nothing to read back
+                    handle.final = await engine.execute_checked(run.id, sink, planned=run)
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:

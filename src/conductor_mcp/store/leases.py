@@ -9,11 +9,13 @@ renew it. A run whose owner is gone is `interrupted`, and another process may cl
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -95,6 +97,14 @@ class Lease:
     epoch: int
 
 
+class Claimed(NamedTuple):
+    """What a claim answers: the lease, the run as claimed, and its stored options (RunOptions.load reads them)."""
+
+    lease: Lease
+    run: Run
+    options: dict[str, Any]
+
+
 class Ownership(StoreBase):
     """Claims, heartbeats and the fence every owner's write passes."""
 
@@ -121,9 +131,16 @@ class Ownership(StoreBase):
     def claim(self, run_id: str) -> tuple[Lease, Run]:
         """Make this process the run's owner under a new lease epoch; refuse if another live process owns
         it. Claiming again in this process fences off the earlier claim too."""
+        lease, run, _ = self.claim_run(run_id)
+        return lease, run
+
+    def claim_run(self, run_id: str, planned: Run | None = None) -> Claimed:
+        """claim, with the run's options. `planned`: the run as add_run answered it in this process. While the
+        store shows it never claimed (lease 0: every write to a run's steps needs a lease), it is the stored
+        run, so it is answered from that instead of read back, and there is nothing left running to clear."""
         with self._tx() as db:
             now = self._now(db)
-            row = self._lock_run(db, run_id, "status, owner, heartbeat_at, lease_expires_at, lease")
+            row = self._lock_run(db, run_id, "*")
             if row is None:
                 raise RunNotFound(f"run_id: no run {run_id!r}")
             self._refuse_if_owned(row, run_id, now)
@@ -133,12 +150,18 @@ class Ownership(StoreBase):
                        f" error=NULL, run_s = run_s + COALESCE({self.MAX2}(COALESCE(heartbeat_at, claimed_at)"
                        " - claimed_at, 0), 0), claimed_at=? WHERE id=?",
                        (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now + stale_after_s(), now, now, run_id))
-            # a step or attempt left running belonged to a process that is gone
-            db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
-            db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
-                       (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value, StepStatus.FAILED.value,
-                        StepStatus.SKIPPED.value))
-        return lease, self.get_run(run_id)
+            fresh = planned is not None and planned.id == run_id and lease.epoch == 1
+            if not fresh:  # a step or attempt left running belonged to a process that is gone
+                db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
+                db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
+                           (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value, StepStatus.FAILED.value,
+                            StepStatus.SKIPPED.value))
+        options: dict[str, Any] = json.loads(row["options"])
+        if fresh and planned is not None:
+            return Claimed(lease, planned.model_copy(update={
+                "status": RunStatus.RUNNING, "owner": _OWNER, "heartbeat_at": now, "updated_at": now,
+                "error": None}), options)
+        return Claimed(lease, self.get_run(run_id), options)
 
     def heartbeat(self, lease: Lease) -> None:
         """Renew the lease (tell other hosts the owner lives); raise LeaseLost if the run was taken over."""

@@ -117,16 +117,14 @@ class Writes(Ownership):
                        (step.worker, step.instruction, lease.run_id, index))
 
     # -- steps and attempts ---------------------------------------------------------------------
-    def step_started(self, lease: Lease, index: int) -> None:
+    def attempt_started(self, lease: Lease, index: int, worker: str, step_start: bool = False) -> int:
+        """Record a call about to be made; LeaseLost here means it must not be made. `step_start`: the step's
+        first attempt, which also records the step as running, in the same transaction."""
         with self._tx() as db:
             self._hold(db, lease)
-            db.execute("UPDATE steps SET status=?, started_at=COALESCE(started_at, ?), error=NULL"
-                       " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, self._now(db), lease.run_id, index))
-
-    def attempt_started(self, lease: Lease, index: int, worker: str) -> int:
-        """Record a call about to be made; LeaseLost here means it must not be made."""
-        with self._tx() as db:
-            self._hold(db, lease)
+            if step_start:
+                db.execute("UPDATE steps SET status=?, started_at=COALESCE(started_at, ?), error=NULL"
+                           " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, self._now(db), lease.run_id, index))
             n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE run_id=? AND idx=?",
                            (lease.run_id, index)).fetchone()[0]
             db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,?,?,?,?,?)",
