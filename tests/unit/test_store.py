@@ -234,8 +234,9 @@ def test_add_run_answers_the_run_as_it_reads_back(any_store: Store, monkeypatch:
 
 
 def test_claiming_a_run_planned_just_now_answers_it_unread(any_store: Store) -> None:
-    """claim_run(planned=) answers the run add_run gave, claimed, without reading it back: it must be the run
-    get_run reads then. Once the run was ever claimed (a lease taken, steps maybe run), it is read back."""
+    """claim_run(known=) answers the run add_run gave, claimed, without reading it back: it must be the run
+    get_run reads then. Once the run was ever claimed (a lease taken, steps maybe run), it is read back; and a
+    run known with a step not pending (as one stored before leases existed may be) is read back and cleared."""
     store = any_store
     planned = store.add_run("task", WF, PLAN, RunOptions(workers=["a"], max_steps=2))
     lease, run, options = store.claim_run(planned.id, planned)
@@ -249,3 +250,7 @@ def test_claiming_a_run_planned_just_now_answers_it_unread(any_store: Store) -> 
     lease, run, _ = store.claim_run(planned.id, planned)  # the planned run is stale now: read back
     assert lease.epoch == 2 and run == store.get_run(planned.id) and run.steps[0].output == "first"
     assert [a.n for a in run.steps[0].attempts] == [1]
+    legacy = store.add_run("task", WF, PLAN)  # a run left running before leases existed: lease 0, a step running
+    execute(store, "UPDATE steps SET status='running' WHERE run_id=? AND idx=0", legacy.id)
+    lease, run, _ = store.claim_run(legacy.id, store.get_run(legacy.id))
+    assert lease.epoch == 1 and run.steps[0].status == StepStatus.PENDING and run == store.get_run(legacy.id)

@@ -259,11 +259,11 @@ class Engine:
             f"{', '.join(self.registry.ids)}); add it back to go on, or {instead}plan the task again")
 
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
-                              budget: Budget | None = None, planned: Run | None = None) -> Run:
+                              budget: Budget | None = None, known: Run | None = None) -> Run:
         """Carry out a run that check_resumable has passed (`budget`: the run's new limits, stored once it is
-        claimed; `planned`: the run as plan answered it, when it was planned just now). RunManager is the door
-        to it."""
-        return await self._execute(run_id, on_event, None, budget=budget, planned=planned)
+        claimed; `known`: the run as plan or check_resumable answered it just now, which the claim takes
+        instead of reading it back while nothing has changed it). RunManager is the door to it."""
+        return await self._execute(run_id, on_event, None, budget=budget, known=known)
 
     def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
@@ -271,11 +271,11 @@ class Engine:
         return BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
 
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
-                       budget: Budget | None = None, planned: Run | None = None) -> Run:
+                       budget: Budget | None = None, known: Run | None = None) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
-            lease, run, stored = self.store.claim_run(run_id, planned)  # refuses a run another live process owns
+            lease, run, stored = self.store.claim_run(run_id, known)  # refuses a run another live process owns
             try:
                 if budget is not None:
                     self.store.set_budget(lease, budget)

@@ -237,8 +237,9 @@ class RunManager:
 
         return sink
 
-    def _start(self, run_id: str, budget: Budget | None = None) -> RunHandle:
+    def _start(self, run: Run, budget: Budget | None = None) -> RunHandle:
         """Execute a stored run that `resumable` has passed, in the background; one execution per run at a time."""
+        run_id = run.id
         tg = self._task_group()
         if self.active(run_id):
             raise RunStateError(f"run {run_id} is already running in this server; use get_run to wait for it")
@@ -250,7 +251,7 @@ class RunManager:
         async def body() -> None:
             try:
                 with handle.scope:
-                    handle.final = await engine.execute_checked(run_id, sink, budget)
+                    handle.final = await engine.execute_checked(run_id, sink, budget, known=run)
             except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
@@ -299,7 +300,7 @@ class RunManager:
                                             steps=len(run.workflow.steps), source=run.plan.source,
                                             note=fallback_reason(run)))
                     # planned just now: nothing to check, and nothing to read back
-                    handle.final = await engine.execute_checked(run.id, sink, planned=run)
+                    handle.final = await engine.execute_checked(run.id, sink, known=run)
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:
@@ -422,14 +423,14 @@ class RunManager:
         if handle is not None:
             return handle  # planning or running here already: the caller waits for it
         run = self.resumable(run_id)
-        return None if run.status == RunStatus.COMPLETED else self._start(run_id, budget)
+        return None if run.status == RunStatus.COMPLETED else self._start(run, budget)
 
     async def drive(self, run_id: str, on_event: EventSink | None = None, budget: Budget | None = None) -> Run:
         """Run (or resume) a run to its end in the caller's task, as the CLI does; a completed run as it is."""
         run = self.resumable(run_id)
         if run.status == RunStatus.COMPLETED:
             return run
-        return await self.engine.execute_checked(run_id, on_event, budget)
+        return await self.engine.execute_checked(run_id, on_event, budget, known=run)
 
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
                        worker: str | None = None) -> tuple[StepRecord, Run, list[int]]:

@@ -134,10 +134,11 @@ class Ownership(StoreBase):
         lease, run, _ = self.claim_run(run_id)
         return lease, run
 
-    def claim_run(self, run_id: str, planned: Run | None = None) -> Claimed:
-        """claim, with the run's options. `planned`: the run as add_run answered it in this process. While the
-        store shows it never claimed (lease 0: every write to a run's steps needs a lease), it is the stored
-        run, so it is answered from that instead of read back, and there is nothing left running to clear."""
+    def claim_run(self, run_id: str, known: Run | None = None) -> Claimed:
+        """claim, with the run's options. `known`: the run as this process wrote (add_run) or read it just before,
+        planned and untouched (its steps pending, no attempt). While the store shows it never claimed since
+        (lease 0: every write to a run's steps needs a lease), it is still the stored run, so it is answered from
+        that instead of read back, and there is nothing left running to clear."""
         with self._tx() as db:
             now = self._now(db)
             row = self._lock_run(db, run_id, "*")
@@ -150,15 +151,17 @@ class Ownership(StoreBase):
                        f" error=NULL, run_s = run_s + COALESCE({self.MAX2}(COALESCE(heartbeat_at, claimed_at)"
                        " - claimed_at, 0), 0), claimed_at=? WHERE id=?",
                        (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now + stale_after_s(), now, now, run_id))
-            fresh = planned is not None and planned.id == run_id and lease.epoch == 1
+            fresh = (known is not None and known.id == run_id and lease.epoch == 1
+                     and known.status == RunStatus.PLANNED
+                     and all(s.status == StepStatus.PENDING and not s.attempts for s in known.steps))
             if not fresh:  # a step or attempt left running belonged to a process that is gone
                 db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
                 db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
                            (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value, StepStatus.FAILED.value,
                             StepStatus.SKIPPED.value))
         options: dict[str, Any] = json.loads(row["options"])
-        if fresh and planned is not None:
-            return Claimed(lease, planned.model_copy(update={
+        if fresh and known is not None:
+            return Claimed(lease, known.model_copy(update={
                 "status": RunStatus.RUNNING, "owner": _OWNER, "heartbeat_at": now, "updated_at": now,
                 "error": None}), options)
         return Claimed(lease, self.get_run(run_id), options)
