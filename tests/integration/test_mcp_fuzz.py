@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,13 @@ CANONICAL = [("solve", {"task": "fix \ud800 this", "wait_s": 0}), ("get_run", {"
              ("solve", {"task": "x" * (MAX_TASK_CHARS + 1), "wait_s": 0})]
 
 
+def fuzz_hostile_calls(test: Callable[..., None]) -> Callable[..., None]:
+    """The test, given `call`: each CANONICAL call in turn, then EXAMPLES `hostile_calls()`, under FUZZ."""
+    for call in reversed(CANONICAL):  # applied bottom-up, as stacked decorators are: run in CANONICAL's order
+        test = example(call=call).via("canonical")(test)
+    return FUZZ(given(call=hostile_calls())(test))
+
+
 def refused(msg: dict[str, Any]) -> bool:
     """A JSON-RPC error, or a tool's error result."""
     return "error" in msg or msg.get("result", {}).get("isError") is True
@@ -196,13 +203,7 @@ def stdio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RawStdio]:
     server.close()
 
 
-@FUZZ
-@given(call=hostile_calls())
-@example(call=CANONICAL[0]).via("canonical")
-@example(call=CANONICAL[1]).via("canonical")
-@example(call=CANONICAL[2]).via("canonical")
-@example(call=CANONICAL[3]).via("canonical")
-@example(call=CANONICAL[4]).via("canonical")
+@fuzz_hostile_calls
 def test_stdio_answers_every_hostile_call_and_stores_nothing(stdio: RawStdio, call: tuple[str, dict[str, Any]]) -> None:
     name, arguments = call
     rid = stdio.next_id()
@@ -256,13 +257,7 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RawHttp, An
     stop_proc(proc)
 
 
-@FUZZ
-@given(call=hostile_calls())
-@example(call=CANONICAL[0]).via("canonical")
-@example(call=CANONICAL[1]).via("canonical")
-@example(call=CANONICAL[2]).via("canonical")
-@example(call=CANONICAL[3]).via("canonical")
-@example(call=CANONICAL[4]).via("canonical")
+@fuzz_hostile_calls
 def test_http_answers_every_hostile_call_and_stores_nothing(http: tuple[RawHttp, Any, Path],
                                                             call: tuple[str, dict[str, Any]]) -> None:
     client, proc, db = http

@@ -431,6 +431,17 @@ async def until(check: Callable[[], bool], timeout_s: float = 30) -> None:
             await anyio.sleep(0.05)
 
 
+async def settled(c: Client, run_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """Poll MCP's `get_run` until the run is no longer running, failing after `timeout_s`; its state then."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            got: dict[str, Any] | None = (await c.call_tool("get_run", {"run_id": run_id})).structured_content
+            assert got is not None
+            if got["status"] != "running":
+                return got
+            await anyio.sleep(0.05)
+
+
 async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server: ScriptedServer) -> None:
     """A client that leaves cancels the run's worker calls; the completed step is kept, and MCP's resume finishes
     the run without calling it again."""
@@ -455,13 +466,7 @@ async def test_disconnect_mid_stream_leaves_a_resumable_run(api: Served, server:
     # the scripted server sees the worker call dropped
     await until(lambda: any(c.model == "scripted-slow" and c.outcome == "client_gone" for c in server.calls()))
     async with Client(f"{api.root}/mcp") as c:
-        with anyio.fail_after(30):
-            while True:
-                got = (await c.call_tool("get_run", {"run_id": run_id})).structured_content
-                assert got is not None
-                if got["status"] != "running":
-                    break
-                await anyio.sleep(0.05)
+        got = await settled(c, run_id)
         assert got["status"] == "cancelled"
         assert [s["status"] for s in got["steps"]] == ["completed", "pending"]
         server.set_latency(model_latency={})
@@ -486,13 +491,7 @@ async def test_disconnect_while_waiting_for_a_completion_cancels_its_run(api: Se
     async with Client(f"{api.root}/mcp") as c:
         listed = (await c.read_resource("conductor://runs")).contents[0]
         run_id = json.loads(listed.text)["runs"][0]["run_id"]  # type: ignore[union-attr]
-        with anyio.fail_after(30):
-            while True:
-                got = (await c.call_tool("get_run", {"run_id": run_id})).structured_content
-                assert got is not None
-                if got["status"] != "running":
-                    break
-                await anyio.sleep(0.05)
+        got = await settled(c, run_id)
     assert got["status"] == "cancelled" and [s["status"] for s in got["steps"]] == ["completed", "pending"]
 
 

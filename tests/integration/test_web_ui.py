@@ -369,10 +369,10 @@ def test_foreign_host_is_refused(browser: tuple[str, str], env: dict[str, str],
         assert http.get(page).status_code == 200
 
 
-def test_off_loopback_needs_the_token(browser: tuple[str, str], env: dict[str, str],
-                                            stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
-    """Bound off loopback, the view asks for the token on a sign-in form and keeps an HttpOnly, SameSite=Strict
-    session cookie that holds no token; nothing is shown before, and the token never appears in an address."""
+def solved_then_guarded(env: dict[str, str],
+                        stop: list[subprocess.Popen[bytes]]) -> tuple[str, subprocess.Popen[bytes], str]:
+    """A run solved by the CLI, then the HTTP server on its store bound off loopback, so STRONG_TOKEN is required:
+    the run's id, the server's process (in `stop`) and its base address."""
     solve = subprocess.run([sys.executable, "-m", "conductor_mcp", "solve", "Say yes.\nREPLY: yes",
                             "--strategy", "single:fast", "--json"], env=env, capture_output=True, text=True,
                            timeout=120)
@@ -381,6 +381,14 @@ def test_off_loopback_needs_the_token(browser: tuple[str, str], env: dict[str, s
     proc, port = start_http({**env, "CONDUCTOR_TOKEN": STRONG_TOKEN}, "http", host="0.0.0.0")
     stop.append(proc)
     base = f"http://127.0.0.1:{port}"
+    return run_id, proc, base
+
+
+def test_off_loopback_needs_the_token(browser: tuple[str, str], env: dict[str, str],
+                                            stop: list[subprocess.Popen[bytes]], shots: Path) -> None:
+    """Bound off loopback, the view asks for the token on a sign-in form and keeps an HttpOnly, SameSite=Strict
+    session cookie that holds no token; nothing is shown before, and the token never appears in an address."""
+    run_id, proc, base = solved_then_guarded(env, stop)
     with httpx.Client(base_url=base, timeout=30) as http:
         for path in ("/ui/", f"/ui/runs/{run_id}", f"/ui/runs/{run_id}/state"):
             r = http.get(path, headers={"accept": "application/json"})
@@ -473,14 +481,7 @@ def test_form_fields_must_be_valid_unicode_and_within_the_limit(env: dict[str, s
     """A form field with bytes that are not UTF-8 (raw, or %-escaped as a lone surrogate's would be) is refused
     with 400 naming it, and a form over 16 KiB with 413 naming the field it was cut in, as every surface refuses
     such text: never repaired and stored, never compared as a token (no wrong guess counted)."""
-    solve = subprocess.run([sys.executable, "-m", "conductor_mcp", "solve", "Say yes.\nREPLY: yes",
-                            "--strategy", "single:fast", "--json"], env=env, capture_output=True, text=True,
-                           timeout=120)
-    assert solve.returncode == 0, solve.stderr
-    run_id = json.loads(solve.stdout)["run_id"]
-    proc, port = start_http({**env, "CONDUCTOR_TOKEN": STRONG_TOKEN}, "http", host="0.0.0.0")
-    stop.append(proc)
-    base = f"http://127.0.0.1:{port}"
+    run_id, _, base = solved_then_guarded(env, stop)
     form = {"origin": base, "content-type": "application/x-www-form-urlencoded"}
     with httpx.Client(base_url=base, timeout=30, headers=form) as http:
         for body, status, named in [
