@@ -183,6 +183,11 @@ async def test_a_plan_cancelled_mid_way_stores_nothing_and_frees_the_model(tmp_p
         again = await runs.solve(TASK)
         assert await runs.wait(again, 600)
         assert runs.get(again.run_id).status == "completed"
+        # an ended run's handle is let go (its waiters hold it), or a long-lived server would fill with them;
+        # why the unstored one ended is kept apart
+        assert runs.handles == {} and again.final is not None
+        with pytest.raises(RunStateError, match="cancelled while the conductor was planning"):
+            runs.get(handle.run_id)
 
 
 def test_default_threads_leave_cores_free() -> None:

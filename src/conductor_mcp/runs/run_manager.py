@@ -110,6 +110,9 @@ def fallback_reason(run: Run) -> str | None:
     return reasons[-1] if reasons else None
 
 
+UNSTORED_KEPT = 1024
+
+
 class RunManager:
     def __init__(self, workers: str | Path | Registry | None = None, db: str | Path | None = None,
                  engine: Engine | None = None) -> None:
@@ -119,7 +122,8 @@ class RunManager:
         self._engine: Engine | None = engine
         self._store: Store | None = None  # opened alone when only runs are read: reading needs no registry
         self._tg: TaskGroup | None = None
-        self.handles: dict[str, RunHandle] = {}
+        self.handles: dict[str, RunHandle] = {}  # the runs planning or running here (a handle leaves as it ends)
+        self._unstored: dict[str, str] = {}  # why the last runs that ended unstored did: get() says so
         self.draining = False  # told to stop (drain): no new runs
         self._watchers: list[RunWatcher] = []
         self.adopt_s = 0.0  # how often this server adopts orphaned runs (runs/replicas.py); 0: never
@@ -168,6 +172,18 @@ class RunManager:
             if self._engine is not None:
                 with anyio.CancelScope(shield=True):
                     await self._engine.pool.aclose()
+
+    def _ended(self, handle: RunHandle) -> None:
+        """The run is over here: its waiters wake (they hold its handle), and the handle leaves `handles`, which
+        a server that runs for months would otherwise fill. Why a run ended before it was stored is kept for the
+        last UNSTORED_KEPT such runs, for get() to say."""
+        handle.end()
+        if self.handles.get(handle.run_id) is handle:
+            del self.handles[handle.run_id]
+        if handle.error is not None:
+            self._unstored[handle.run_id] = handle.error
+            while len(self._unstored) > UNSTORED_KEPT:
+                del self._unstored[next(iter(self._unstored))]
 
     def active(self, run_id: str) -> RunHandle | None:
         handle = self.handles.get(run_id)
@@ -255,7 +271,7 @@ class RunManager:
             except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
-                handle.end()
+                self._ended(handle)
                 self._changed(run_id)
 
         tg.start_soon(body)
@@ -309,7 +325,7 @@ class RunManager:
             finally:
                 if not stored and handle.error is None:
                     handle.error = "cancelled while the conductor was planning; nothing was stored"
-                handle.end()
+                self._ended(handle)
                 if stored:
                     self._changed(handle.run_id)
 
@@ -361,9 +377,9 @@ class RunManager:
         try:
             return self._trace_store.get_run(run_id)
         except RunNotFound:
+            if run_id in self._unstored:
+                raise RunStateError(f"run {run_id}: {self._unstored[run_id]}") from None
             handle = self.handles.get(run_id)
-            if handle is not None and handle.error is not None:
-                raise RunStateError(f"run {run_id}: {handle.error}") from None
             if handle is not None and handle.planning:
                 raise RunNotFound(f"run {run_id} is being planned; it is stored once the conductor has "
                                   "written its workflow") from None

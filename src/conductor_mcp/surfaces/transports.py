@@ -15,6 +15,7 @@ and exits within CONDUCTOR_GRACE_S seconds (Replica).
 from __future__ import annotations
 
 import argparse
+import gc
 import hmac
 import ipaddress
 import json
@@ -330,6 +331,13 @@ def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
     return Replica(config)
 
 
+def settle_heap() -> None:
+    """Leave what start-up built (modules, schemas, the app: about 100,000 objects) out of the collector's full
+    passes: each of them walked it all, which cost a served one-step run about 0.06 ms of CPU on average."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(args: argparse.Namespace) -> None:
     manager = RunManager(args.workers, args.db)
     manager.adopt_s = adopt_every(getattr(args, "adopt_s", None), default_on=args.transport != "stdio")
@@ -342,6 +350,7 @@ def serve(args: argparse.Namespace) -> None:
                     runs.background(adopt_orphans, runs, runs.adopt_s)
                 await serve_stdio(server)  # every line answered as JSON-RPC asks (stdio_guard)
 
+        settle_heap()
         anyio.run(run_stdio)
         return
     token = os.environ.get("CONDUCTOR_TOKEN") or None
@@ -373,4 +382,5 @@ def serve(args: argparse.Namespace) -> None:
                 runs.background(adopt_orphans, runs, runs.adopt_s)
             await replica_server(config, manager, grace_s).serve(sockets=[sock])
 
+    settle_heap()
     anyio.run(run_http)
