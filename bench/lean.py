@@ -35,8 +35,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +51,7 @@ import anyio
 import httpx
 import yaml
 
-from .load import WORKER_PATH_S, run_client
+from .load import WORKER_PATH_S, HttpServer, run_client
 from .procfs import cpu_seconds, status_kib, task_cpu_seconds
 from .profiles import OUT_DIR
 from .scripted import ROOT, ScriptedProcess, bench_env, worker_specs
@@ -74,13 +72,6 @@ PARALLEL: dict[str, Any] = {"steps": [
 ]}
 TARGETS = {"server_cpu_ms": 4.0, "engine_overhead_ms": 0.5, "parallel_efficiency": 0.95, "p99_ms": 50.0,
            "runs_per_core_ratio": 3.0}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def side_env(src: Path) -> dict[str, str]:
@@ -116,50 +107,17 @@ def write_manifest(path: Path, base_url: str) -> Path:
     return path
 
 
-class Served:
-    """`python -m conductor_mcp serve --transport http` of one side, on a free loopback port; SIGINT on close."""
+class Served(HttpServer):
+    """`python -m conductor_mcp serve --transport http` of one side, on a free loopback port; SIGINT on stop."""
 
     def __init__(self, src: Path, manifest: Path, db: Path, log: Path) -> None:
-        self.port = free_port()
         self.db = db
         env = side_env(src)
         env.update(CONDUCTOR_WORKERS=str(manifest), CONDUCTOR_DB=str(db))
-        self._log = log.open("w")
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "conductor_mcp", "serve", "--transport", "http",
-                                      "--host", "127.0.0.1", "--port", str(self.port)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=self._log)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}; see {log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not listen within 60 s") from None
-                time.sleep(0.02)
+        super().__init__([sys.executable, "-m", "conductor_mcp"], env, log, 60, 0.02)
         # spawn to listening (the lifespan, litellm's warm-up included, runs before uvicorn listens)
-        self.listen_s = time.perf_counter() - t0
+        self.listen_s = time.perf_counter() - self.spawned_at
         self.listen_cpu_s = cpu_seconds(self.proc.pid)
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.root + "/mcp"
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 # -- 1. server CPU per one-step run ---------------------------------------------------------------------------
@@ -494,21 +452,21 @@ def main() -> int:
             for s in SIDES:
                 served[s] = Served(srcs[s], write_manifest(tmp / f"{s}0.yaml", zero.base_url), tmp / f"{s}0.db",
                                    OUT_DIR / f"lean_server_{s}.txt")
-                stack.callback(served[s].close)
+                stack.callback(served[s].stop)
             cpu = {**server_cpu(served, runs, rounds), "runs": runs, "rounds": rounds}
             for s in SIDES:
-                served[s].close()
+                served[s].stop()
         if "load" in parts:
             fifty = stack.enter_context(ScriptedProcess(latency_ms=50))
             loaded = {}
             for s in SIDES:
                 loaded[s] = Served(srcs[s], write_manifest(tmp / f"{s}50.yaml", fifty.base_url), tmp / f"{s}50.db",
                                    OUT_DIR / f"lean_load_server_{s}.txt")
-                stack.callback(loaded[s].close)
+                stack.callback(loaded[s].stop)
             levels = {**load(loaded, 10, load_runs, load_rounds), "runs": load_runs, "rounds": load_rounds,
                       "concurrency": 10}
             for s in SIDES:
-                loaded[s].close()
+                loaded[s].stop()
         if "engine" in parts:
             engine = {**engine_overhead(srcs, zero.base_url, pairs, chunks), "pairs": pairs, "chunks": chunks}
         if "parallel" in parts:

@@ -49,34 +49,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class McpServer:
-    """`mcp-conductor serve --transport http` on a free loopback port, stopped with SIGINT on exit."""
+class HttpServer:
+    """`COMMAND serve --transport http` on a free loopback port, its stderr to `log`, listening within `timeout_s`
+    (polled every `poll_s`); stopped with SIGINT. `spawned_at`: perf_counter just before the spawn."""
 
-    def __init__(self, manifest: Path, db: Path) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path, timeout_s: float, poll_s: float) -> None:
         self.port = free_port()
-        self.db = db
-        env = bench_env()
-        env.update(CONDUCTOR_WORKERS=str(manifest), CONDUCTOR_DB=str(db))
-        OUT_DIR.mkdir(exist_ok=True)
-        self._log = SERVER_LOG.open("w")
-        self.proc = subprocess.Popen([str(CONSOLE_SCRIPT), "serve", "--transport", "http", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=self._log)
-        deadline = time.monotonic() + 30
+        self._log = log.open("w")
+        self.spawned_at = time.perf_counter()
+        self.proc = subprocess.Popen([*command, "serve", "--transport", "http", "--host", "127.0.0.1",
+                                      "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+        deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}; see {SERVER_LOG}")
+                raise RuntimeError(f"server exited {self.proc.returncode}; see {log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("server did not listen within 30 s") from None
-                time.sleep(0.05)
+                    raise RuntimeError(f"server did not listen within {timeout_s:.0f} s") from None
+                time.sleep(poll_s)
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return self.root + "/mcp"
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -86,6 +87,17 @@ class McpServer:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+class McpServer(HttpServer):
+    """`mcp-conductor serve --transport http` on a free loopback port, stopped with SIGINT on exit."""
+
+    def __init__(self, manifest: Path, db: Path) -> None:
+        self.db = db
+        env = bench_env()
+        env.update(CONDUCTOR_WORKERS=str(manifest), CONDUCTOR_DB=str(db))
+        OUT_DIR.mkdir(exist_ok=True)
+        super().__init__([str(CONSOLE_SCRIPT)], env, SERVER_LOG, 30, 0.05)
 
 
 def run_client(url: str, concurrency: int, runs: int, timeout_s: float,

@@ -14,7 +14,10 @@ import resource
 import sys
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio
 from mcp import Client
@@ -87,10 +90,15 @@ class Gate:
             self.all_settled.set()
 
 
-async def session(url: str, tally: Tally, gate: Gate) -> None:
+C = TypeVar("C")  # what a session gives its runs: an MCP Client, an httpx.AsyncClient
+OneRun = Callable[[C, Tally, int], Awaitable[None]]  # one run on a session: (client, tally, runs left)
+
+
+async def _session(open_session: Callable[[], AbstractAsyncContextManager[C]], one_run: OneRun[C], tally: Tally,
+                   gate: Gate) -> None:
     settled = False
     try:
-        async with Client(url, read_timeout_seconds=120) as client:
+        async with open_session() as client:
             gate.settle(True)
             settled = True
             await gate.go.wait()
@@ -105,13 +113,17 @@ async def session(url: str, tally: Tally, gate: Gate) -> None:
             gate.settle(False)
 
 
-async def main_async(url: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
+async def drive(open_session: Callable[[], AbstractAsyncContextManager[C]], one_run: OneRun[C], concurrency: int,
+                runs: int, timeout_s: float) -> dict[str, Any]:
+    """N concurrent sessions (each `open_session()`, all open before the clock starts) take runs from a shared
+    quota, each run `one_run(client, tally, n)`, until it is spent or the deadline passes. Prints START when the
+    clock starts; returns the figures (plan_s and resume_s stay empty where one_run does not fill them)."""
     tally = Tally(runs)
     gate = Gate(concurrency)
     connect_started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
-            tg.start_soon(session, url, tally, gate)
+            tg.start_soon(_session, open_session, one_run, tally, gate)
         with anyio.move_on_after(60):
             await gate.all_settled.wait()
         connect_s = time.perf_counter() - connect_started
@@ -126,6 +138,10 @@ async def main_async(url: str, concurrency: int, runs: int, timeout_s: float) ->
             "errors": dict(tally.errors), "wall_s": wall, "connect_s": connect_s, "sessions": gate.opened,
             "latency_s": tally.latency, "plan_s": tally.plan, "resume_s": tally.resume,
             "client_cpu_s": _cpu() - cpu_started}
+
+
+async def main_async(url: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
+    return await drive(partial(Client, url, read_timeout_seconds=120), one_run, concurrency, runs, timeout_s)
 
 
 def main() -> int:

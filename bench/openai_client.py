@@ -15,25 +15,36 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
 import httpx
 from mcp import Client
 
-from .load_client import START, TASK, WORKFLOW, Gate, Tally, _cpu
+from .load_client import TASK, WORKFLOW, Tally, drive
 
 
-async def one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
+@asynccontextmanager
+async def v1_session(root: str) -> AsyncIterator[httpx.AsyncClient]:
+    """One client's own HTTP connection to the server at `root`, opened (GET /v1/models) before the clock."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=root, timeout=120, limits=limits) as http:
+        (await http.get("/v1/models")).raise_for_status()  # the connection is open before the clock
+        yield http
+
+
+async def v1_run(http: httpx.AsyncClient, tally: Tally, body: dict[str, Any]) -> None:
+    """One non-streamed POST /v1/chat/completions of `body`, counted in `tally`."""
     started = time.perf_counter()
-    r = await http.post("/v1/chat/completions", json={
-        "model": "conductor", "messages": [{"role": "user", "content": f"{TASK} (run {n})"}],
-        "conductor": {"workflow": WORKFLOW}})
+    r = await http.post("/v1/chat/completions", json=body)
     ended = time.perf_counter()
     if r.status_code != 200:
         tally.errors[f"HTTP {r.status_code}"] += 1
         return
-    status = r.json()["conductor"]["status"]
+    status = (r.json().get("conductor") or {}).get("status")
     if status != "completed":
         tally.errors[f"run {status}"] += 1
         return
@@ -41,46 +52,13 @@ async def one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
     tally.latency.append(ended - started)
 
 
-async def session(root: str, tally: Tally, gate: Gate) -> None:
-    settled = False
-    try:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=root, timeout=120, limits=limits) as http:
-            (await http.get("/v1/models")).raise_for_status()  # the connection is open before the clock
-            gate.settle(True)
-            settled = True
-            await gate.go.wait()
-            while time.perf_counter() < gate.deadline and tally.take():
-                try:
-                    await one_run(http, tally, tally.left)
-                except Exception as exc:  # counted, not fatal: the figure is the error count
-                    tally.errors[type(exc).__name__] += 1
-    except Exception as exc:
-        tally.errors[f"session: {type(exc).__name__}"] += 1
-        if not settled:
-            gate.settle(False)
+async def one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
+    await v1_run(http, tally, {"model": "conductor", "messages": [{"role": "user", "content": f"{TASK} (run {n})"}],
+                               "conductor": {"workflow": WORKFLOW}})
 
 
 async def load(root: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
-    tally = Tally(runs)
-    gate = Gate(concurrency)
-    connect_started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(session, root, tally, gate)
-        with anyio.move_on_after(60):
-            await gate.all_settled.wait()
-        connect_s = time.perf_counter() - connect_started
-        started = time.perf_counter()
-        cpu_started = _cpu()
-        gate.deadline = started + timeout_s
-        sys.stdout.write(START + "\n")
-        sys.stdout.flush()
-        gate.go.set()
-    wall = (tally.last_end or time.perf_counter()) - started
-    return {"concurrency": concurrency, "runs_asked": runs, "completed": len(tally.latency),
-            "errors": dict(tally.errors), "wall_s": wall, "connect_s": connect_s, "sessions": gate.opened,
-            "latency_s": tally.latency, "plan_s": [], "resume_s": [], "client_cpu_s": _cpu() - cpu_started}
+    return await drive(partial(v1_session, root), one_run, concurrency, runs, timeout_s)
 
 
 async def pairs(root: str, n: int, warmup: int) -> dict[str, Any]:

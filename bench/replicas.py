@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ import psycopg
 from tests.servers.postgres_server import PostgresServer
 
 from .load import CONSOLE_SCRIPT, WORKER_MS, WORKER_PATH_S, free_port, run_client
-from .load_client import START, TASK, Gate, Tally, _cpu
+from .load_client import TASK, Tally, drive
+from .openai_client import v1_run, v1_session
+from .procfs import task_cpu_seconds
 from .profiles import OUT_DIR
 from .report import _cpu_model
 from .scripted import POOL, ROOT, ScriptedProcess, bench_env, write_manifest
@@ -56,76 +59,15 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 # -- the load client (its own process) ---------------------------------------------------------------------------
 async def _one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
-    started = time.perf_counter()
-    r = await http.post("/v1/chat/completions", json={
-        "model": "fast", "messages": [{"role": "user", "content": f"{TASK} (run {n})"}]})
-    ended = time.perf_counter()
-    if r.status_code != 200:
-        tally.errors[f"HTTP {r.status_code}"] += 1
-        return
-    status = (r.json().get("conductor") or {}).get("status")
-    if status != "completed":
-        tally.errors[f"run {status}"] += 1
-        return
-    tally.last_end = max(tally.last_end, ended)
-    tally.latency.append(ended - started)
-
-
-async def _session(root: str, tally: Tally, gate: Gate) -> None:
-    settled = False
-    try:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=root, timeout=120, limits=limits) as http:
-            (await http.get("/v1/models")).raise_for_status()  # the connection is open before the clock
-            gate.settle(True)
-            settled = True
-            await gate.go.wait()
-            while time.perf_counter() < gate.deadline and tally.take():
-                try:
-                    await _one_run(http, tally, tally.left)
-                except Exception as exc:  # counted, not fatal: the figure is the error count
-                    tally.errors[type(exc).__name__] += 1
-    except Exception as exc:
-        tally.errors[f"session: {type(exc).__name__}"] += 1
-        if not settled:
-            gate.settle(False)
+    await v1_run(http, tally, {"model": "fast", "messages": [{"role": "user", "content": f"{TASK} (run {n})"}]})
 
 
 async def client_load(root: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
     """N concurrent clients, one HTTP connection each (opened before the clock), sharing a quota of runs."""
-    tally = Tally(runs)
-    gate = Gate(concurrency)
-    connect_started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(_session, root, tally, gate)
-        with anyio.move_on_after(60):
-            await gate.all_settled.wait()
-        connect_s = time.perf_counter() - connect_started
-        started = time.perf_counter()
-        cpu_started = _cpu()
-        gate.deadline = started + timeout_s
-        sys.stdout.write(START + "\n")
-        sys.stdout.flush()
-        gate.go.set()
-    wall = (tally.last_end or time.perf_counter()) - started
-    return {"concurrency": concurrency, "runs_asked": runs, "completed": len(tally.latency),
-            "errors": dict(tally.errors), "wall_s": wall, "connect_s": connect_s, "sessions": gate.opened,
-            "latency_s": tally.latency, "plan_s": [], "resume_s": [], "client_cpu_s": _cpu() - cpu_started}
+    return await drive(partial(v1_session, root), _one_run, concurrency, runs, timeout_s)
 
 
 # -- CPU and load from /proc -------------------------------------------------------------------------------------
-def _task_ns(pid: int) -> int:
-    """Nanoseconds on a CPU of a live process's threads (/proc/PID/task/*/schedstat: exact, not 10 ms ticks)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
-            continue
-    return total
-
-
 def tree_cpu(pid: int, precise: bool = False) -> float:
     """CPU seconds of a process, the children it has reaped, and its live descendants (user + system).
 
@@ -135,7 +77,7 @@ def tree_cpu(pid: int, precise: bool = False) -> float:
     t = root.cpu_times()
     reaped = t.children_user + t.children_system
     if precise:
-        return reaped + sum(_task_ns(p.pid) for p in [root, *root.children(recursive=True)]) / 1e9
+        return reaped + sum(task_cpu_seconds(p.pid) for p in [root, *root.children(recursive=True)])
     total = t.user + t.system + reaped
     for child in root.children(recursive=True):
         try:
