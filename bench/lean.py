@@ -21,7 +21,9 @@ the same venv, manifest, scripted workers (tests.servers.openai_server in their 
    back), interleaved with the bare call of the client the engine uses for that worker (a POST through the direct
    client's own `Channel` when `engine.pool.endpoint(id)` names an endpoint, else litellm.acompletion; until
    2026-12-07 the former was `httpx.AsyncClient.post`, about 0.4 ms dearer); paired differences of
-   wall and CPU. Children alternate sides, `chunks` times each.
+   wall and CPU. Children alternate sides, `chunks` times each. Also a 5-step chain of the same step (each sees the
+   one before, so each call is the bare call's plus about 0.6 kB of prompt): (5-step − 1-step − 4 bare) / 4 is a
+   step's own overhead, with the run's (planning, claim, end, the final read) cancelled out.
 3. Parallel efficiency (figure 3): in a child per side, four 200 ms steps side by side then a 200 ms aggregator;
    efficiency = 0.400 s / execute wall.
 4. p99 beyond workers at 10 clients (figures 4 and 8): figure 4's 3-step chain of 50 ms workers, 10 concurrent
@@ -41,7 +43,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -62,6 +64,10 @@ BEFORE = "a8aa56e"
 SIDES = ("before", "after")
 TASK = "Summarise the trade-offs between optimistic and pessimistic locking in two short paragraphs."
 ONE_STEP: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "access": "none"}]}
+# five steps in a chain, each seeing the one before (so they run one at a time, as figure 4's do): a step's
+# prompt is ONE_STEP's plus the previous answer (about 0.6 kB), so that a bare call prices each, nearly
+CHAIN: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "access": [i - 1] if i else "none"}
+                                   for i in range(5)]}
 PARALLEL_STEP_S = 0.200
 PARALLEL: dict[str, Any] = {"steps": [
     {"worker": "strong", "instruction": "Estimate from the population and piano ownership.", "access": "none"},
@@ -228,7 +234,7 @@ def run_child(src: Path, what: str, base_url: str, n: int) -> dict[str, Any]:
 
 
 async def _child_engine(base_url: str, pairs: int) -> dict[str, Any]:
-    """Figure 2 in this process: (plan + drive of a 1-step run) and the bare call of the engine's own client."""
+    """Figure 2 in this process: a 1-step run, a 5-step run and the bare call of the engine's own client."""
     import conductor_mcp
     from conductor_mcp.models import Manifest, RunStatus, Workflow
     from conductor_mcp.runs.engine import Engine, worker_messages
@@ -265,22 +271,24 @@ async def _child_engine(base_url: str, pairs: int) -> dict[str, Any]:
 
         manager = RunManager(engine=engine)
 
-        async def run() -> None:  # the servers' path: solve in the background, wait for its end
-            handle = await manager.solve(TASK, workflow=ONE_STEP)
+        async def run(workflow: dict[str, Any] = ONE_STEP) -> None:  # as the servers run one: solve, then wait
+            handle = await manager.solve(TASK, workflow=workflow)
             await manager.wait(handle, None)
             done = getattr(handle, "final", None) or manager.get(handle.run_id)  # as /v1 reads it on each side
             if done.status != RunStatus.COMPLETED:
                 raise RuntimeError(f"run ended {done.status}: {done.error}")
 
-        samples: dict[str, list[float]] = {k: [] for k in ("run_cpu", "run_wall", "bare_cpu", "bare_wall")}
+        calls: dict[str, Callable[[], Awaitable[None]]] = {"run": run, "bare": bare, "chain": partial(run, CHAIN)}
+        samples: dict[str, list[float]] = {f"{k}_{u}": [] for k in calls for u in ("cpu", "wall")}
         async with manager.running():
             for _ in range(30):
-                await bare()
-                await run()
+                for call in calls.values():
+                    await call()
             for i in range(pairs):
-                for what in (("run", "bare") if i % 2 == 0 else ("bare", "run")):
+                order = list(calls)[i % 3:] + list(calls)[:i % 3]  # each first in turn
+                for what in order:
                     c0, t0 = time.process_time(), time.perf_counter()
-                    await (run() if what == "run" else bare())
+                    await calls[what]()
                     samples[f"{what}_wall"].append((time.perf_counter() - t0) * 1e3)
                     samples[f"{what}_cpu"].append((time.process_time() - c0) * 1e3)
         if channel is not None:
@@ -329,6 +337,12 @@ def engine_overhead(srcs: dict[str, Path], base_url: str, pairs: int, chunks: in
                 raw[s].setdefault(k, []).extend(v)
     result: dict[str, Any] = {"client": clients}
     for s in SIDES:
+        cpu = raw[s]
+        # a step beyond the first: a 5-step run less a 1-step run and 4 bare calls, over 4 (per-run work cancels)
+        result[f"{s}_step_overhead_cpu_ms"] = summarise(
+            [(c - r - (len(CHAIN["steps"]) - 1) * b) / (len(CHAIN["steps"]) - 1)
+             for c, r, b in zip(cpu["chain_cpu"], cpu["run_cpu"], cpu["bare_cpu"], strict=True)]).as_dict()
+        result[f"{s}_chain_cpu_ms"] = summarise(cpu["chain_cpu"]).as_dict()
         for unit in ("cpu", "wall"):
             diff = [a - b for a, b in zip(raw[s][f"run_{unit}"], raw[s][f"bare_{unit}"], strict=True)]
             result[f"{s}_overhead_{unit}_ms"] = summarise(diff).as_dict()
@@ -373,6 +387,9 @@ def markdown(res: dict[str, Any]) -> list[str]:
                  met(ea < t["engine_overhead_ms"])))
     rows.append(("Engine overhead a step, wall, over its own client (ms)", wb, wa, f"< {t['engine_overhead_ms']:g}",
                  met(wa < t["engine_overhead_ms"])))
+    sb, sa = eng["before_step_overhead_cpu_ms"]["median"], eng["after_step_overhead_cpu_ms"]["median"]
+    rows.append(("Engine overhead a step beyond a run's first (5-step run), CPU (ms)", sb, sa,
+                 f"< {t['engine_overhead_ms']:g}", met(sa < t["engine_overhead_ms"])))
     pb, pa = par["before"]["efficiency"]["median"], par["after"]["efficiency"]["median"]
     rows.append(("Parallel efficiency (figure 3)", pb, pa, f"≥ {t['parallel_efficiency']:g}",
                  met(pa >= t["parallel_efficiency"])))
@@ -401,7 +418,8 @@ def markdown(res: dict[str, Any]) -> list[str]:
         f"{eng['before_run_cpu_ms']['median']:.2f} ms, after {eng['after_run_cpu_ms']['median']:.2f} ms; bare call "
         f"CPU before {eng['before_bare_cpu_ms']['median']:.2f} ms, after {eng['after_bare_cpu_ms']['median']:.2f} ms; "
         f"overhead p99 CPU before {eng['before_overhead_cpu_ms']['p99']:.2f}, after "
-        f"{eng['after_overhead_cpu_ms']['p99']:.2f} ms.",
+        f"{eng['after_overhead_cpu_ms']['p99']:.2f} ms; a 5-step run's CPU before "
+        f"{eng['before_chain_cpu_ms']['median']:.2f} ms, after {eng['after_chain_cpu_ms']['median']:.2f} ms.",
         f"Parallel: {par['after']['efficiency']['n']} runs a side; execute wall median before "
         f"{par['before']['wall_ms']['median']:.1f} ms, after {par['after']['wall_ms']['median']:.1f} ms.",
         f"Load: {ld['rounds']} rounds × {ld['runs']} runs at c={ld['concurrency']} a side and transport (3-step "
