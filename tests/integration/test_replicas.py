@@ -330,3 +330,32 @@ def test_replicas_racing_to_adopt_one_run_one_wins(backend: str, tmp_path: Path)
         assert str(store.get_run(run_id).owner).startswith("racer-") and store.orphaned_runs() == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_heartbeats_keep_a_long_step_owned_and_stop_with_the_run(
+        tmp_path: Path, backend: str, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step lasting four leases: the owner's heartbeat (a sixth of the lease) keeps renewing the lease, so no
+    replica ever sees the run orphaned; once the run ends the heartbeat stops writing at once."""
+    from conductor_mcp.runs.run_manager import RunManager
+
+    from .mcp_helpers import write_manifest
+
+    monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")  # a heartbeat every 0.1 s
+    server.set_latency(model_latency={"scripted-slow": 2.4})
+    other = open_store(backend)  # another replica's view of the same database
+    runs = RunManager(write_manifest(tmp_path, server.base_url), backend)
+    seen: list[float] = []
+    async with runs.running():
+        handle = await runs.solve("a long step", workflow={"steps": [{"worker": "slow", "instruction": "think"}]})
+        while not handle.done.is_set():
+            await anyio.sleep(0.15)
+            assert handle.run_id not in other.orphaned_runs()
+            beat = other.get_run(handle.run_id).heartbeat_at if not handle.planning else None
+            if beat is not None:
+                seen.append(beat)
+        ended = other.get_run(handle.run_id)
+        await anyio.sleep(0.5)  # no heartbeat task outlives its run
+        assert ended.status == RunStatus.COMPLETED and other.get_run(handle.run_id).heartbeat_at == ended.heartbeat_at
+    assert len(set(seen)) >= 10, seen  # renewed about every 0.1 s through the 2.4 s step
+    other.close()
