@@ -136,9 +136,9 @@ class Ownership(StoreBase):
 
     def claim_run(self, run_id: str, known: Run | None = None) -> Claimed:
         """claim, with the run's options. `known`: the run as this process wrote (add_run) or read it just before,
-        planned and untouched (its steps pending, no attempt). While the store shows it never claimed since
-        (lease 0: every write to a run's steps needs a lease), it is still the stored run, so it is answered from
-        that instead of read back, and there is nothing left running to clear."""
+        planned and untouched (its steps pending, no attempt). While the store shows it planned and never claimed
+        since (lease 0: every write to a run's steps needs a lease), it is still the stored run, so it is answered
+        from that instead of read back, and there is nothing left running to clear."""
         with self._tx() as db:
             now = self._now(db)
             row = self._lock_run(db, run_id, "*")
@@ -152,7 +152,7 @@ class Ownership(StoreBase):
                        " - claimed_at, 0), 0), claimed_at=? WHERE id=?",
                        (RunStatus.RUNNING.value, _OWNER, lease.epoch, now, now + stale_after_s(), now, now, run_id))
             fresh = (known is not None and known.id == run_id and lease.epoch == 1
-                     and known.status == RunStatus.PLANNED
+                     and row["status"] == RunStatus.PLANNED.value and known.status == RunStatus.PLANNED
                      and all(s.status == StepStatus.PENDING and not s.attempts for s in known.steps))
             if not fresh:  # a step or attempt left running belonged to a process that is gone
                 db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
