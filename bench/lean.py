@@ -58,6 +58,7 @@ from .procfs import cpu_seconds, status_kib, task_cpu_seconds
 from .profiles import OUT_DIR
 from .scripted import ROOT, ScriptedProcess, bench_env, worker_specs
 from .stats import summarise
+from .tasks import PARALLEL_DAG
 
 OUT_JSON = OUT_DIR / "lean.json"
 BEFORE = "a8aa56e"
@@ -69,13 +70,7 @@ ONE_STEP: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, 
 CHAIN: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "access": [i - 1] if i else "none"}
                                    for i in range(5)]}
 PARALLEL_STEP_S = 0.200
-PARALLEL: dict[str, Any] = {"steps": [
-    {"worker": "strong", "instruction": "Estimate from the population and piano ownership.", "access": "none"},
-    {"worker": "coder", "instruction": "Estimate from the number of music schools and venues.", "access": "none"},
-    {"worker": "cheap", "instruction": "Estimate from tuning frequency and a tuner's workload.", "access": "none"},
-    {"worker": "coder", "instruction": "List the assumptions most likely to be wrong.", "access": "none"},
-    {"worker": "strong", "instruction": "Reconcile the estimates and give one final number.", "access": "all"},
-]}
+PARALLEL = PARALLEL_DAG
 TARGETS = {"server_cpu_ms": 4.0, "engine_overhead_ms": 0.5, "parallel_efficiency": 0.95, "p99_ms": 50.0,
            "runs_per_core_ratio": 3.0}
 

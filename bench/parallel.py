@@ -25,17 +25,12 @@ from conductor_mcp.workers.pool import litellm_module
 from .figures import Figure
 from .scripted import POOL, ScriptedProcess, scripted_registry
 from .stats import summarise
+from .tasks import PARALLEL_DAG
 
 STEP_S = 0.200
 CRITICAL_PATH_S = 2 * STEP_S
 TASK = "Estimate how many piano tuners work in Chicago, with the reasoning shown."
-WORKFLOW: dict[str, Any] = {"steps": [
-    {"worker": "strong", "instruction": "Estimate from the population and piano ownership.", "access": "none"},
-    {"worker": "coder", "instruction": "Estimate from the number of music schools and venues.", "access": "none"},
-    {"worker": "cheap", "instruction": "Estimate from tuning frequency and a tuner's workload.", "access": "none"},
-    {"worker": "coder", "instruction": "List the assumptions most likely to be wrong.", "access": "none"},
-    {"worker": "strong", "instruction": "Reconcile the estimates and give one final number.", "access": "all"},
-]}
+WORKFLOW = PARALLEL_DAG
 
 
 async def _measure(repeats: int) -> dict[str, Any]:

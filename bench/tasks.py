@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 TASKS: tuple[str, ...] = (
     "A train covers 180 km in 2 hours and then 120 km in 1.5 hours. What is its average speed?",
     "Write a Python function that returns the longest palindromic substring of a string, with tests.",
@@ -24,3 +26,12 @@ TASKS: tuple[str, ...] = (
     "Implement binary search in Rust and state its time complexity with a short proof.",
     "Plan a three-day itinerary for Kyoto for someone who likes gardens and food.",
 )
+
+# Figure 3's DAG (bench.parallel, bench.lean): four independent steps, then one that sees them all
+PARALLEL_DAG: dict[str, Any] = {"steps": [
+    {"worker": "strong", "instruction": "Estimate from the population and piano ownership.", "access": "none"},
+    {"worker": "coder", "instruction": "Estimate from the number of music schools and venues.", "access": "none"},
+    {"worker": "cheap", "instruction": "Estimate from tuning frequency and a tuner's workload.", "access": "none"},
+    {"worker": "coder", "instruction": "List the assumptions most likely to be wrong.", "access": "none"},
+    {"worker": "strong", "instruction": "Reconcile the estimates and give one final number.", "access": "all"},
+]}
