@@ -12,10 +12,13 @@ the same venv, manifest, scripted workers (tests.servers.openai_server in their 
 1. Server CPU per one-step run: two `python -m conductor_mcp serve --transport http` processes at once (before,
    after); each round sends `runs` sequential one-step runs to each (the order alternating between rounds) over
    /v1/chat/completions (`model: strong`, non-streamed) and over MCP (plan_workflow of a 1-step host workflow +
-   resume(wait_s=60), one session a round, its handshake included); the server's CPU time from
+   resume(wait_s=60), one session a round, its handshake included; and since 2026-12-07 as one call, solve with
+   `strategy: single:strong`, the same one-step run /v1's `model: strong` is); the server's CPU time from
    /proc/PID/task/*/schedstat (nanoseconds) before and after: CPU ms a run, one figure a round, medians over rounds.
    Runs per second on one server core = 1000 / that. Also each server's start (spawn to listening, its CPU from
-   /proc/PID/stat) and its RSS after the runs.
+   /proc/PID/stat), its RSS after the runs, and which C parts (uvloop, httptools) it loaded. A before side whose
+   pyproject.toml does not name httptools gets a stub that hides the venv's (uvicorn would take it otherwise):
+   each side runs with the dependencies its own install had.
 2. Engine overhead per step (figure 2): in a child process per side, a 1-step run (host workflow) as the servers
    run one (RunManager.solve, then wait for its end; until 2026-12-07 this was plan + drive, which reads the run
    back), interleaved with the bare call of the client the engine uses for that worker (a POST through the direct
@@ -90,7 +93,14 @@ def before_tree(commit: str) -> Iterator[Path]:
         subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), commit, "src"], cwd=ROOT, check=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        yield Path(tmp) / "src"
+        src = Path(tmp) / "src"
+        declared = subprocess.run(["git", "show", f"{commit}:pyproject.toml"], cwd=ROOT, capture_output=True,
+                                  text=True, check=True).stdout
+        if "httptools" not in declared:
+            # uvicorn would take the venv's httptools for this side too, which its own install never had: hide it
+            (src / "httptools").mkdir()
+            (src / "httptools" / "__init__.py").write_text(f'raise ImportError("not a dependency at {commit}")\n')
+        yield src
 
 
 def imported_from(src: Path) -> str:
@@ -119,6 +129,9 @@ class Served(HttpServer):
         # spawn to listening (the lifespan, litellm's warm-up included, runs before uvicorn listens)
         self.listen_s = time.perf_counter() - self.spawned_at
         self.listen_cpu_s = cpu_seconds(self.proc.pid)
+        with open(f"/proc/{self.proc.pid}/maps") as maps:  # which of the C parts it loaded
+            mapped = maps.read()
+        self.c_parts = [name for name in ("uvloop", "httptools") if f"/{name}/" in mapped]
 
 
 # -- 1. server CPU per one-step run ---------------------------------------------------------------------------
@@ -131,6 +144,17 @@ def _v1_run(http: httpx.Client) -> None:
 def _v1_runs(http: httpx.Client, n: int) -> None:
     for _ in range(n):
         _v1_run(http)
+
+
+async def _mcp_solve_runs(url: str, n: int) -> None:
+    """One call a run, as /v1's `model: strong`: solve with `strategy: single:strong` (no planner)."""
+    from mcp import Client
+
+    async with Client(url, read_timeout_seconds=120) as client:
+        for _ in range(n):
+            done = await client.call_tool("solve", {"task": TASK, "strategy": "single:strong", "wait_s": 60})
+            if (done.structured_content or {}).get("status") != "completed":
+                raise RuntimeError(f"solve: {done.content}")
 
 
 async def _mcp_runs(url: str, n: int) -> None:
@@ -154,7 +178,7 @@ def _cpu_of(pid: int, fn: Callable[[], None], runs: int) -> tuple[float, float]:
 
 
 def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, Any]:
-    cpu: dict[str, list[float]] = {f"{s}_{t}": [] for s in SIDES for t in ("v1", "mcp")}
+    cpu: dict[str, list[float]] = {f"{s}_{t}": [] for s in SIDES for t in ("v1", "mcp", "mcp_solve")}
     wall: dict[str, list[float]] = {k: [] for k in cpu}
     https = {s: httpx.Client(base_url=served[s].root, timeout=60) for s in SIDES}
     try:
@@ -162,6 +186,7 @@ def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, A
             for _ in range(20):
                 _v1_run(https[s])
             anyio.run(_mcp_runs, served[s].url, 10)
+            anyio.run(_mcp_solve_runs, served[s].url, 10)
         for r in range(rounds):
             for s in (SIDES if r % 2 == 0 else SIDES[::-1]):
                 pid, http, url = served[s].proc.pid, https[s], served[s].url
@@ -171,6 +196,9 @@ def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, A
                 c, w = _cpu_of(pid, partial(anyio.run, _mcp_runs, url, runs), runs)
                 cpu[f"{s}_mcp"].append(c)
                 wall[f"{s}_mcp"].append(w)
+                c, w = _cpu_of(pid, partial(anyio.run, _mcp_solve_runs, url, runs), runs)
+                cpu[f"{s}_mcp_solve"].append(c)
+                wall[f"{s}_mcp_solve"].append(w)
     finally:
         for h in https.values():
             h.close()
@@ -178,6 +206,7 @@ def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, A
             "median_cpu_ms": {k: statistics.median(v) for k, v in cpu.items()},
             "median_wall_ms": {k: statistics.median(v) for k, v in wall.items()},
             "rss_mib": {s: status_kib(served[s].proc.pid, "VmRSS") / 1024 for s in SIDES},
+            "c_parts": {s: served[s].c_parts for s in SIDES},
             "listen_s": {s: served[s].listen_s for s in SIDES},
             "listen_cpu_s": {s: served[s].listen_cpu_s for s in SIDES}}
 
@@ -372,9 +401,15 @@ def markdown(res: dict[str, Any]) -> list[str]:
              met(cpu["after_v1"] <= t["server_cpu_ms"])),
             ("Server CPU per one-step run, MCP plan_workflow + resume (ms)", cpu["before_mcp"], cpu["after_mcp"],
              f"≤ {t['server_cpu_ms']:g}", met(cpu["after_mcp"] <= t["server_cpu_ms"]))]
-    for tr in ("v1", "mcp"):
+    if "before_mcp_solve" in cpu:  # measured since 2026-12-07 (lean.json files before lack it)
+        rows.append(("Server CPU per one-step run, MCP solve, one call (single:strong, as /v1's) (ms)",
+                     cpu["before_mcp_solve"], cpu["after_mcp_solve"], f"≤ {t['server_cpu_ms']:g}",
+                     met(cpu["after_mcp_solve"] <= t["server_cpu_ms"])))
+    for tr, label in (("v1", "/v1"), ("mcp", "MCP plan + resume"), ("mcp_solve", "MCP solve")):
+        if f"before_{tr}" not in cpu:
+            continue
         b, a = 1e3 / cpu[f"before_{tr}"], 1e3 / cpu[f"after_{tr}"]
-        rows.append((f"Runs/s per server core, {'/v1' if tr == 'v1' else 'MCP'} (1000 / CPU ms)", b, a,
+        rows.append((f"Runs/s per server core, {label} (1000 / CPU ms)", b, a,
                      f"≥ 3 × before ({3 * b:.0f})", met(a >= t["runs_per_core_ratio"] * b)))
     eb, ea = eng["before_overhead_cpu_ms"]["median"], eng["after_overhead_cpu_ms"]["median"]
     wb, wa = eng["before_overhead_wall_ms"]["median"], eng["after_overhead_wall_ms"]["median"]
@@ -408,7 +443,9 @@ def markdown(res: dict[str, Any]) -> list[str]:
         + ". Request wall ms (median): " + ", ".join(f"{k} {v:.2f}" for k, v in srv["median_wall_ms"].items())
         + ". Server start (spawn to listening; CPU): " + ", ".join(
             f"{s} {srv['listen_s'][s]:.2f} s ({srv['listen_cpu_s'][s]:.2f} s CPU)" for s in SIDES)
-        + "; RSS after the runs: " + ", ".join(f"{s} {srv['rss_mib'][s]:.0f} MiB" for s in SIDES) + ".",
+        + "; RSS after the runs: " + ", ".join(f"{s} {srv['rss_mib'][s]:.0f} MiB" for s in SIDES)
+        + "; C parts loaded (uvloop, httptools): " + ", ".join(
+            f"{s} {' + '.join(srv.get('c_parts', {}).get(s) or ['none'])}" for s in SIDES) + ".",
         f"Engine: {eng['pairs']} pairs × {eng['chunks']} children a side; run CPU before "
         f"{eng['before_run_cpu_ms']['median']:.2f} ms, after {eng['after_run_cpu_ms']['median']:.2f} ms; bare call "
         f"CPU before {eng['before_bare_cpu_ms']['median']:.2f} ms, after {eng['after_bare_cpu_ms']['median']:.2f} ms; "
