@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import anyio
 import httpx
 import pytest
 from pydantic import ValidationError
 
 from conductor_mcp.models import Manifest, WorkerSpec
-from conductor_mcp.workers.openai_http import OPENAI_BASE, Channel, Endpoint, endpoint
+from conductor_mcp.workers.openai_http import OPENAI_BASE, Channel, Endpoint, endpoint, tls_context
 from conductor_mcp.workers.pool import _classify, uses_litellm
 from conductor_mcp.workers.provider_errors import provider_error
 from conductor_mcp.workers.registry import build_registry
@@ -134,3 +138,30 @@ def test_a_proxy_or_a_password_in_the_url_takes_httpxs_client(monkeypatch: pytes
             await channel.aclose()
 
     anyio.run(check)
+
+
+def test_channels_share_one_tls_context() -> None:
+    """Making a TLS context reads the CA bundle (about 50 ms on the event loop): every channel, lean or through
+    httpx's client, takes the one tls_context() made, which honours SSL_CERT_FILE as httpx's own would."""
+
+    async def check() -> None:
+        lean, with_password = Channel(LOCAL, "k"), Channel("https://u:p@example.invalid/v1", "k")
+        for transport in (lean.transport, with_password.client._transport):
+            assert isinstance(transport, httpx.AsyncHTTPTransport)
+            assert transport._pool._ssl_context is tls_context()
+        for channel in (lean, with_password):
+            await channel.aclose()
+
+    anyio.run(check)
+
+
+def test_serving_starts_with_the_first_runs_imports_made(tmp_path: Path) -> None:
+    """settle_heap, which serve calls before it answers anything, leaves the first request no imports and no TLS
+    context to make (about 100 ms before), and freezes what start-up built."""
+    code = ("import sys, gc\nfrom conductor_mcp.surfaces.transports import settle_heap\nsettle_heap()\n"
+            "import conductor_mcp.workers.openai_http as o\n"
+            "missing = [m for m in ('httpcore', 'conductor_mcp.runs.engine', 'conductor_mcp.workers.pool')"
+            " if m not in sys.modules]\n"
+            "print(missing, o.tls_context.cache_info().currsize, gc.get_freeze_count() > 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == ["[]", "1", "True"]

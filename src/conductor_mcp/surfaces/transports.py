@@ -332,9 +332,18 @@ def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
 
 
 def settle_heap() -> None:
-    """Leave what start-up built (modules, schemas, the app: about 100,000 objects) out of the collector's full
-    passes: each of them walked it all, which cost a served one-step run about 0.06 ms of CPU on average. No
-    collection first: it would delay the first answer by about 60 ms, to free a few start-up cycles."""
+    """Import and make what the first run would (the engine, its worker clients, httpx, the TLS context): else the
+    first request waited about 100 ms on them. Then leave what start-up built (modules, schemas, the app: about
+    100,000 objects) out of the collector's full passes: each of them walked it all, which cost a served one-step
+    run about 0.06 ms of CPU on average. No collection first: it would delay the first answer by about 60 ms, to
+    free a few start-up cycles."""
+    import httpcore  # noqa: F401  (httpx imports it with its first client: 80 ms where trio is installed)
+
+    from ..runs import engine  # noqa: F401
+    from ..workers import pool  # noqa: F401
+    from ..workers.openai_http import tls_context
+
+    tls_context()
     gc.freeze()
 
 
@@ -392,5 +401,6 @@ def serve(args: argparse.Namespace) -> None:
                 runs.background(adopt_orphans, runs, runs.adopt_s)
             await replica_server(config, manager, grace_s).serve(sockets=[sock])
 
+    config.load()  # uvicorn's protocol modules, imported before the heap settles
     settle_heap()
     anyio.run(run_http, backend_options=loop_options())
