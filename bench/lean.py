@@ -31,7 +31,10 @@ the same venv, manifest, scripted workers (tests.servers.openai_server in their 
    efficiency = 0.400 s / execute wall.
 4. p99 beyond workers at 10 clients (figures 4 and 8): figure 4's 3-step chain of 50 ms workers, 10 concurrent
    clients in their own process (bench.load_client over MCP, bench.openai_client over /v1), `load_runs` runs a
-   level; beyond workers = request time − 150 ms. Rounds alternate sides.
+   level; beyond workers = request time − 150 ms. Rounds alternate sides. Since 2026-12-07 also the share of
+   that inside the server's runs, from each side's own trace: from a run's first worker call to its end, less the
+   worker calls the server timed (the HTTP around a run, the client's process and the workers' server make the
+   rest).
 """
 
 from __future__ import annotations
@@ -219,16 +222,34 @@ def load_level(server: Served, concurrency: int, runs: int, transport: str) -> d
     def on_start() -> None:
         marks["cpu"] = task_cpu_seconds(pid)
 
+    began = time.time()
     if transport == "mcp":
         out = run_client(server.url, concurrency, runs, 90.0, on_start)
     else:
         out = run_client(server.root, concurrency, runs, 90.0, on_start, ("bench.openai_client", "load", "--root"))
     lat = out["latency_s"]
     beyond = summarise([(x - WORKER_PATH_S) * 1e3 for x in lat]) if lat else None
+    in_runs = in_run_beyond_calls_ms(server.db, began, time.time())
+    inside = summarise(in_runs) if in_runs else None
     return {"concurrency": concurrency, "completed": out["completed"], "errors": out["errors"],
             "runs_s": out["completed"] / out["wall_s"] if out["wall_s"] > 0 else 0.0,
             "beyond_workers_ms": beyond.as_dict() if beyond else None,
+            "in_run_beyond_calls_ms": inside.as_dict() if inside else None,
             "server_cpu_ms_per_run": (task_cpu_seconds(pid) - marks["cpu"]) * 1e3 / max(out["completed"], 1)}
+
+
+def in_run_beyond_calls_ms(db: Path, since: float, until: float) -> list[float]:
+    """From the side's own trace: each run created in [since, until], from its first worker call's start to its end,
+    less the worker calls the server timed (attempts.latency_s, which holds the worker's own queueing and our
+    reading of its answer): the engine's share of the tail, apart from the HTTP in front of it (and, over MCP, the
+    client's turn between plan_workflow and resume), the client and the workers' server."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        rows = con.execute("SELECT r.updated_at - MIN(a.started_at) - SUM(a.latency_s) FROM runs r "
+                           "JOIN attempts a ON a.run_id = r.id WHERE r.created_at BETWEEN ? AND ? "
+                           "AND r.status = 'completed' GROUP BY r.id", (since, until)).fetchall()
+    return [row[0] * 1e3 for row in rows]
 
 
 def load(served: dict[str, Served], concurrency: int, runs: int, rounds: int) -> dict[str, Any]:
@@ -244,6 +265,8 @@ def load(served: dict[str, Served], concurrency: int, runs: int, rounds: int) ->
                                          for k, v in levels.items()},
             "p50_ms": {k: statistics.median(lv["beyond_workers_ms"]["median"] for lv in v)
                        for k, v in levels.items()},
+            "in_run_p99_ms": {k: statistics.median(lv["in_run_beyond_calls_ms"]["p99"] for lv in v)
+                              for k, v in levels.items()},
             "errors": {k: sum(sum(lv["errors"].values()) for lv in v) for k, v in levels.items()}}
 
 
@@ -427,6 +450,10 @@ def markdown(res: dict[str, Any]) -> list[str]:
         b, a = ld["p99_ms"][f"before_{tr}"], ld["p99_ms"][f"after_{tr}"]
         rows.append((f"p99 beyond workers at 10 clients, {'/v1' if tr == 'v1' else 'MCP'} (ms)", b, a,
                      f"< {t['p99_ms']:g}", met(a < t["p99_ms"])))
+    for tr in ("v1", "mcp") if "in_run_p99_ms" in ld else ():  # measured since 2026-12-07
+        b, a = ld["in_run_p99_ms"][f"before_{tr}"], ld["in_run_p99_ms"][f"after_{tr}"]
+        rows.append((f"… of which inside the run, beyond its worker calls (trace), {'/v1' if tr == 'v1' else 'MCP'}"
+                     " (ms)", b, a, "(its share)", ""))
     lines = ["| measure | before | after | after / before | target | |", "|---|---:|---:|---:|---|---|"]
     for name, b, a, target, verdict in rows:
         digits = 3 if "efficiency" in name else 2
