@@ -156,9 +156,10 @@ def test_channels_share_one_tls_context() -> None:
 
 
 def test_serving_starts_with_the_first_runs_imports_made(tmp_path: Path) -> None:
-    """settle_heap, which serve calls before it answers anything, leaves the first request no imports and no TLS
-    context to make (about 100 ms before), and freezes what start-up built."""
-    code = ("import sys, gc\nfrom conductor_mcp.surfaces.transports import settle_heap\nsettle_heap()\n"
+    """What HTTP serving does before it answers anything: it leaves the first request no imports and no TLS context
+    to make (about 100 ms before), and freezes what start-up built."""
+    code = ("import sys, gc\nfrom conductor_mcp.surfaces.transports import settle_heap, warm_first_run\n"
+            "warm_first_run()\nsettle_heap()\n"
             "import conductor_mcp.workers.openai_http as o\n"
             "missing = [m for m in ('httpcore', 'conductor_mcp.runs.engine', 'conductor_mcp.workers.pool')"
             " if m not in sys.modules]\n"

@@ -331,12 +331,10 @@ def replica_server(config: Any, manager: RunManager, grace_s: float) -> Any:
     return Replica(config)
 
 
-def settle_heap() -> None:
-    """Import and make what the first run would (the engine, its worker clients, httpx, the TLS context): else the
-    first request waited about 100 ms on them. Then leave what start-up built (modules, schemas, the app: about
-    100,000 objects) out of the collector's full passes: each of them walked it all, which cost a served one-step
-    run about 0.06 ms of CPU on average. No collection first: it would delay the first answer by about 60 ms, to
-    free a few start-up cycles."""
+def warm_first_run() -> None:
+    """Import and make what the first run would (the engine, its worker clients, httpx, the TLS context): an HTTP
+    server's first request waited about 100 ms on them. Not over stdio, where it would delay the host's first
+    answers (initialize, tools/list) instead."""
     import httpcore  # noqa: F401  (httpx imports it with its first client: 80 ms where trio is installed)
 
     from ..runs import engine  # noqa: F401
@@ -344,6 +342,12 @@ def settle_heap() -> None:
     from ..workers.openai_http import tls_context
 
     tls_context()
+
+
+def settle_heap() -> None:
+    """Leave what start-up built (modules, schemas, the app: about 100,000 objects) out of the collector's full
+    passes: each of them walked it all, which cost a served one-step run about 0.06 ms of CPU on average. No
+    collection first: it would delay the first answer by about 60 ms, to free a few start-up cycles."""
     gc.freeze()
 
 
@@ -401,6 +405,7 @@ def serve(args: argparse.Namespace) -> None:
                 runs.background(adopt_orphans, runs, runs.adopt_s)
             await replica_server(config, manager, grace_s).serve(sockets=[sock])
 
+    warm_first_run()
     config.load()  # uvicorn's protocol modules, imported before the heap settles
     settle_heap()
     anyio.run(run_http, backend_options=loop_options())
