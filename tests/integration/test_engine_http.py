@@ -15,6 +15,7 @@ from conductor_mcp.runs.engine import Engine, StepEvent
 from conductor_mcp.runs.resilience import RetryPolicy
 from conductor_mcp.runs.run_manager import RunManager
 from conductor_mcp.store import Store
+from conductor_mcp.workers.openai_http import POOLS, Channel
 from conductor_mcp.workers.registry import build_registry
 
 from ..conftest import http_registry, resume
@@ -175,3 +176,27 @@ async def test_bad_input(server: ScriptedServer, store: Store) -> None:
         await eng.plan("x", max_steps=9, workflow=DIAMOND)
     with pytest.raises(WorkflowError, match="2 steps, at most 1"):
         await eng.plan("x", max_steps=1, workflow={"steps": DIAMOND["steps"][:2]})
+
+
+async def test_calls_one_at_a_time_keep_one_connection_and_calls_at_once_spread(server: ScriptedServer) -> None:
+    """The direct client's channel spreads calls over POOLS connection pools (httpcore's pool costs grow with the
+    connections it holds): each call goes to the pool with the fewest in flight, the first of those, so calls made
+    one at a time reuse one connection and 2 × POOLS calls at once hold two in each pool."""
+    channel = Channel(server.base_url, "none")
+    body = {"model": "scripted-a", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def call() -> None:
+        assert (await channel.post(body, 10)).status_code == 200
+
+    try:
+        for _ in range(3):
+            await call()
+        assert [len(p._pool.connections) for p in channel.pools] == [1] + [0] * (POOLS - 1)
+        server.set_latency(latency_s=0.2)
+        async with anyio.create_task_group() as tg:
+            for _ in range(2 * POOLS):
+                tg.start_soon(call)
+        assert [len(p._pool.connections) for p in channel.pools] == [2] * POOLS
+        assert channel.in_flight == [0] * POOLS
+    finally:
+        await channel.aclose()

@@ -132,7 +132,7 @@ def test_a_proxy_or_a_password_in_the_url_takes_httpxs_client(monkeypatch: pytes
         lean, with_password = Channel(LOCAL, "k"), Channel("http://u:p@127.0.0.1:8080/v1", "k")
         monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
         proxied = Channel(LOCAL, "k")
-        assert lean.transport is not None and with_password.transport is None and proxied.transport is None
+        assert lean.pools and not with_password.pools and not proxied.pools
         assert str(lean.url) == LOCAL + "/chat/completions"
         for channel in (lean, with_password, proxied):
             await channel.aclose()
@@ -146,7 +146,7 @@ def test_channels_share_one_tls_context() -> None:
 
     async def check() -> None:
         lean, with_password = Channel(LOCAL, "k"), Channel("https://u:p@example.invalid/v1", "k")
-        for transport in (lean.transport, with_password.client._transport):
+        for transport in (*lean.pools, with_password.client._transport):
             assert isinstance(transport, httpx.AsyncHTTPTransport)
             assert transport._pool._ssl_context is tls_context()
         for channel in (lean, with_password):

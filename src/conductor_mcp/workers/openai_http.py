@@ -79,6 +79,13 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# httpcore's pool looks at every connection it holds on each request and each answer (one of those looks is
+# quadratic, and each idle connection's socket is polled): with 50 calls in flight that took about a fifth of the
+# server's CPU (BENCHMARKS.md). An endpoint's calls spread over this many pools instead, each call to the pool with
+# the fewest in flight (the first of those), so that calls made one at a time keep to one connection.
+POOLS = 8
+
+
 class Channel:
     """One endpoint and key: pooled connections, and what every call to it sends the same, fixed once.
 
@@ -94,9 +101,12 @@ class Channel:
         proxied = any(scheme != "no" for scheme in urllib.request.getproxies())
         lean = not (proxied or httpx.URL(base_url).userinfo)
         tls = tls_context()
-        self.transport = httpx.AsyncHTTPTransport(limits=limits, verify=tls) if lean else None
-        self.client = httpx.AsyncClient(base_url=base_url, limits=limits, transport=self.transport, verify=tls,
-                                        headers={"authorization": f"Bearer {key}", "accept": "application/json"})
+        shard = httpx.Limits(max_connections=None, max_keepalive_connections=64 // POOLS, keepalive_expiry=KEEPALIVE_S)
+        self.pools = [httpx.AsyncHTTPTransport(limits=shard, verify=tls) for _ in range(POOLS if lean else 0)]
+        self.in_flight = [0] * len(self.pools)
+        self.client = httpx.AsyncClient(base_url=base_url, limits=limits, transport=self.pools[0] if lean else None,
+                                        verify=tls, headers={"authorization": f"Bearer {key}",
+                                                             "accept": "application/json"})
         template = self.client.build_request("POST", "/chat/completions", json={})
         self.url = template.url
         self.headers = httpx.Headers([(k, v) for k, v in template.headers.raw
@@ -104,20 +114,27 @@ class Channel:
 
     async def post(self, body: dict[str, Any], timeout_s: float) -> httpx.Response:
         """POST the body as JSON and read the whole answer: the request the client would send, byte for byte."""
-        if self.transport is None:
+        if not self.pools:
             return await self.client.post("/chat/completions", json=body, timeout=timeout_s)
         request = httpx.Request("POST", self.url, headers=self.headers, json=body, extensions={
             "timeout": {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}})
-        response = await self.transport.handle_async_request(request)
-        response.request = request
+        i = self.in_flight.index(min(self.in_flight))
+        self.in_flight[i] += 1
         try:
-            await response.aread()
+            response = await self.pools[i].handle_async_request(request)
+            response.request = request
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         finally:
-            await response.aclose()
+            self.in_flight[i] -= 1
         return response
 
     async def aclose(self) -> None:
-        await self.client.aclose()  # and the transport it was given
+        await self.client.aclose()  # and the first pool, which it was given
+        for pool in self.pools[1:]:
+            await pool.aclose()
 
 
 class HttpClients:
