@@ -50,7 +50,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,7 @@ def in_run_beyond_calls_ms(db: Path, since: float, until: float) -> list[float]:
     client's turn between plan_workflow and resume), the client and the workers' server."""
     import sqlite3
 
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         rows = con.execute("SELECT r.updated_at - MIN(a.started_at) - SUM(a.latency_s) FROM runs r "
                            "JOIN attempts a ON a.run_id = r.id WHERE r.created_at BETWEEN ? AND ? "
                            "AND r.status = 'completed' GROUP BY r.id", (since, until)).fetchall()
@@ -265,7 +265,8 @@ def load(served: dict[str, Served], concurrency: int, runs: int, rounds: int) ->
                                          for k, v in levels.items()},
             "p50_ms": {k: statistics.median(lv["beyond_workers_ms"]["median"] for lv in v)
                        for k, v in levels.items()},
-            "in_run_p99_ms": {k: statistics.median(lv["in_run_beyond_calls_ms"]["p99"] for lv in v)
+            "in_run_p99_ms": {k: statistics.median([lv["in_run_beyond_calls_ms"]["p99"] for lv in v
+                                                    if lv["in_run_beyond_calls_ms"]] or [float("nan")])
                               for k, v in levels.items()},
             "errors": {k: sum(sum(lv["errors"].values()) for lv in v) for k, v in levels.items()}}
 

@@ -13,6 +13,10 @@ from conductor_mcp.surfaces.mcp_server import ConductorServer, build_server, hea
 HEADED: dict[str, Any] = {"type": "object", "properties": {
     "region": {"type": "string", "x-mcp-header": "Region"}, "task": {"type": "string"}}}
 BARE: dict[str, Any] = {"type": "object", "properties": {"task": {"type": "string"}}}
+# annotations the SDK finds invalid (off the properties chain, on an object): it checks no header against them
+INVALID: list[dict[str, Any]] = [
+    {"type": "object", "anyOf": [{"properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}]},
+    {"type": "object", "properties": {"where": {"type": "object", "x-mcp-header": "Where"}}}]
 HEADERS = [{}, {"mcp-param-region": "eu"}, {"mcp-param-task": "x", "mcp-param-workers": "strong"}]
 ARGS = [{}, {"task": "t"}, {"task": "t", "region": "us"}, {"region": "eu"}]
 
@@ -44,3 +48,8 @@ def test_a_headed_schema_is_still_checked() -> None:
     assert verdict(lookup("headed"), {"region": "eu"}, {"mcp-param-region": "eu"}) is None
     schemas["bare"] = HEADED  # a tool added again under its name is looked at again
     assert lookup("bare") is HEADED
+    for schema in INVALID:  # the SDK checks no header against these, whether headed_only passes them on or not
+        ours = headed_only({"t": schema}.get)("t")
+        for args in ARGS:
+            for headers in HEADERS:
+                assert verdict(ours, args, headers) == verdict(schema, args, headers) is None

@@ -140,8 +140,8 @@ SchemaLookup = Callable[[str], Mapping[str, Any] | None]
 def headed_only(lookup: SchemaLookup) -> SchemaLookup:
     """The SDK checks a tools/call's `Mcp-Param-*` headers against the tool's input schema, walking all of it twice
     on every call (about 0.15 ms for plan_workflow's). Only a schema with an `x-mcp-header` annotation can fail that
-    check, and ours have none: this answers a schema without one as no schema (nothing to check), found once a
-    schema, which the SDK takes for the same answer."""
+    check, and ours have none: this answers a schema without one as no schema, which the SDK takes to mean the same
+    thing (nothing to check). Each schema is looked at once."""
     known: dict[str, tuple[Mapping[str, Any], Mapping[str, Any] | None]] = {}
 
     def find(name: str) -> Mapping[str, Any] | None:

@@ -407,5 +407,6 @@ def serve(args: argparse.Namespace) -> None:
 
     warm_first_run()
     config.load()  # uvicorn's protocol modules, imported before the heap settles
+    loop = loop_options()  # and uvloop's
     settle_heap()
-    anyio.run(run_http, backend_options=loop_options())
+    anyio.run(run_http, backend_options=loop)

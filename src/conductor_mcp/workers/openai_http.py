@@ -74,25 +74,28 @@ def endpoint(spec: WorkerSpec) -> Endpoint | None:
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
-    """The TLS context of every channel, made as httpx makes one (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR).
-    Making one reads the CA bundle: about 50 ms that a channel's first call spent on the event loop, each time."""
+    """The TLS context of every channel, made as httpx makes one (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR,
+    read once, at first use). Making one reads the CA bundle: about 50 ms that each channel's first call spent on
+    the event loop."""
     return httpx.create_ssl_context()
 
 
 # httpcore's pool looks at every connection it holds on each request and each answer (one of those looks is
 # quadratic, and each idle connection's socket is polled): with 50 calls in flight that took about a fifth of the
 # server's CPU (BENCHMARKS.md). An endpoint's calls spread over this many pools instead, each call to the pool with
-# the fewest in flight (the first of those), so that calls made one at a time keep to one connection.
+# the fewest in flight (the first of those), so that calls made one at a time keep to one connection. A pool drops
+# its expired idle connections only when it next takes a call, so after a burst pools 1-7 may hold up to 8 idle
+# sockets each until then. (The proxied path, through httpx's client, keeps one pool.)
 POOLS = 8
 
 
 class Channel:
     """One endpoint and key: pooled connections, and what every call to it sends the same, fixed once.
 
-    A call is one request on httpx's transport, built from the URL and headers httpx.AsyncClient would send (taken
-    from a request the client builds once): the client's per-call work (URL merging, header merging, auth flow,
-    redirect loop, cookie jar) does nothing for a POST to a fixed URL and costs about a quarter of the call's
-    CPU. Where the environment names a proxy, or the URL carries a user and password, calls go through the
+    A call is one request on one of its POOLS httpx transports, built from the URL and headers httpx.AsyncClient
+    would send (taken from a request the client builds once): the client's per-call work (URL merging, header
+    merging, auth flow, redirect loop, cookie jar) does nothing for a POST to a fixed URL and costs about a quarter
+    of the call's CPU. Where the environment names a proxy, or the URL carries a user and password, calls go through the
     client, which applies them."""
 
     def __init__(self, base_url: str, key: str) -> None:
