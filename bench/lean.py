@@ -149,28 +149,23 @@ def _v1_runs(http: httpx.Client, n: int) -> None:
         _v1_run(http)
 
 
-async def _mcp_solve_runs(url: str, n: int) -> None:
-    """One call a run, as /v1's `model: strong`: solve with `strategy: single:strong` (no planner)."""
+async def _mcp_runs(url: str, n: int, one_call: bool = False) -> None:
+    """`n` one-step runs in one session: plan_workflow + resume, or (`one_call`) as /v1's `model: strong` is one
+    request, solve with `strategy: single:strong` (no planner)."""
     from mcp import Client
 
     async with Client(url, read_timeout_seconds=120) as client:
         for _ in range(n):
-            done = await client.call_tool("solve", {"task": TASK, "strategy": "single:strong", "wait_s": 60})
+            if one_call:
+                done = await client.call_tool("solve", {"task": TASK, "strategy": "single:strong", "wait_s": 60})
+            else:
+                planned = await client.call_tool("plan_workflow", {"task": TASK, "workflow": ONE_STEP})
+                if planned.is_error or planned.structured_content is None:
+                    raise RuntimeError(f"plan_workflow: {planned.content}")
+                done = await client.call_tool("resume", {"run_id": planned.structured_content["run_id"],
+                                                         "wait_s": 60})
             if (done.structured_content or {}).get("status") != "completed":
-                raise RuntimeError(f"solve: {done.content}")
-
-
-async def _mcp_runs(url: str, n: int) -> None:
-    from mcp import Client
-
-    async with Client(url, read_timeout_seconds=120) as client:
-        for _ in range(n):
-            planned = await client.call_tool("plan_workflow", {"task": TASK, "workflow": ONE_STEP})
-            if planned.is_error or planned.structured_content is None:
-                raise RuntimeError(f"plan_workflow: {planned.content}")
-            done = await client.call_tool("resume", {"run_id": planned.structured_content["run_id"], "wait_s": 60})
-            if (done.structured_content or {}).get("status") != "completed":
-                raise RuntimeError(f"resume: {done.content}")
+                raise RuntimeError(f"{'solve' if one_call else 'resume'}: {done.content}")
 
 
 def _cpu_of(pid: int, fn: Callable[[], None], runs: int) -> tuple[float, float]:
@@ -189,7 +184,7 @@ def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, A
             for _ in range(20):
                 _v1_run(https[s])
             anyio.run(_mcp_runs, served[s].url, 10)
-            anyio.run(_mcp_solve_runs, served[s].url, 10)
+            anyio.run(_mcp_runs, served[s].url, 10, True)
         for r in range(rounds):
             for s in (SIDES if r % 2 == 0 else SIDES[::-1]):
                 pid, http, url = served[s].proc.pid, https[s], served[s].url
@@ -199,7 +194,7 @@ def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, A
                 c, w = _cpu_of(pid, partial(anyio.run, _mcp_runs, url, runs), runs)
                 cpu[f"{s}_mcp"].append(c)
                 wall[f"{s}_mcp"].append(w)
-                c, w = _cpu_of(pid, partial(anyio.run, _mcp_solve_runs, url, runs), runs)
+                c, w = _cpu_of(pid, partial(anyio.run, _mcp_runs, url, runs, True), runs)
                 cpu[f"{s}_mcp_solve"].append(c)
                 wall[f"{s}_mcp_solve"].append(w)
     finally:
@@ -242,7 +237,9 @@ def in_run_beyond_calls_ms(db: Path, since: float, until: float) -> list[float]:
     """From the side's own trace: each run created in [since, until], from its first worker call's start to its end,
     less the worker calls the server timed (attempts.latency_s, which holds the worker's own queueing and our
     reading of its answer): the engine's share of the tail, apart from the HTTP in front of it (and, over MCP, the
-    client's turn between plan_workflow and resume), the client and the workers' server."""
+    client's turn between plan_workflow and resume), the client and the workers' server. bench.load.server_side's
+    engine gaps measure the same through a Store, but opening one would migrate the before side's database under
+    its running server: hence a read-only query."""
     import sqlite3
 
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
