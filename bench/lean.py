@@ -34,7 +34,10 @@ the same venv, manifest, scripted workers (tests.servers.openai_server in their 
    level; beyond workers = request time − 150 ms. Rounds alternate sides. Since 2026-12-07 also the share of
    that inside the server's runs, from each side's own trace: from a run's first worker call to its end, less the
    worker calls the server timed (the HTTP around a run, the client's process and the workers' server make the
-   rest).
+   rest). Since 2026-12-07 (later) the clients no longer count their own start-up as the server's tail: each session
+   lists the tools (MCP, as hosts do at connect) and makes one run before the clock, the client freezes its heap
+   when the clock starts, the scripted workers freeze theirs once serving, and the 10 sessions' first runs spread
+   over 150 ms (LOAD_RAMP_S) instead of all starting in the same millisecond.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ CHAIN: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "ac
                                    for i in range(5)]}
 PARALLEL_STEP_S = 0.200
 PARALLEL = PARALLEL_DAG
+LOAD_RAMP_S = WORKER_PATH_S
 TARGETS = {"server_cpu_ms": 4.0, "engine_overhead_ms": 0.5, "parallel_efficiency": 0.95, "p99_ms": 50.0,
            "runs_per_core_ratio": 3.0}
 
@@ -215,16 +219,17 @@ def load_level(server: Served, concurrency: int, runs: int, transport: str) -> d
     marks: dict[str, float] = {}
 
     def on_start() -> None:
-        marks["cpu"] = task_cpu_seconds(pid)
+        marks["cpu"], marks["began"] = task_cpu_seconds(pid), time.time()
 
-    began = time.time()
+    # the first runs spread over one chain's length, as 10 independent clients start (since 2026-12-07)
     if transport == "mcp":
-        out = run_client(server.url, concurrency, runs, 90.0, on_start)
+        out = run_client(server.url, concurrency, runs, 90.0, on_start, ramp_s=LOAD_RAMP_S)
     else:
-        out = run_client(server.root, concurrency, runs, 90.0, on_start, ("bench.openai_client", "load", "--root"))
+        out = run_client(server.root, concurrency, runs, 90.0, on_start, ("bench.openai_client", "load", "--root"),
+                         LOAD_RAMP_S)
     lat = out["latency_s"]
     beyond = summarise([(x - WORKER_PATH_S) * 1e3 for x in lat]) if lat else None
-    in_runs = in_run_beyond_calls_ms(server.db, began, time.time())
+    in_runs = in_run_beyond_calls_ms(server.db, marks["began"], time.time())  # the clients' warm-up runs left out
     inside = summarise(in_runs) if in_runs else None
     return {"concurrency": concurrency, "completed": out["completed"], "errors": out["errors"],
             "runs_s": out["completed"] / out["wall_s"] if out["wall_s"] > 0 else 0.0,

@@ -101,11 +101,12 @@ class McpServer(HttpServer):
 
 
 def run_client(url: str, concurrency: int, runs: int, timeout_s: float,
-               on_start: Callable[[], None] | None = None, client: tuple[str, ...] = ("bench.load_client", "--url")
-               ) -> dict[str, Any]:
+               on_start: Callable[[], None] | None = None, client: tuple[str, ...] = ("bench.load_client", "--url"),
+               ramp_s: float = 0.0) -> dict[str, Any]:
     """Run a load client (bench.load_client, or `client`: module and arguments before the URL) in its own
-    process; `on_start` is called when its clock starts."""
-    cmd = [sys.executable, "-m", *client, url, "-c", str(concurrency), "-n", str(runs), "--timeout", str(timeout_s)]
+    process; `on_start` is called when its clock starts; `ramp_s`: its sessions' first runs spread over this long."""
+    cmd = [sys.executable, "-m", *client, url, "-c", str(concurrency), "-n", str(runs), "--timeout", str(timeout_s),
+           "--ramp-s", str(ramp_s)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None

@@ -57,8 +57,8 @@ async def one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
                                "conductor": {"workflow": WORKFLOW}})
 
 
-async def load(root: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
-    return await drive(partial(v1_session, root), one_run, concurrency, runs, timeout_s)
+async def load(root: str, concurrency: int, runs: int, timeout_s: float, ramp_s: float) -> dict[str, Any]:
+    return await drive(partial(v1_session, root), one_run, concurrency, runs, timeout_s, ramp_s)
 
 
 async def pairs(root: str, n: int, warmup: int) -> dict[str, Any]:
@@ -102,9 +102,10 @@ def main() -> int:
     parser.add_argument("-n", "--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=120.0, help="stop starting runs after this many seconds")
+    parser.add_argument("--ramp-s", type=float, default=0.0, help="load: the first runs spread over this long")
     args = parser.parse_args()
     if args.mode == "load":
-        result = anyio.run(load, args.root, args.concurrency, args.runs, args.timeout, backend="asyncio")
+        result = anyio.run(load, args.root, args.concurrency, args.runs, args.timeout, args.ramp_s, backend="asyncio")
     else:
         result = anyio.run(pairs, args.root, args.runs, args.warmup, backend="asyncio")
     sys.stdout.write(json.dumps(result) + "\n")
