@@ -290,7 +290,8 @@ def measure(concurrencies: list[int], runs_for: int, rounds_at_top: int = 2, tim
         4, "Load over streamable HTTP (plan_workflow + resume of a 3-step chain, 50 ms workers)", value,
         "no target; memory flat across rounds", None,
         f"server, scripted workers and load client in 3 processes; one MCP session per concurrent client, "
-        f"opened before the clock; each level runs max({runs_for}, 2×c) runs (deadline {timeout_s:.0f} s); "
+        f"opened, its tools listed and one run made before the clock, all starting at once; the client's and the "
+        f"workers' heaps frozen (gc.freeze); each level runs max({runs_for}, 2×c) runs (deadline {timeout_s:.0f} s); "
         "latency beyond workers = plan_workflow + resume(wait_s=60) time − 150 ms (3 × 50 ms chain); "
         "RSS from /proc/PID/status (VmRSS, VmHWM)",
         {"levels": levels, "profile": profiled, "saturation": saturation(distinct), "worker_ms": WORKER_MS,

@@ -93,7 +93,8 @@ def measure(n_pairs: int, concurrencies: list[int], runs_for: int, timeout_s: fl
         8, "OpenAI-compatible endpoint (/v1/chat/completions)", value, "no target", None,
         f"server, scripted workers (50 ms) and client in 3 processes; {n_pairs} interleaved triples after 5 "
         "warm-ups: MCP solve(strategy=single:strong), POST /v1/chat/completions model=strong, the same streamed; "
-        f"load: figure 4's 3-step chain as conductor.workflow, one HTTP connection per client, max({runs_for}, "
+        "load: figure 4's 3-step chain as conductor.workflow, one HTTP connection per client (one run on it "
+        f"before the clock; the client's heap frozen), max({runs_for}, "
         f"2×c) runs a level (deadline {timeout_s:.0f} s), each level also over MCP just before; beyond workers = "
         f"request time − 150 ms; on {os.cpu_count()} CPUs ({_cpu_model()})",
         {"pairs": {k: summarise(v).as_dict() for k, v in times.items()}, "added": added.as_dict(),
