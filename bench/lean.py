@@ -214,19 +214,20 @@ def server_cpu(served: dict[str, Served], runs: int, rounds: int) -> dict[str, A
 
 
 # -- 4. p99 beyond workers at 10 clients -------------------------------------------------------------------------
-def load_level(server: Served, concurrency: int, runs: int, transport: str) -> dict[str, Any]:
+def load_level(server: Served, concurrency: int, runs: int, transport: str, ramp_s: float = LOAD_RAMP_S
+               ) -> dict[str, Any]:
     pid = server.proc.pid
     marks: dict[str, float] = {}
 
     def on_start() -> None:
         marks["cpu"], marks["began"] = task_cpu_seconds(pid), time.time()
 
-    # the first runs spread over one chain's length, as 10 independent clients start (since 2026-12-07)
+    # the first runs spread over `ramp_s` (one chain's length), as 10 independent clients start (since 2026-12-07)
     if transport == "mcp":
-        out = run_client(server.url, concurrency, runs, 90.0, on_start, ramp_s=LOAD_RAMP_S)
+        out = run_client(server.url, concurrency, runs, 90.0, on_start, ramp_s=ramp_s)
     else:
         out = run_client(server.root, concurrency, runs, 90.0, on_start, ("bench.openai_client", "load", "--root"),
-                         LOAD_RAMP_S)
+                         ramp_s)
     lat = out["latency_s"]
     beyond = summarise([(x - WORKER_PATH_S) * 1e3 for x in lat]) if lat else None
     in_runs = in_run_beyond_calls_ms(server.db, marks["began"], time.time())  # the clients' warm-up runs left out
@@ -254,7 +255,8 @@ def in_run_beyond_calls_ms(db: Path, since: float, until: float) -> list[float]:
     return [row[0] * 1e3 for row in rows]
 
 
-def load(served: dict[str, Served], concurrency: int, runs: int, rounds: int) -> dict[str, Any]:
+def load(served: dict[str, Served], concurrency: int, runs: int, rounds: int, ramp_s: float = LOAD_RAMP_S
+         ) -> dict[str, Any]:
     levels: dict[str, list[dict[str, Any]]] = {f"{s}_{t}": [] for s in SIDES for t in ("v1", "mcp")}
     for s in SIDES:  # warm-up: the chain's first runs
         for t in ("mcp", "v1"):
@@ -262,7 +264,7 @@ def load(served: dict[str, Served], concurrency: int, runs: int, rounds: int) ->
     for r in range(rounds):
         for s in (SIDES if r % 2 == 0 else SIDES[::-1]):
             for t in ("mcp", "v1"):
-                levels[f"{s}_{t}"].append(load_level(served[s], concurrency, runs, t))
+                levels[f"{s}_{t}"].append(load_level(served[s], concurrency, runs, t, ramp_s))
     return {"levels": levels, "p99_ms": {k: statistics.median(lv["beyond_workers_ms"]["p99"] for lv in v)
                                          for k, v in levels.items()},
             "p50_ms": {k: statistics.median(lv["beyond_workers_ms"]["median"] for lv in v)
@@ -501,6 +503,8 @@ def main() -> int:
     parser.add_argument("--before-src", type=Path, help="a src folder to compare with instead (one change at a time)")
     parser.add_argument("--parts", default="cpu,load,engine,parallel", help="which measures (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="fewer runs: a smoke test, not figures")
+    parser.add_argument("--ramp-s", type=float, default=LOAD_RAMP_S,
+                        help="load: the 10 sessions' first runs spread over this long (0: all at once)")
     parser.add_argument("--child", choices=("engine", "parallel"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("-n", type=int, default=0, help=argparse.SUPPRESS)
@@ -543,8 +547,8 @@ def main() -> int:
                 loaded[s] = Served(srcs[s], write_manifest(tmp / f"{s}50.yaml", fifty.base_url), tmp / f"{s}50.db",
                                    OUT_DIR / f"lean_load_server_{s}.txt")
                 stack.callback(loaded[s].stop)
-            levels = {**load(loaded, 10, load_runs, load_rounds), "runs": load_runs, "rounds": load_rounds,
-                      "concurrency": 10}
+            levels = {**load(loaded, 10, load_runs, load_rounds, args.ramp_s), "runs": load_runs,
+                      "rounds": load_rounds, "concurrency": 10, "ramp_s": args.ramp_s}
             for s in SIDES:
                 loaded[s].stop()
         if "engine" in parts:

@@ -105,8 +105,9 @@ def run_client(url: str, concurrency: int, runs: int, timeout_s: float,
                ramp_s: float = 0.0) -> dict[str, Any]:
     """Run a load client (bench.load_client, or `client`: module and arguments before the URL) in its own
     process; `on_start` is called when its clock starts; `ramp_s`: its sessions' first runs spread over this long."""
-    cmd = [sys.executable, "-m", *client, url, "-c", str(concurrency), "-n", str(runs), "--timeout", str(timeout_s),
-           "--ramp-s", str(ramp_s)]
+    cmd = [sys.executable, "-m", *client, url, "-c", str(concurrency), "-n", str(runs), "--timeout", str(timeout_s)]
+    if ramp_s:  # bench.replicas' own client takes no ramp
+        cmd += ["--ramp-s", str(ramp_s)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None
@@ -155,11 +156,11 @@ def level(server: McpServer, workers: ScriptedProcess, concurrency: int, runs: i
           timeout_s: float, client: tuple[str, ...] = ("bench.load_client", "--url"),
           url: str | None = None) -> dict[str, Any]:
     pid = server.proc.pid
-    since = time.time()
     marks: dict[str, float] = {}
 
-    def on_start() -> None:
-        marks.update(server=cpu_seconds(pid), workers=cpu_seconds(workers.pid), t=time.perf_counter())
+    def on_start() -> None:  # the server side counts the runs from here: the clients' warm-up runs are before
+        marks.update(server=cpu_seconds(pid), workers=cpu_seconds(workers.pid), t=time.perf_counter(),
+                     since=time.time())
 
     out = run_client(url or server.url, concurrency, runs, timeout_s, on_start, client)
     span = max(time.perf_counter() - marks["t"], 1e-9)  # the client's window plus closing its sessions
@@ -178,7 +179,7 @@ def level(server: McpServer, workers: ScriptedProcess, concurrency: int, runs: i
         workers_cpu_cores=(cpu_seconds(workers.pid) - marks["workers"]) / span,
         client_cpu_cores=out["client_cpu_s"] / max(wall, 1e-9),
         server_rss_kib=status_kib(pid, "VmRSS"), server_peak_rss_kib=status_kib(pid, "VmHWM"),
-        server_side=server_side(server.db, since),
+        server_side=server_side(server.db, marks["since"]),
     )
     return out
 

@@ -1,9 +1,9 @@
 """The load client for figure 4, run as its own process: `python -m bench.load_client --url ... -c N`.
 
-Each of the N concurrent workers holds its own MCP session (as N separate hosts would), opened before
-the clock starts. Workers take runs from a shared quota until it is spent or the deadline passes; each
-run is plan_workflow (a fixed host workflow: no planning) then resume(wait_s=60). Prints START when the
-clock starts, then one JSON line.
+Each of the N concurrent workers holds its own MCP session (as N separate hosts would), opened, its tools listed
+and one run made on it before the clock starts (drive). Workers take runs from a shared quota until it is spent or
+the deadline passes; each run is plan_workflow (a fixed host workflow: no planning) then resume(wait_s=60). Prints
+START when the clock starts, then one JSON line.
 """
 
 from __future__ import annotations
@@ -74,12 +74,13 @@ async def one_run(client: Client, tally: Tally, n: int) -> None:
 
 
 class Gate:
-    """Sessions report in when open (or failed); the clock starts once all have, then `go` opens."""
+    """Sessions report in when open and warmed up (or failed); the clock starts once all have, then `go` opens."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.settled = 0
         self.opened = 0
+        self.warmed = 0  # sessions whose run before the clock completed
         self.all_settled = anyio.Event()
         self.go = anyio.Event()
         self.deadline = float("inf")
@@ -100,11 +101,15 @@ async def _session(open_session: Callable[[], AbstractAsyncContextManager[C]], o
     settled = False
     try:
         async with open_session() as client:
-            # one run before the clock, as a steady load has had: the client's first calls compile what it checks
-            # answers with (the MCP SDK, a validator per tool), all N sessions at once
+            # one run before the clock, as a steady load has had: a client's first calls do one-off work (the MCP
+            # SDK's client compiles a validator per tool at its first call of it), all N sessions at once otherwise
             warm = Tally(1)
-            await one_run(client, warm, 0)
+            try:
+                await one_run(client, warm, 0)
+            except Exception as exc:
+                warm.errors[type(exc).__name__] += 1
             tally.errors.update({f"warm-up: {k}": v for k, v in warm.errors.items()})
+            gate.warmed += len(warm.latency)
             gate.settle(True)
             settled = True
             await gate.go.wait()
@@ -122,9 +127,10 @@ async def _session(open_session: Callable[[], AbstractAsyncContextManager[C]], o
 
 async def drive(open_session: Callable[[], AbstractAsyncContextManager[C]], one_run: OneRun[C], concurrency: int,
                 runs: int, timeout_s: float, ramp_s: float = 0.0) -> dict[str, Any]:
-    """N concurrent sessions (each `open_session()`, all open before the clock starts) take runs from a shared
-    quota, each run `one_run(client, tally, n)`, until it is spent or the deadline passes. Prints START when the
-    clock starts; returns the figures (plan_s and resume_s stay empty where one_run does not fill them).
+    """N concurrent sessions (each `open_session()`, all open and each having made one run before the clock starts:
+    `warm_up_runs` in the figures) take runs from a shared quota, each run `one_run(client, tally, n)`, until it is
+    spent or the deadline passes. Prints START when the clock starts; returns the figures (plan_s and resume_s stay
+    empty where one_run does not fill them).
     `ramp_s`: the sessions' first runs start spread evenly over this long (0: all at once), as independent
     clients would, rather than in lock-step through the first runs."""
     tally = Tally(runs)
@@ -148,6 +154,7 @@ async def drive(open_session: Callable[[], AbstractAsyncContextManager[C]], one_
     wall = (tally.last_end or time.perf_counter()) - started
     return {"concurrency": concurrency, "runs_asked": runs, "completed": len(tally.latency),
             "errors": dict(tally.errors), "wall_s": wall, "connect_s": connect_s, "sessions": gate.opened,
+            "warm_up_runs": gate.warmed,
             "latency_s": tally.latency, "plan_s": tally.plan, "resume_s": tally.resume,
             "client_cpu_s": _cpu() - cpu_started}
 

@@ -1,7 +1,8 @@
 """The clients of figure 8, run as their own process: `python -m bench.openai_client load|pairs --root URL ...`.
 
 `load`: N concurrent clients, each with its own HTTP connection (as N separate applications would hold), opened
-before the clock starts; each takes runs from a shared quota until it is spent or the deadline passes. A run is
+and one run made on it before the clock starts (load_client.drive); each takes runs from a shared quota until it is
+spent or the deadline passes. A run is
 one non-streamed `POST /v1/chat/completions` with load_client's 3-step chain as the `conductor.workflow`, so the
 runs are figure 4's. Prints START when the clock starts, then one JSON line (load_client's keys).
 

@@ -63,7 +63,8 @@ async def _one_run(http: httpx.AsyncClient, tally: Tally, n: int) -> None:
 
 
 async def client_load(root: str, concurrency: int, runs: int, timeout_s: float) -> dict[str, Any]:
-    """N concurrent clients, one HTTP connection each (opened before the clock), sharing a quota of runs."""
+    """N concurrent clients, one HTTP connection each (opened, and one run made on it, before the clock), sharing
+    a quota of runs."""
     return await drive(partial(v1_session, root), _one_run, concurrency, runs, timeout_s)
 
 
@@ -204,12 +205,14 @@ SETTLE_S = 11.0  # a backend flushes its statistics when idle within PGSTAT_IDLE
 
 def db_work_per_run(url: str, root: str, runs: int, timeout_s: float) -> dict[str, dict[str, Any]]:
     """pg_stat_database's counters per run (and pg_stat_user_tables' per table), each kind of run alone (c=10
-    through both replicas) between two reads taken once the backends have flushed their statistics."""
+    through both replicas) between two reads taken once the backends have flushed their statistics; the clients'
+    runs before the clock are runs of the same kind, counted."""
     time.sleep(SETTLE_S)
     base, base_t = db_counters(url), table_counters(url)
     out: dict[str, dict[str, Any]] = {}
     for transport, client, target in (("v1", V1_CLIENT, root), ("mcp", MCP_CLIENT, root + "/mcp")):
-        done = max(run_client(target, 10, runs, timeout_s, None, client)["completed"], 1)
+        out_c = run_client(target, 10, runs, timeout_s, None, client)
+        done = max(out_c["completed"] + out_c.get("warm_up_runs", 0), 1)
         time.sleep(SETTLE_S)
         now, now_t = db_counters(url), table_counters(url)
         tables = {name: {k: (v[k] - base_t.get(name, dict.fromkeys(TABLE_COUNTERS, 0))[k]) / done
