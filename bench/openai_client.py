@@ -2,9 +2,9 @@
 
 `load`: N concurrent clients, each with its own HTTP connection (as N separate applications would hold), opened
 and one run made on it before the clock starts (load_client.drive); each takes runs from a shared quota until it is
-spent or the deadline passes. A run is
-one non-streamed `POST /v1/chat/completions` with load_client's 3-step chain as the `conductor.workflow`, so the
-runs are figure 4's. Prints START when the clock starts, then one JSON line (load_client's keys).
+spent or the deadline passes. A run is one non-streamed `POST /v1/chat/completions` with load_client's 3-step chain
+as the `conductor.workflow`, so the runs are figure 4's. Prints START when the clock starts, then one JSON line
+(load_client's keys).
 
 `pairs`: the same 1-step run (`single:strong`) through MCP `solve` and through `/v1/chat/completions`, streamed
 and not, interleaved, one after another on warm connections. Prints one JSON line of wall times.
