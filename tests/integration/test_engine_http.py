@@ -11,10 +11,11 @@ import pytest
 
 from conductor_mcp.errors import RunStateError, WorkflowError
 from conductor_mcp.models import Manifest, RunStatus, StepStatus
+from conductor_mcp.planners.base import PlanEvent
 from conductor_mcp.runs.engine import Engine, StepEvent
 from conductor_mcp.runs.resilience import RetryPolicy
 from conductor_mcp.runs.run_manager import RunManager
-from conductor_mcp.store import Store
+from conductor_mcp.store import Store, process_owner
 from conductor_mcp.workers.openai_http import POOLS, Channel
 from conductor_mcp.workers.registry import build_registry
 
@@ -200,3 +201,47 @@ async def test_calls_one_at_a_time_keep_one_connection_and_calls_at_once_spread(
         assert channel.in_flight == [0] * POOLS
     finally:
         await channel.aclose()
+
+
+async def test_solve_stores_its_run_claimed_and_gives_it_back_if_stopped_before_it_runs(
+        server: ScriptedServer, store: Store) -> None:
+    """solve stores the plan and its claim in one transaction: the run is never `planned` on its way to running, and
+    its one claim is lease 1. Stopped after that commit and before its execution starts, it goes back to planned and
+    unowned, as a run planned alone is: nothing of it ran, and a resume carries it out."""
+    runs = RunManager(engine=engine(server, store))
+    wf = {"steps": [{"worker": "alpha", "instruction": "say hi"}]}
+    held = anyio.Event()
+
+    async def hold(event: Any) -> None:  # the listener hears "planned" in that window: it keeps the run there
+        if isinstance(event, PlanEvent) and event.phase == "planned":
+            held.set()
+            await anyio.sleep_forever()
+
+    async with runs.running():
+        done = await runs.solve("greet", workflow=wf)
+        assert await runs.wait(done, 10)
+        row = store_row(store, done.run_id)
+        assert (row["status"], row["lease"], row["owner"]) == ("completed", 1, None)
+        assert [a.n for a in store.get_run(done.run_id).steps[0].attempts] == [1]
+
+        stopped = await runs.solve("greet", workflow=wf, listener=hold)
+        with anyio.fail_after(10):
+            await held.wait()
+        run = store.get_run(stopped.run_id)
+        assert run.status == RunStatus.RUNNING and run.owner == process_owner()
+        await runs.cancel(stopped)
+        row = store_row(store, stopped.run_id)
+        assert (row["status"], row["owner"], row["lease_expires_at"]) == ("planned", None, None)
+        assert store.get_run(stopped.run_id).steps[0].attempts == [] and len(server.calls()) == 1
+
+        again = runs.resume(stopped.run_id)
+        assert again is not None and await runs.wait(again, 10)
+        run = store.get_run(stopped.run_id)
+        assert run.status == RunStatus.COMPLETED and [a.n for a in run.steps[0].attempts] == [1]
+        assert len(server.calls()) == 2
+
+
+def store_row(store: Store, run_id: str) -> dict[str, Any]:
+    with store._read() as db:  # the columns a Run does not carry: lease, lease_expires_at
+        row = db.execute("SELECT status, lease, owner, lease_expires_at FROM runs WHERE id=?", (run_id,)).fetchone()
+    return dict(zip(row.keys(), tuple(row), strict=True))

@@ -254,3 +254,29 @@ def test_claiming_a_run_planned_just_now_answers_it_unread(any_store: Store) -> 
     execute(store, "UPDATE steps SET status='running' WHERE run_id=? AND idx=0", legacy.id)
     lease, run, _ = store.claim_run(legacy.id, store.get_run(legacy.id))
     assert lease.epoch == 1 and run.steps[0].status == StepStatus.PENDING and run == store.get_run(legacy.id)
+
+
+def test_a_run_stored_claimed_is_the_run_a_claim_answers(any_store: Store) -> None:
+    """add_claimed_run (solve's plan and claim in one transaction) answers the run get_run reads, running under
+    this process's first lease, with the options stored; its owner's writes pass the fence, attempts are numbered
+    in the database, and a later claim fences it as it fences any other."""
+    store = any_store
+    claimed = store.add_claimed_run("task", WF, PLAN, RunOptions(workers=["a"], max_steps=2))
+    run_id = claimed.run.id
+    assert claimed.lease == Lease(run_id, 1) and claimed.run == store.get_run(run_id)
+    assert claimed.run.status == RunStatus.RUNNING and claimed.run.owner == process_owner()
+    assert RunOptions.load(claimed.options) == RunOptions.load(store.options(run_id))
+    assert run_id not in store.orphaned_runs()  # its owner lives: no other replica adopts it
+    lease = claimed.lease
+    assert [store.attempt_started(lease, 0, "a", step_start=True), store.attempt_started(lease, 0, "a"),
+            store.attempt_started(lease, 1, "a", step_start=True)] == [1, 2, 1]
+    u = Usage(prompt_tokens=3, completion_tokens=4, calls=1)
+    store.step_completed(lease, 0, "first", u, (2, 0.1, u))
+    store.heartbeat(lease)
+    later, run = store.claim(run_id)  # a takeover: the fence turns the first lease away, and nothing it sent lands
+    assert later.epoch == 2 and [a.status for a in run.steps[0].attempts] == ["interrupted", "ok"]
+    with pytest.raises(LeaseLost, match="taken over"):
+        store.finish_run(lease, RunStatus.COMPLETED, "late")
+    store.finish_run(later, RunStatus.COMPLETED, "done")
+    run = store.get_run(run_id)
+    assert (run.status, run.answer, run.owner, run.steps[0].output) == (RunStatus.COMPLETED, "done", None, "first")

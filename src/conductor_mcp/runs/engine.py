@@ -40,7 +40,7 @@ from ..models import (
 from ..planners import Planner, make_planner
 from ..planners.base import PlanSink
 from ..planners.strategies import strategy_planner
-from ..store import FINAL, Lease, Store, heartbeat_s
+from ..store import FINAL, Claimed, Lease, Store, heartbeat_s
 from ..workers import python_worker
 from ..workers.pool import WorkerPool
 from ..workers.registry import Registry
@@ -192,10 +192,29 @@ class Engine:
                            run_id: str | None = None) -> Run:
         """`plan` for arguments that check_plan has passed."""
         with telemetry.tracer().planning() as run_span:
-            return await self._plan_run(request, run_span, on_plan, run_id)
+            wf, info, options = await self._plan(request, run_span, on_plan)
+            run = self.store.add_run(request.task, wf, info, options, run_id=run_id)
+            run_span.planned(run, options)
+            return run
 
-    async def _plan_run(self, request: PlanRequest, run_span: telemetry.RunSpan, on_plan: PlanSink | None,
-                        run_id: str | None) -> Run:
+    async def plan_claimed(self, request: PlanRequest, *, on_plan: PlanSink | None = None,
+                           run_id: str | None = None) -> Claimed:
+        """plan_checked for a run carried out at once (solve): stored already claimed by this process, in the
+        plan's own transaction. Hand it to execute_checked as `claimed`, or give it back with `unclaim`."""
+        with telemetry.tracer().planning() as run_span:
+            wf, info, options = await self._plan(request, run_span, on_plan)
+            claimed = self.store.add_claimed_run(request.task, wf, info, options, run_id=run_id)
+            run_span.planned(claimed.run, options)
+            return claimed
+
+    def unclaim(self, claimed: Claimed) -> None:
+        """Give back a run plan_claimed stored and nothing executed: planned again, as plan_checked leaves one."""
+        with suppress(LeaseLost):
+            self.store.finish_run(claimed.lease, RunStatus.PLANNED)
+
+    async def _plan(self, request: PlanRequest, run_span: telemetry.RunSpan,
+                    on_plan: PlanSink | None) -> tuple[Workflow, PlanInfo, RunOptions]:
+        """The workflow (the host's, a recipe's or the planner's), how it was planned, and the run's options."""
         task, ids, steps, strategy, budget, prefer = (request.task, request.workers, request.max_steps,
                                                       request.strategy, request.budget, request.prefer)
         recursion = budget.max_depth > 0
@@ -218,9 +237,7 @@ class Engine:
                 wf, info = result.workflow, result.info
         options = RunOptions(workers=ids, max_steps=steps, strategy=strategy, budget=budget, prefer=prefer,
                              otel=run_span.link)  # so that a run resumed in another process links to its plan
-        run = self.store.add_run(task, wf, info, options, run_id=run_id)
-        run_span.planned(run, options)
-        return run
+        return wf, info, options
 
     # -- execution ------------------------------------------------------------------------------
     def options(self, run_id: str) -> RunOptions:
@@ -259,11 +276,13 @@ class Engine:
             f"{', '.join(self.registry.ids)}); add it back to go on, or {instead}plan the task again")
 
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
-                              budget: Budget | None = None, known: Run | None = None) -> Run:
+                              budget: Budget | None = None, known: Run | None = None,
+                              claimed: Claimed | None = None) -> Run:
         """Carry out a run that check_resumable has passed (`budget`: the run's new limits, stored once it is
         claimed; `known`: the run as plan or check_resumable answered it just now, which the claim takes
-        instead of reading it back while nothing has changed it). RunManager is the door to it."""
-        return await self._execute(run_id, on_event, None, budget=budget, known=known)
+        instead of reading it back while nothing has changed it; `claimed`: what plan_claimed answered, which
+        is claimed already). RunManager is the door to it."""
+        return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed)
 
     def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
@@ -271,11 +290,12 @@ class Engine:
         return BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
 
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
-                       budget: Budget | None = None, known: Run | None = None) -> Run:
+                       budget: Budget | None = None, known: Run | None = None, claimed: Claimed | None = None) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
-            lease, run, stored = self.store.claim_run(run_id, known)  # refuses a run another live process owns
+            # the claim refuses a run another live process owns
+            lease, run, stored = claimed if claimed is not None else self.store.claim_run(run_id, known)
             try:
                 if budget is not None:
                     self.store.set_budget(lease, budget)

@@ -306,17 +306,22 @@ class RunManager:
             try:
                 with handle.scope:
                     started = time.perf_counter()
-                    try:
-                        run = await engine.plan_checked(request, on_plan=on_plan, run_id=handle.run_id)
+                    try:  # stored claimed: the run's claim is the plan's own transaction
+                        claimed = await engine.plan_claimed(request, on_plan=on_plan, run_id=handle.run_id)
                         stored = True
                     finally:
                         handle.planning = False
-                    self._changed(run.id, added=True)
-                    await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
-                                            steps=len(run.workflow.steps), source=run.plan.source,
-                                            note=fallback_reason(run)))
+                    run = claimed.run
+                    try:
+                        self._changed(run.id, added=True)
+                        await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
+                                                steps=len(run.workflow.steps), source=run.plan.source,
+                                                note=fallback_reason(run)))
+                    except BaseException:  # stopped before it ran: planned, as if planned alone
+                        engine.unclaim(claimed)
+                        raise
                     # planned just now: nothing to check, and nothing to read back
-                    handle.final = await engine.execute_checked(run.id, sink, known=run)
+                    handle.final = await engine.execute_checked(run.id, sink, claimed=claimed)
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:

@@ -18,12 +18,12 @@ from ..errors import StoreError
 from .base import Row
 from .ids import new_run_id
 from .interface import Store
-from .leases import STALE_AFTER_S, Lease, heartbeat_s, owner_alive, process_owner, stale_after_s
+from .leases import STALE_AFTER_S, Claimed, Lease, heartbeat_s, owner_alive, process_owner, stale_after_s
 from .migrations import MIGRATIONS
 from .queries import EvalRecord, EvalSummary, RunListing, strategy_of
 from .writes import FINAL
 
-__all__ = ["FINAL", "MIGRATIONS", "STALE_AFTER_S", "EvalRecord", "EvalSummary", "Lease", "Row", "RunListing",
+__all__ = ["FINAL", "MIGRATIONS", "STALE_AFTER_S", "Claimed", "EvalRecord", "EvalSummary", "Lease", "Row", "RunListing",
            "Store", "backend_for", "default_db_path", "default_target", "describe_target", "heartbeat_s",
            "new_run_id", "open_store", "owner_alive", "process_owner", "stale_after_s", "strategy_of"]
 

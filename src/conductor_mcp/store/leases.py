@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -128,6 +129,16 @@ class Ownership(StoreBase):
             raise LeaseLost(f"run {lease.run_id}: taken over by {row['owner'] if row else 'nobody'}; "
                             "this process stops working on it")
 
+    def _update_held(self, db: Conn, lease: Lease, assignments: str, params: Sequence[Any]) -> None:
+        """Inside a write transaction: `UPDATE runs SET <assignments>` on the run only while this process holds
+        it; the fence and the write in one statement (which locks the row as _hold's read does). LeaseLost
+        otherwise, which rolls the transaction back: what it wrote before this is undone too."""
+        cursor = db.execute(f"UPDATE runs SET {assignments} WHERE id=? AND owner=? AND lease=?",
+                            (*params, lease.run_id, _OWNER, lease.epoch))
+        if cursor.rowcount != 1:
+            self._hold(db, lease)  # names who holds it now
+            raise LeaseLost(f"run {lease.run_id}: not updated under lease {lease.epoch}")
+
     def claim(self, run_id: str) -> tuple[Lease, Run]:
         """Make this process the run's owner under a new lease epoch; refuse if another live process owns
         it. Claiming again in this process fences off the earlier claim too."""
@@ -169,10 +180,8 @@ class Ownership(StoreBase):
     def heartbeat(self, lease: Lease) -> None:
         """Renew the lease (tell other hosts the owner lives); raise LeaseLost if the run was taken over."""
         with self._tx() as db:
-            self._hold(db, lease)
             now = self._now(db)
-            db.execute("UPDATE runs SET heartbeat_at=?, lease_expires_at=? WHERE id=?",
-                       (now, now + stale_after_s(), lease.run_id))
+            self._update_held(db, lease, "heartbeat_at=?, lease_expires_at=?", (now, now + stale_after_s()))
 
     def orphaned_runs(self, limit: int = 20) -> list[str]:
         """Root runs stored as running whose owner is gone (its lease expired), oldest first: a live replica

@@ -14,7 +14,7 @@ from ..models import Budget, PlanInfo, Review, Run, RunOptions, RunStatus, StepR
 from ..redact import redact, redact_optional
 from .base import Conn
 from .ids import new_run_id
-from .leases import Lease, Ownership
+from .leases import Claimed, Lease, Ownership, process_owner, stale_after_s
 
 FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
 
@@ -31,25 +31,43 @@ class Writes(Ownership):
                 parent: Lease | None = None, parent_step: int | None = None, run_id: str | None = None) -> Run:
         """create_run, answering the run as get_run would read it back (planned, its steps pending), without
         reading it: a planned run is known from what was written."""
+        return self._insert_run(task, workflow, plan, options, parent, parent_step, run_id, claim=False).run
+
+    def add_claimed_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None = None,
+                        run_id: str | None = None) -> Claimed:
+        """add_run and claim_run in one transaction, for a run carried out as soon as it is planned (solve): it is
+        stored running under this process's first lease, never `planned`. The engine gives it back (finish_run
+        with PLANNED) if it is stopped before its execution starts."""
+        return self._insert_run(task, workflow, plan, options, None, None, run_id, claim=True)
+
+    def _insert_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None,
+                    parent: Lease | None, parent_step: int | None, run_id: str | None, claim: bool) -> Claimed:
         run_id = run_id or new_run_id()
         parent_run_id = parent.run_id if parent else None
         plan_json = redact(plan.model_dump_json())
+        stored = options.stored() if options else {}
+        status = RunStatus.RUNNING if claim else RunStatus.PLANNED
         with self._tx() as db:
             if parent is not None:
                 self._hold(db, parent)
             now = self._now(db)
+            owner, epoch, beat, expires, claimed_at = ((process_owner(), 1, now, now + stale_after_s(), now) if claim
+                                                       else (None, 0, None, None, None))
             db.execute(
                 "INSERT INTO runs (id, task, status, workflow, plan, options, created_at, updated_at,"
-                " parent_run_id, parent_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run_id, task, RunStatus.PLANNED.value, workflow.model_dump_json(), plan_json,
-                 json.dumps(options.stored() if options else {}), now, now, parent_run_id, parent_step),
+                " parent_run_id, parent_step, owner, lease, heartbeat_at, lease_expires_at, claimed_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, task, status.value, workflow.model_dump_json(), plan_json, json.dumps(stored), now, now,
+                 parent_run_id, parent_step, owner, epoch, beat, expires, claimed_at),
             )
             self._write_steps(db, run_id, workflow, 0)
-        return Run(id=run_id, task=task, status=RunStatus.PLANNED, workflow=workflow,
-                   plan=PlanInfo.model_validate_json(plan_json),  # as stored: redacted
-                   steps=[StepRecord(index=i, worker=s.worker, instruction=s.instruction, access=s.access,
-                                     status=StepStatus.PENDING) for i, s in enumerate(workflow.steps)],
-                   created_at=now, updated_at=now, parent_run_id=parent_run_id, parent_step=parent_step)
+        run = Run(id=run_id, task=task, status=status, workflow=workflow,
+                  plan=PlanInfo.model_validate_json(plan_json),  # as stored: redacted
+                  steps=[StepRecord(index=i, worker=s.worker, instruction=s.instruction, access=s.access,
+                                    status=StepStatus.PENDING) for i, s in enumerate(workflow.steps)],
+                  created_at=now, updated_at=now, parent_run_id=parent_run_id, parent_step=parent_step,
+                  owner=owner, heartbeat_at=beat)
+        return Claimed(Lease(run_id, epoch), run, stored)
 
     def _write_steps(self, db: Conn, run_id: str, workflow: Workflow, start: int) -> None:
         for i, step in enumerate(workflow.steps[start:], start):
@@ -76,12 +94,10 @@ class Writes(Ownership):
     def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None,
                    error: str | None = None) -> None:
         with self._tx() as db:
-            self._hold(db, lease)
             now = self._now(db)
-            db.execute("UPDATE runs SET status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
-                       f" lease_expires_at=NULL, run_s = run_s + COALESCE({self.MAX2}(? - claimed_at, 0), 0),"
-                       " claimed_at=NULL WHERE id=?",
-                       (status.value, answer, redact_optional(error), now, now, lease.run_id))
+            self._update_held(db, lease, "status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
+                              f" lease_expires_at=NULL, run_s = run_s + COALESCE({self.MAX2}(? - claimed_at, 0), 0),"
+                              " claimed_at=NULL", (status.value, answer, redact_optional(error), now, now))
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
@@ -110,9 +126,7 @@ class Writes(Ownership):
         """Record a host's change of a step's instruction or worker (run_step), as the run's owner."""
         step = workflow.steps[index]
         with self._tx() as db:
-            self._hold(db, lease)
-            db.execute("UPDATE runs SET workflow=?, updated_at=? WHERE id=?",
-                       (workflow.model_dump_json(), self._now(db), lease.run_id))
+            self._update_held(db, lease, "workflow=?, updated_at=?", (workflow.model_dump_json(), self._now(db)))
             db.execute("UPDATE steps SET worker=?, instruction=?, edited=1 WHERE run_id=? AND idx=?",
                        (step.worker, step.instruction, lease.run_id, index))
 
@@ -125,10 +139,10 @@ class Writes(Ownership):
             if step_start:
                 db.execute("UPDATE steps SET status=?, started_at=COALESCE(started_at, ?), error=NULL"
                            " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, self._now(db), lease.run_id, index))
-            n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE run_id=? AND idx=?",
-                           (lease.run_id, index)).fetchone()[0]
-            db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,?,?,?,?,?)",
-                       (lease.run_id, index, n, worker, "running", self._now(db)))
+            n = db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at)"
+                           " SELECT ?, ?, COALESCE(MAX(n), 0) + 1, ?, ?, ? FROM attempts WHERE run_id=? AND idx=?"
+                           " RETURNING n", (lease.run_id, index, worker, "running", self._now(db), lease.run_id,
+                                            index)).fetchone()[0]
         return int(n)
 
     def _end_attempt(self, db: Conn, run_id: str, index: int, n: int, status: str, latency_s: float,
@@ -150,15 +164,14 @@ class Writes(Ownership):
         """Commit a step's output, with the successful attempt (n, latency, usage) that produced it, in one
         transaction: a kill between the two would leave a paid call whose output is lost."""
         with self._tx() as db:
-            self._hold(db, lease)
             now = self._now(db)
+            self._update_held(db, lease, "updated_at=?", (now,))  # first: the fence, and the lock order of _hold
             if attempt is not None:
                 self._end_attempt(db, lease.run_id, index, attempt[0], "ok", attempt[1], attempt[2], None)
             db.execute("UPDATE steps SET status=?, output=?, error=NULL, prompt_tokens=?, completion_tokens=?,"
                        " cost_usd=?, calls=?, ended_at=?, code=? WHERE run_id=? AND idx=?",
                        (StepStatus.COMPLETED.value, output, usage.prompt_tokens, usage.completion_tokens,
                         usage.cost_usd, usage.calls, now, code, lease.run_id, index))
-            db.execute("UPDATE runs SET updated_at=? WHERE id=?", (now, lease.run_id))
 
     def step_ended(self, lease: Lease, index: int, status: StepStatus, error: str | None,
                    usage: Usage | None = None) -> None:
