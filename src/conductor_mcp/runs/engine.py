@@ -375,9 +375,13 @@ class Engine:
             finally:
                 finished[i].set()
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(wf.steps)):
-                if i not in outputs:
+        todo = [i for i in range(len(wf.steps)) if i not in outputs]
+        if all(i - 1 in wf.visible(i) for i in range(1, len(wf.steps))):
+            for i in todo:  # a chain (one step included): each waits for the one before, so run them in order here
+                await run_one(i)  # without a task apiece (each would cost more than a one-step run's scheduling)
+        else:
+            async with anyio.create_task_group() as tg:
+                for i in todo:
                     tg.start_soon(run_one, i)
         if failures:
             first = min(failures)
