@@ -203,16 +203,17 @@ async def test_calls_one_at_a_time_keep_one_connection_and_calls_at_once_spread(
         await channel.aclose()
 
 
-async def test_solve_stores_its_run_claimed_and_gives_it_back_if_stopped_before_it_runs(
+async def test_solve_stores_its_run_claimed_and_a_stop_before_its_first_step_cancels_it(
         server: ScriptedServer, store: Store) -> None:
     """solve stores the plan and its claim in one transaction: the run is never `planned` on its way to running, and
-    its one claim is lease 1. Stopped after that commit and before its execution starts, it goes back to planned and
-    unowned, as a run planned alone is: nothing of it ran, and a resume carries it out."""
+    its one claim is lease 1. What solve does between that commit and the first step (the "planned" progress event)
+    is part of the execution: under its heartbeat, and stopped there the run ends `cancelled`, nothing called, as a
+    run stopped during a step does; a resume carries it out."""
     runs = RunManager(engine=engine(server, store))
     wf = {"steps": [{"worker": "alpha", "instruction": "say hi"}]}
     held = anyio.Event()
 
-    async def hold(event: Any) -> None:  # the listener hears "planned" in that window: it keeps the run there
+    async def hold(event: Any) -> None:  # the listener hears "planned" before the first step: it keeps the run there
         if isinstance(event, PlanEvent) and event.phase == "planned":
             held.set()
             await anyio.sleep_forever()
@@ -229,9 +230,11 @@ async def test_solve_stores_its_run_claimed_and_gives_it_back_if_stopped_before_
             await held.wait()
         run = store.get_run(stopped.run_id)
         assert run.status == RunStatus.RUNNING and run.owner == process_owner()
+        row = store_row(store, stopped.run_id)
+        assert row["lease"] == 1 and row["lease_expires_at"] > row["claimed_at"] == run.heartbeat_at
         await runs.cancel(stopped)
         row = store_row(store, stopped.run_id)
-        assert (row["status"], row["owner"], row["lease_expires_at"]) == ("planned", None, None)
+        assert (row["status"], row["owner"], row["lease_expires_at"]) == ("cancelled", None, None)
         assert store.get_run(stopped.run_id).steps[0].attempts == [] and len(server.calls()) == 1
 
         again = runs.resume(stopped.run_id)
@@ -242,6 +245,7 @@ async def test_solve_stores_its_run_claimed_and_gives_it_back_if_stopped_before_
 
 
 def store_row(store: Store, run_id: str) -> dict[str, Any]:
-    with store._read() as db:  # the columns a Run does not carry: lease, lease_expires_at
-        row = db.execute("SELECT status, lease, owner, lease_expires_at FROM runs WHERE id=?", (run_id,)).fetchone()
+    with store._read() as db:  # with the columns a Run does not carry: lease, lease_expires_at, claimed_at
+        row = db.execute("SELECT status, lease, owner, lease_expires_at, claimed_at FROM runs WHERE id=?",
+                         (run_id,)).fetchone()
     return dict(zip(row.keys(), tuple(row), strict=True))

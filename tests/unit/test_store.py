@@ -15,7 +15,7 @@ import pytest
 
 from conductor_mcp.errors import LeaseLost, RunNotFound, RunStateError
 from conductor_mcp.models import Budget, PlanInfo, RunOptions, RunStatus, StepStatus, Usage, Workflow
-from conductor_mcp.store import MIGRATIONS, Lease, Store, open_store, owner_alive, process_owner
+from conductor_mcp.store import MIGRATIONS, Lease, Store, open_store, owner_alive, process_owner, stale_after_s
 
 from ..conftest import applied_migrations, execute, store_migrations
 
@@ -273,6 +273,11 @@ def test_a_run_stored_claimed_is_the_run_a_claim_answers(any_store: Store) -> No
     u = Usage(prompt_tokens=3, completion_tokens=4, calls=1)
     store.step_completed(lease, 0, "first", u, (2, 0.1, u))
     store.heartbeat(lease)
+    with store._read() as db:  # the lease the insert took: it expires a lease's time after the heartbeat
+        expires, beat = db.execute("SELECT lease_expires_at, heartbeat_at FROM runs WHERE id=?", (run_id,)).fetchone()
+    assert expires == pytest.approx(beat + stale_after_s())
+    time.sleep(0.02)
+    assert store.running_seconds(run_id) >= 0.02  # counted from the claim the insert made (its claimed_at)
     later, run = store.claim(run_id)  # a takeover: the fence turns the first lease away, and nothing it sent lands
     assert later.epoch == 2 and [a.status for a in run.steps[0].attempts] == ["interrupted", "ok"]
     with pytest.raises(LeaseLost, match="taken over"):

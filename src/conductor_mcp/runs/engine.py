@@ -200,17 +200,13 @@ class Engine:
     async def plan_claimed(self, request: PlanRequest, *, on_plan: PlanSink | None = None,
                            run_id: str | None = None) -> Claimed:
         """plan_checked for a run carried out at once (solve): stored already claimed by this process, in the
-        plan's own transaction. Hand it to execute_checked as `claimed`, or give it back with `unclaim`."""
+        plan's own transaction. Hand it to execute_checked as `claimed`, with nothing awaited in between (whatever
+        the caller has to do first goes in as execute_checked's `first`, which the execution settles if it fails)."""
         with telemetry.tracer().planning() as run_span:
             wf, info, options = await self._plan(request, run_span, on_plan)
             claimed = self.store.add_claimed_run(request.task, wf, info, options, run_id=run_id)
             run_span.planned(claimed.run, options)
             return claimed
-
-    def unclaim(self, claimed: Claimed) -> None:
-        """Give back a run plan_claimed stored and nothing executed: planned again, as plan_checked leaves one."""
-        with suppress(LeaseLost):
-            self.store.finish_run(claimed.lease, RunStatus.PLANNED)
 
     async def _plan(self, request: PlanRequest, run_span: telemetry.RunSpan,
                     on_plan: PlanSink | None) -> tuple[Workflow, PlanInfo, RunOptions]:
@@ -277,12 +273,14 @@ class Engine:
 
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
                               budget: Budget | None = None, known: Run | None = None,
-                              claimed: Claimed | None = None) -> Run:
+                              claimed: Claimed | None = None, first: Callable[[], Awaitable[None]] | None = None
+                              ) -> Run:
         """Carry out a run that check_resumable has passed (`budget`: the run's new limits, stored once it is
         claimed; `known`: the run as plan or check_resumable answered it just now, which the claim takes
         instead of reading it back while nothing has changed it; `claimed`: what plan_claimed answered, which
-        is claimed already). RunManager is the door to it."""
-        return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed)
+        is claimed already; `first`: awaited before the first step, as part of the execution: under its
+        heartbeat, and a cancellation there ends the run as one during a step does). RunManager is the door."""
+        return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed, first=first)
 
     def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
@@ -290,7 +288,8 @@ class Engine:
         return BudgetGuard(limits, self.store.tree_usage(run_id) if limited else Usage())
 
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
-                       budget: Budget | None = None, known: Run | None = None, claimed: Claimed | None = None) -> Run:
+                       budget: Budget | None = None, known: Run | None = None, claimed: Claimed | None = None,
+                       first: Callable[[], Awaitable[None]] | None = None) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
@@ -304,6 +303,8 @@ class Engine:
                 async with anyio.create_task_group() as outer:
                     ended = anyio.Event()
                     outer.start_soon(self._heartbeat, lease, ended)
+                    if first is not None:
+                        await first()
                     outcome = await self._schedule(run, lease, opts, on_event, guard)
                     if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
                         outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)

@@ -312,16 +312,15 @@ class RunManager:
                     finally:
                         handle.planning = False
                     run = claimed.run
-                    try:
+
+                    async def planned() -> None:  # told as the execution's first act: claimed runs are executing
                         self._changed(run.id, added=True)
                         await on_plan(PlanEvent(run.plan.planner, "planned", time.perf_counter() - started,
                                                 steps=len(run.workflow.steps), source=run.plan.source,
                                                 note=fallback_reason(run)))
-                    except BaseException:  # stopped before it ran: planned, as if planned alone
-                        engine.unclaim(claimed)
-                        raise
+
                     # planned just now: nothing to check, and nothing to read back
-                    handle.final = await engine.execute_checked(run.id, sink, claimed=claimed)
+                    handle.final = await engine.execute_checked(run.id, sink, claimed=claimed, first=planned)
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:

@@ -131,8 +131,8 @@ class Ownership(StoreBase):
 
     def _update_held(self, db: Conn, lease: Lease, assignments: str, params: Sequence[Any]) -> None:
         """Inside a write transaction: `UPDATE runs SET <assignments>` on the run only while this process holds
-        it; the fence and the write in one statement (which locks the row as _hold's read does). LeaseLost
-        otherwise, which rolls the transaction back: what it wrote before this is undone too."""
+        it; the fence and the write in one statement (its row lock conflicts with a claim's, as _hold's does).
+        LeaseLost otherwise, which rolls the transaction back: what it wrote before this is undone too."""
         cursor = db.execute(f"UPDATE runs SET {assignments} WHERE id=? AND owner=? AND lease=?",
                             (*params, lease.run_id, _OWNER, lease.epoch))
         if cursor.rowcount != 1:

@@ -1,7 +1,8 @@
 """Writes: a run as it is planned and carried out, step by step and call by call, its rating, and evals.
 
-Every write an owner makes passes the fence (Ownership._hold) in its own transaction, so a process that lost
-the run writes nothing; each state change is committed as it happens.
+Every write an owner makes passes the fence (Ownership._hold, or _update_held where the write updates the runs row
+anyway) in its own transaction, so a process that lost the run writes nothing; each state change is committed as it
+happens.
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ class Writes(Ownership):
             if step_start:
                 db.execute("UPDATE steps SET status=?, started_at=COALESCE(started_at, ?), error=NULL"
                            " WHERE run_id=? AND idx=?", (StepStatus.RUNNING.value, self._now(db), lease.run_id, index))
-            n = db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at)"
-                           " SELECT ?, ?, COALESCE(MAX(n), 0) + 1, ?, ?, ? FROM attempts WHERE run_id=? AND idx=?"
-                           " RETURNING n", (lease.run_id, index, worker, "running", self._now(db), lease.run_id,
-                                            index)).fetchone()[0]
+            n = db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE run_id=? AND idx=?",
+                           (lease.run_id, index)).fetchone()[0]
+            db.execute("INSERT INTO attempts (run_id, idx, n, worker, status, started_at) VALUES (?,?,?,?,?,?)",
+                       (lease.run_id, index, n, worker, "running", self._now(db)))
         return int(n)
 
     def _end_attempt(self, db: Conn, run_id: str, index: int, n: int, status: str, latency_s: float,
