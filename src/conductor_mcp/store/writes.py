@@ -37,8 +37,8 @@ class Writes(Ownership):
     def add_claimed_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None = None,
                         run_id: str | None = None) -> Claimed:
         """add_run and claim_run in one transaction, for a run carried out as soon as it is planned (solve): it is
-        stored running under this process's first lease, never `planned`. The engine gives it back (finish_run
-        with PLANNED) if it is stopped before its execution starts."""
+        stored running under this process's first lease, never `planned`; the engine executes it at once (what
+        comes before its first step is part of that execution, so a stop there settles it as any stop does)."""
         return self._insert_run(task, workflow, plan, options, None, None, run_id, claim=True)
 
     def _insert_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None,
