@@ -45,6 +45,7 @@ from ..workers import python_worker
 from ..workers.pool import WorkerPool
 from ..workers.registry import Registry
 from .budget import BudgetExceeded, BudgetGuard
+from .heartbeats import Heartbeats
 from .outcomes import Outcomes
 from .recipes import instantiate
 from .request import PlanRequest, check_max_steps, check_request
@@ -273,14 +274,17 @@ class Engine:
 
     async def execute_checked(self, run_id: str, on_event: EventSink | None = None,
                               budget: Budget | None = None, known: Run | None = None,
-                              claimed: Claimed | None = None, first: Callable[[], Awaitable[None]] | None = None
-                              ) -> Run:
+                              claimed: Claimed | None = None, first: Callable[[], Awaitable[None]] | None = None,
+                              heartbeats: Heartbeats | None = None) -> Run:
         """Carry out a run that check_resumable has passed (`budget`: the run's new limits, stored once it is
         claimed; `known`: the run as plan or check_resumable answered it just now, which the claim takes
         instead of reading it back while nothing has changed it; `claimed`: what plan_claimed answered, which
         is claimed already; `first`: awaited before the first step, as part of the execution: under its
-        heartbeat, and a cancellation there ends the run as one during a step does). RunManager is the door."""
-        return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed, first=first)
+        heartbeat, and a cancellation there ends the run as one during a step does; `heartbeats`: the loop that
+        keeps the lease alive, running beside the caller for as long as the run can; None: a heartbeat task of the
+        run's own). RunManager is the door."""
+        return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed, first=first,
+                                   heartbeats=heartbeats)
 
     def _guard(self, run_id: str, limits: Budget) -> BudgetGuard:
         # what was spent so far only matters under a limit (and costs a walk of the run tree)
@@ -289,7 +293,8 @@ class Engine:
 
     async def _execute(self, run_id: str, on_event: EventSink | None, guard: BudgetGuard | None,
                        budget: Budget | None = None, known: Run | None = None, claimed: Claimed | None = None,
-                       first: Callable[[], Awaitable[None]] | None = None) -> Run:
+                       first: Callable[[], Awaitable[None]] | None = None, heartbeats: Heartbeats | None = None
+                       ) -> Run:
         """Claim the run and carry it out. `guard`: the budget a parent shares with its child runs (None: the
         run's own, from its stored limits, after `budget` replaced them, written as the run's owner)."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
@@ -300,15 +305,15 @@ class Engine:
                     self.store.set_budget(lease, budget)
                 opts = self.options(run_id) if budget is not None else RunOptions.load(stored)
                 guard = guard if guard is not None else self._guard(run_id, opts.budget)
-                async with anyio.create_task_group() as outer:
-                    ended = anyio.Event()
-                    outer.start_soon(self._heartbeat, lease, ended)
-                    if first is not None:
-                        await first()
-                    outcome = await self._schedule(run, lease, opts, on_event, guard)
-                    if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
-                        outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
-                    ended.set()
+                if heartbeats is not None:
+                    with heartbeats.holding(lease):
+                        outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
+                else:
+                    async with anyio.create_task_group() as outer:
+                        ended = anyio.Event()
+                        outer.start_soon(self._heartbeat, lease, ended)
+                        outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
+                        ended.set()
             except BaseException as exc:
                 lost = lease_lost(exc)
                 if lost is not None:  # another process runs it now: write nothing, call nothing
@@ -325,6 +330,15 @@ class Engine:
             run_span.finished(run)
         return run
 
+    async def _carry_out(self, run: Run, lease: Lease, opts: RunOptions, on_event: EventSink | None,
+                         guard: BudgetGuard, first: Callable[[], Awaitable[None]] | None) -> RoundResult:
+        if first is not None:
+            await first()
+        outcome = await self._schedule(run, lease, opts, on_event, guard)
+        if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
+            outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
+        return outcome
+
     def _settle_cancelled(self, lease: Lease) -> None:
         # store calls are synchronous, so cancellation cannot interrupt these writes
         with suppress(LeaseLost):
@@ -336,7 +350,8 @@ class Engine:
                 self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
     async def _heartbeat(self, lease: Lease, ended: anyio.Event) -> None:
-        """Keep the run's heartbeat fresh until it has ended; a lost lease raises here and stops the run at once.
+        """Keep the run's heartbeat fresh until it has ended, where no Heartbeats loop runs beside it (an Engine
+        used alone, a child run); a lost lease raises here and stops the run at once.
         Told by an event, not cancelled: a cancellation costs more than the rest of a one-step run's scheduling
         (anyio words its message from the task's repr)."""
         while True:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..store import EvalRecord, EvalSummary, Row, RunListing, Store
     from ..workers.registry import Registry
     from .engine import Engine, EventSink, StepEvent
+    from .heartbeats import Heartbeats
 
 log = logging.getLogger(__name__)
 Progress = Union["StepEvent", PlanEvent]  # both have `.message`, a line fit to show a user
@@ -122,6 +123,7 @@ class RunManager:
         self._engine: Engine | None = engine
         self._store: Store | None = None  # opened alone when only runs are read: reading needs no registry
         self._tg: TaskGroup | None = None
+        self._heartbeats: Heartbeats | None = None  # one loop, in _tg, for the leases of the runs that _tg runs
         self.handles: dict[str, RunHandle] = {}  # the runs planning or running here (a handle leaves as it ends)
         self._unstored: dict[str, str] = {}  # why the last runs that ended unstored did: get() says so
         self.draining = False  # told to stop (drain): no new runs
@@ -166,7 +168,7 @@ class RunManager:
                 try:
                     yield self
                 finally:
-                    self._tg = None
+                    self._tg = self._heartbeats = None
                     tg.cancel_scope.cancel()  # shutdown: runs end `cancelled`, resumable later
         finally:  # every run has ended: close the direct client's pooled connections
             if self._engine is not None:
@@ -217,6 +219,16 @@ class RunManager:
             raise RuntimeError("RunManager needs `async with manager.running()` to start runs")
         return self._tg
 
+    def _beats(self, tg: TaskGroup) -> Heartbeats:
+        """The heartbeat loop of the runs started in `tg` (they end with it, as the loop does), started with the
+        first of them."""
+        if self._heartbeats is None:
+            from .heartbeats import Heartbeats
+
+            self._heartbeats = Heartbeats(self.engine.store)
+            tg.start_soon(self._heartbeats.run)
+        return self._heartbeats
+
     def background(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start one of the server's own tasks (adopting orphaned runs) beside the runs; it ends with them."""
         self._task_group().start_soon(func, *args)
@@ -263,11 +275,12 @@ class RunManager:
         self.handles[run_id] = handle
         engine = self.engine
         sink = self._sink(handle)
+        beats = self._beats(tg)
 
         async def body() -> None:
             try:
                 with handle.scope:
-                    handle.final = await engine.execute_checked(run_id, sink, budget, known=run)
+                    handle.final = await engine.execute_checked(run_id, sink, budget, known=run, heartbeats=beats)
             except Exception as exc:  # the engine has recorded it in the store
                 log.warning("run %s ended with %r", run_id, exc)
             finally:
@@ -292,6 +305,7 @@ class RunManager:
         tg = self._task_group()
         engine = self.engine
         request = engine.check_plan(task, workers, max_steps, strategy, budget, prefer, workflow)
+        beats = self._beats(tg)
         from ..store import new_run_id
 
         handle = RunHandle(new_run_id(), listener=listener, planning=True)
@@ -320,7 +334,8 @@ class RunManager:
                                                 note=fallback_reason(run)))
 
                     # planned just now: nothing to check, and nothing to read back
-                    handle.final = await engine.execute_checked(run.id, sink, claimed=claimed, first=planned)
+                    handle.final = await engine.execute_checked(run.id, sink, claimed=claimed, first=planned,
+                                                                heartbeats=beats)
             except Exception as exc:  # a run already stored has its error recorded by the engine
                 log.warning("run %s ended with %r", handle.run_id, exc)
                 if not stored:
