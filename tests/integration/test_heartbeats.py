@@ -50,23 +50,23 @@ async def test_one_loop_renews_a_long_steps_lease_and_lets_go_when_the_run_ends(
     beats: list[float] = []
     async with runs.running():
         handle = await runs.solve("a long step", workflow=one_step("slow", "think"))
+        held: list[int] = []
         while not handle.done.is_set():
             await anyio.sleep(0.15)
-            if not handle.planning:
-                assert handle.run_id not in runs.engine.store.orphaned_runs()
+            if not handle.planning and not handle.done.is_set():
+                assert runs._heartbeats is not None
+                held.append(len(runs._heartbeats._held))  # the loop holds it: no task of its own
                 beats.append(runs.engine.store.get_run(handle.run_id).heartbeat_at or 0.0)
-        assert runs._heartbeats is not None and not runs._heartbeats._held  # the ended run is let go
-        ended = runs.get(handle.run_id)
-        await anyio.sleep(0.4)
-        assert runs.get(handle.run_id).heartbeat_at == ended.heartbeat_at  # nothing renews it after its end
-    assert ended.status == RunStatus.COMPLETED
+        assert runs._heartbeats is not None and not runs._heartbeats._held  # let go as it ended
+    assert runs.get(handle.run_id).status == RunStatus.COMPLETED
+    assert held and set(held) == {1}, held
     assert len(set(beats)) >= 10, beats  # renewed about every 0.1 s through the 2.4 s step
 
 
 async def test_a_run_found_taken_over_stops_mid_call_and_writes_nothing_while_the_others_go_on(
         tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")
-    server.set_latency(model_latency={"scripted-slow": SLOW_S, "scripted-fast": 1.0})
+    server.set_latency(model_latency={"scripted-slow": SLOW_S, "scripted-fast": 1.2})
     db = tmp_path / "traces.db"
     runs = RunManager(write_manifest(tmp_path, server.base_url), db)
     async with runs.running():
@@ -76,9 +76,13 @@ async def test_a_run_found_taken_over_stops_mid_call_and_writes_nothing_while_th
             await anyio.sleep(0.02)
         take_over(db, lost.run_id)
         before = stored(db, lost.run_id)
+        kept_beat = runs.engine.store.get_run(kept.run_id).heartbeat_at or 0.0
         started = time.monotonic()
         await lost.done.wait()
         stopped_s = time.monotonic() - started
+        await anyio.sleep(0.25)  # past the next tick: the loop goes on for the run it keeps
+        assert not kept.done.is_set()
+        assert (runs.engine.store.get_run(kept.run_id).heartbeat_at or 0.0) > kept_beat
         await kept.done.wait()
     assert stopped_s < 0.5, stopped_s  # at the next renewal (0.1 s), not when the 2.4 s call would have ended
     assert stored(db, lost.run_id) == before  # not a column written since the takeover: no renewal, no end
@@ -107,3 +111,57 @@ async def test_a_lost_lease_is_raised_from_the_runs_scope(tmp_path: Path) -> Non
         reached = True
     assert not reached and not beats._held
     store.close()
+
+
+async def test_a_lost_lease_wins_over_what_the_run_raised_at_the_same_moment(tmp_path: Path) -> None:
+    """Found taken over while the run was failing (or being cancelled): LeaseLost, so that the engine writes nothing."""
+    from conductor_mcp.models import PlanInfo, Workflow
+    from conductor_mcp.runs.heartbeats import Heartbeats
+    from conductor_mcp.store import Store
+
+    store = Store(tmp_path / "traces.db")
+    claimed = store.add_claimed_run("a task", Workflow.model_validate(one_step("w", "x")),
+                                    PlanInfo(source="host", planner="host"))
+    beats = Heartbeats(store)
+    take_over(tmp_path / "traces.db", claimed.lease.run_id)
+    with pytest.raises(LeaseLost, match="taken over by host-b"), beats.holding(claimed.lease):
+        beats.beat()
+        raise RuntimeError("a worker's answer could not be parsed")
+    # the client's cancellation at the same moment
+    with anyio.CancelScope() as outer, pytest.raises(LeaseLost), beats.holding(claimed.lease):
+        beats.beat()
+        outer.cancel()
+        await anyio.sleep(1)
+    store.close()
+
+
+async def test_the_stores_failures_are_tried_again_while_the_lease_holds(
+        tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal the store fails does not stop the run while its lease still holds; one that keeps failing until the
+    lease would lapse stops it with the store's error, as a failed write would."""
+    from conductor_mcp.errors import StoreError
+
+    monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")
+    server.set_latency(model_latency={"scripted-slow": 1.5})
+    runs = RunManager(write_manifest(tmp_path, server.base_url), tmp_path / "traces.db")
+    store = runs.engine.store
+    renew = store.heartbeat
+    failing = {"until": 0.0}
+
+    def heartbeat(lease: object) -> None:  # the real renewal, refused by the store while `until` lasts
+        if time.monotonic() < failing["until"]:
+            raise StoreError("trace store: database is locked")
+        renew(lease)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "heartbeat", heartbeat)
+    async with runs.running():
+        failing["until"] = time.monotonic() + 0.3  # three ticks refused, within the 0.6 s lease
+        survived = await runs.solve("a blip", workflow=one_step("slow", "blip"))
+        await survived.done.wait()
+        failing["until"] = time.monotonic() + 60  # refused for good
+        stopped = await runs.solve("a store gone", workflow=one_step("slow", "gone"))
+        await stopped.done.wait()
+    assert runs.get(survived.run_id).status == RunStatus.COMPLETED
+    failed = runs.get(stopped.run_id)
+    assert failed.status == RunStatus.FAILED and "database is locked" in (failed.error or ""), failed.error
+    assert failed.steps[0].status != StepStatus.COMPLETED  # stopped mid-call, before the 1.5 s step ended

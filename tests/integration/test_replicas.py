@@ -355,7 +355,7 @@ async def test_heartbeats_keep_a_long_step_owned_and_stop_with_the_run(
             if beat is not None:
                 seen.append(beat)
         ended = other.get_run(handle.run_id)
-        await anyio.sleep(0.5)  # no heartbeat task outlives its run
+        await anyio.sleep(0.5)  # no heartbeat outlives its run
         assert ended.status == RunStatus.COMPLETED and other.get_run(handle.run_id).heartbeat_at == ended.heartbeat_at
     assert len(set(seen)) >= 10, seen  # renewed about every 0.1 s through the 2.4 s step
     other.close()
