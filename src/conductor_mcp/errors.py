@@ -33,6 +33,10 @@ class RunStateError(ConductorError):
 class LeaseLost(RunStateError):
     """Another process has taken the run over: this one must stop calling workers and writing to it."""
 
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id  # the run taken over (a child run stops when its parent is)
+
 
 class ShuttingDown(RunStateError):
     """This server was told to stop (SIGTERM) and takes no new runs: retry, and a balancer sends the retry to

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
 from conductor_mcp.errors import LeaseLost
-from conductor_mcp.models import RunStatus, StepStatus
+from conductor_mcp.models import Manifest, RunStatus, StepStatus, WorkerSpec
+from conductor_mcp.planners.remote import RemotePlanner
+from conductor_mcp.runs.engine import Engine
 from conductor_mcp.runs.run_manager import RunManager
+from conductor_mcp.store import Lease, Store
+from conductor_mcp.workers.registry import build_registry
 
 from ..servers.openai_server import ScriptedServer
 from .mcp_helpers import write_manifest
@@ -145,15 +150,15 @@ async def test_the_stores_failures_are_tried_again_while_the_lease_holds(
     server.set_latency(model_latency={"scripted-slow": 1.5})
     runs = RunManager(write_manifest(tmp_path, server.base_url), tmp_path / "traces.db")
     store = runs.engine.store
-    renew = store.heartbeat
+    real_renew = store.renew
     failing = {"until": 0.0}
 
-    def heartbeat(lease: object) -> None:  # the real renewal, refused by the store while `until` lasts
+    def renew(leases: Sequence[Lease]) -> dict[Lease, LeaseLost]:  # the real one, refused while `until` lasts
         if time.monotonic() < failing["until"]:
             raise StoreError("trace store: database is locked")
-        renew(lease)  # type: ignore[arg-type]
+        return real_renew(leases)
 
-    monkeypatch.setattr(store, "heartbeat", heartbeat)
+    monkeypatch.setattr(store, "renew", renew)
     async with runs.running():
         failing["until"] = time.monotonic() + 0.3  # three ticks refused, within the 0.6 s lease
         survived = await runs.solve("a blip", workflow=one_step("slow", "blip"))
@@ -165,3 +170,75 @@ async def test_the_stores_failures_are_tried_again_while_the_lease_holds(
     failed = runs.get(stopped.run_id)
     assert failed.status == RunStatus.FAILED and "database is locked" in (failed.error or ""), failed.error
     assert failed.steps[0].status != StepStatus.COMPLETED  # stopped mid-call, before the 1.5 s step ended
+
+
+@pytest.mark.parametrize("where", ["in the server's loop", "alone"])
+async def test_a_step_run_by_hand_keeps_its_lease_through_a_long_call(
+        tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """run_step holds the run's lease for the step: without renewals another replica would take a step longer than
+    the lease for orphaned, and buy it a second time."""
+    monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")
+    server.set_latency(model_latency={"scripted-slow": SLOW_S})
+    db = tmp_path / "traces.db"
+    runs = RunManager(write_manifest(tmp_path, server.base_url), db)
+    other = Store(db)  # another replica's view
+    planned = await runs.engine.plan("by hand", workflow=one_step("slow", "think"))
+    beats: list[float] = []
+    held: list[int] = []
+    done = anyio.Event()
+
+    async def step() -> None:
+        if where == "alone":
+            await runs.engine.run_step(planned.id, 0)
+        else:
+            await runs.run_step(planned.id, 0)
+        done.set()
+
+    async with runs.running(), anyio.create_task_group() as tg:
+        tg.start_soon(step)
+        while not done.is_set():
+            await anyio.sleep(0.15)
+            if not done.is_set():
+                assert other.orphaned_runs() == []
+                beats.append(other.get_run(planned.id).heartbeat_at or 0.0)
+                held.append(len(runs._heartbeats._held) if runs._heartbeats is not None else 0)
+    assert other.get_run(planned.id).status == RunStatus.COMPLETED
+    assert len(set(beats)) >= 10, beats  # renewed about every 0.1 s through the 2.4 s step
+    assert set(held) == ({1} if where != "alone" else {0}), held  # alone: a loop of the step's own
+    other.close()
+
+
+async def test_a_child_run_is_held_in_its_parents_loop_and_handed_back_when_the_parent_is_taken_over(
+        tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conductor step's child run renews in the loop that holds its parent. When the parent is taken over, the
+    child stops at once too, and is left for the parent's new owner: running, owned by no one, claimable at once
+    (not `cancelled by the client`), its parent's rows untouched."""
+    monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")
+    server.set_latency(model_latency={"scripted-slow": SLOW_S})
+    server.script(model="conductor-model", contains="Your subtask:\nHard part",
+                  reply='{"steps": [{"worker": "slow", "instruction": "Child step", "access": "none"}]}')
+    db = tmp_path / "traces.db"
+    workers = [WorkerSpec.model_validate({"id": "slow", "model": "openai/scripted-slow", "api_base": server.base_url,
+                                          "timeout_s": 10})]
+    engine = Engine(build_registry(Manifest(workers=workers), "test"), Store(db),
+                    planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+    runs = RunManager(engine=engine)
+    async with runs.running():
+        handle = await runs.solve("recursive", workflow={"steps": [{"worker": "conductor",
+                                                                     "instruction": "Hard part"}]})
+        while server.stats(include_calls=False)["in_flight"] < 1:  # noqa: ASYNC110  (the server is another thread)
+            await anyio.sleep(0.02)
+        (child_id,) = engine.store.children(handle.run_id)
+        assert runs._heartbeats is not None and len(runs._heartbeats._held) == 2  # parent and child, one loop
+        take_over(db, handle.run_id)
+        before = stored(db, handle.run_id)
+        started = time.monotonic()
+        await handle.done.wait()
+        stopped_s = time.monotonic() - started
+    assert stopped_s < 0.5, stopped_s  # at the next renewal, not when the child's 2.4 s call would have ended
+    assert stored(db, handle.run_id) == before  # the parent is the new owner's: nothing written to it
+    child = engine.store.get_run(child_id)
+    assert child.status == RunStatus.INTERRUPTED and child.owner is None, child  # running, owned by no one
+    assert (child.error or "").startswith(f"handed back: run {handle.run_id}: taken over by host-b"), child.error
+    _, claimed = Store(db).claim(child_id)  # the new owner claims it at once
+    assert claimed.steps[0].status == StepStatus.PENDING

@@ -111,6 +111,24 @@ def test_default_path_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert default_db_path().name == "traces.db" and "conductor-mcp" in str(default_db_path())
 
 
+def test_one_renewal_of_many_leases_renews_those_held_and_names_those_taken_over(any_store: Store) -> None:
+    """A server's heartbeat loop renews every run it holds in one call: a run taken over meanwhile is named, with
+    who holds it now, and neither its row nor the others' renewals are held back by it."""
+    store = any_store
+    ids = [store.create_run(f"t{i}", WF, PLAN) for i in range(3)]
+    leases = [store.claim(run_id)[0] for run_id in ids]
+    execute(store, "UPDATE runs SET owner='host-b:1:1', lease=lease+1, heartbeat_at=0 WHERE id=?", ids[1])
+    execute(store, "UPDATE runs SET heartbeat_at=0 WHERE id IN (?, ?)", ids[0], ids[2])
+    lost = store.renew(leases)
+    assert list(lost) == [leases[1]] and lost[leases[1]].run_id == ids[1]
+    assert "taken over by host-b:1:1" in str(lost[leases[1]])
+    beats = [store.get_run(run_id).heartbeat_at or 0.0 for run_id in ids]
+    assert beats[0] > 0 and beats[2] > 0 and beats[1] == 0  # the others renewed, the lost one left as it was
+    assert store.renew([leases[0], leases[2]]) == {}
+    with pytest.raises(LeaseLost, match="taken over by host-b"):
+        store.heartbeat(leases[1])
+
+
 def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:
     store = any_store
     run_id = store.create_run("t", WF, PLAN)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from ..models import (
 from ..planners import Planner, make_planner
 from ..planners.base import PlanSink
 from ..planners.strategies import strategy_planner
-from ..store import FINAL, Claimed, Lease, Store, heartbeat_s
+from ..store import FINAL, Claimed, Lease, Store
 from ..workers import python_worker
 from ..workers.pool import WorkerPool
 from ..workers.registry import Registry
@@ -281,7 +281,7 @@ class Engine:
         instead of reading it back while nothing has changed it; `claimed`: what plan_claimed answered, which
         is claimed already; `first`: awaited before the first step, as part of the execution: under its
         heartbeat, and a cancellation there ends the run as one during a step does; `heartbeats`: the loop that
-        keeps the lease alive, running beside the caller for as long as the run can; None: a heartbeat task of the
+        keeps the lease alive, running beside the caller for as long as the run can; None: a loop of the
         run's own). RunManager is the door."""
         return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed, first=first,
                                    heartbeats=heartbeats)
@@ -305,18 +305,14 @@ class Engine:
                     self.store.set_budget(lease, budget)
                 opts = self.options(run_id) if budget is not None else RunOptions.load(stored)
                 guard = guard if guard is not None else self._guard(run_id, opts.budget)
-                if heartbeats is not None:
-                    with heartbeats.holding(lease):
-                        outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
-                else:
-                    async with anyio.create_task_group() as outer:
-                        ended = anyio.Event()
-                        outer.start_soon(self._heartbeat, lease, ended)
-                        outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
-                        ended.set()
+                async with self._keeping(lease, heartbeats):
+                    outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
             except BaseException as exc:
                 lost = lease_lost(exc)
                 if lost is not None:  # another process runs it now: write nothing, call nothing
+                    if lost.run_id not in (None, run_id):  # its parent's: this child run is still ours, and the
+                        with suppress(LeaseLost):  # parent's new owner carries it on (it may claim it at once)
+                            self.store.finish_run(lease, RunStatus.RUNNING, error=f"handed back: {lost}")
                     log.warning("%s", lost)
                     raise lost from None
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -349,16 +345,24 @@ class Engine:
             else:
                 self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
-    async def _heartbeat(self, lease: Lease, ended: anyio.Event) -> None:
-        """Keep the run's heartbeat fresh until it has ended, where no Heartbeats loop runs beside it (an Engine
-        used alone, a child run); a lost lease raises here and stops the run at once.
-        Told by an event, not cancelled: a cancellation costs more than the rest of a one-step run's scheduling
-        (anyio words its message from the task's repr)."""
-        while True:
-            with anyio.move_on_after(heartbeat_s()):
-                await ended.wait()
-                return
-            self.store.heartbeat(lease)
+    @asynccontextmanager
+    async def _keeping(self, lease: Lease, heartbeats: Heartbeats | None) -> AsyncIterator[None]:
+        """Keep the lease alive while the block runs: in `heartbeats` (a RunManager's loop), in the loop the run
+        around this one is held in (a child run's parent), or in a loop of its own that ends with the block."""
+        beats = heartbeats or Heartbeats.enclosing(self.store)
+        if beats is not None:
+            with beats.holding(lease):
+                yield
+            return
+        beats = Heartbeats(self.store)
+        ended = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(beats.run, ended)
+            try:
+                with beats.holding(lease):
+                    yield
+            finally:
+                ended.set()
 
     async def _schedule(self, run: Run, lease: Lease, opts: RunOptions, on_event: EventSink | None,
                         guard: BudgetGuard) -> RoundResult:
@@ -627,8 +631,9 @@ class Engine:
                                 f"run those first")
 
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
-                       worker: str | None = None) -> tuple[StepRecord, Run]:
-        """Run one step of a run (optionally changed); refuse when a step it sees is not done."""
+                       worker: str | None = None, heartbeats: Heartbeats | None = None) -> tuple[StepRecord, Run]:
+        """Run one step of a run (optionally changed); refuse when a step it sees is not done. `heartbeats`: the
+        loop that keeps the lease alive while the step runs (None: one of the step's own)."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
             run = self.store.get_run(run_id)
             if run.parent_run_id is not None:  # its parent's execution drives it: a step run here would be lost
@@ -665,7 +670,8 @@ class Engine:
             guard = BudgetGuard(budget, self.store.tree_usage(run_id))
             messages = worker_messages(run.task, wf, index, outputs)
             try:
-                await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
+                async with self._keeping(lease, heartbeats):
+                    await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
             except BudgetExceeded as exc:
                 self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
             except WorkerError as exc:

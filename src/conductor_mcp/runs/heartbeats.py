@@ -1,15 +1,16 @@
-"""One heartbeat loop for the runs a RunManager starts, in place of a task and a task group per run.
+"""Heartbeat loops: one for all the runs a RunManager starts, in place of a task and a task group per run.
 
 A run's owner renews its lease every heartbeat_s (a sixth of the lease) while the run goes on, so that no replica
 takes it for orphaned. A task of its own per run, in a task group of its own, cost about 0.1 ms of CPU a run, about a
 tenth of a one-step run's engine overhead (BENCHMARKS.md). Here one loop, in the RunManager's task group beside the
-runs, renews every held lease in turn, and a run holds its lease in a cancel scope:
+runs, renews every held lease in one transaction, and a run holds its lease in a cancel scope:
 - a renewal that finds the run taken over (LeaseLost) cancels that run's scope, and holding() raises the LeaseLost,
   whatever else the run was raising at that moment: the run is another process's now, and must write nothing;
 - a renewal the store fails (a lock held too long, a dropped connection) is tried again at the next tick while the
   lease still holds, so that one failure of the store does not stop every run at once; it stops the run, with the
   store's error, only when the lease would lapse before the next tick.
-An Engine used alone (a CLI command's run) and a child run (recursion, a round) keep a heartbeat task of their own.
+A child run (recursion, a round) is held in its parent's loop, and stops when its parent's lease is lost. A run with
+no loop around it (an Engine used alone, a step run by hand) gets a loop of its own, which ends with it.
 """
 
 from __future__ import annotations
@@ -18,26 +19,40 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import anyio
 
-from ..errors import LeaseLost
 from ..store import Lease, Store, heartbeat_s, stale_after_s
 
 log = logging.getLogger(__name__)
 
 
 class _Held:
-    """A lease being kept alive, the scope its run executes in, when it was last renewed (monotonic), and why the
-    run must stop (None: it need not)."""
+    """A lease being kept alive, the scope its run executes in, when it was last renewed (monotonic), why the run
+    must stop (None: it need not), and the lease held around it (a child run's parent), whose loss stops it too."""
 
-    __slots__ = ("lease", "renewed", "scope", "stopped")
+    __slots__ = ("lease", "parent", "renewed", "scope", "stopped")
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, lease: Lease, parent: _Held | None) -> None:
         self.lease = lease
+        self.parent = parent
         self.scope = anyio.CancelScope()
         self.renewed = time.monotonic()  # the claim that made the lease came just before
         self.stopped: Exception | None = None
+
+    def why(self) -> Exception | None:
+        """Why the run must stop: its own renewal's error, else the nearest enclosing run's."""
+        held: _Held | None = self
+        while held is not None:
+            if held.stopped is not None:
+                return held.stopped
+            held = held.parent
+        return None
+
+
+# the loop and the lease the current task's run is held in: a child run started there joins them
+_enclosing: ContextVar[tuple[Heartbeats, _Held] | None] = ContextVar("conductor_heartbeats", default=None)
 
 
 class Heartbeats:
@@ -45,27 +60,45 @@ class Heartbeats:
         self.store = store
         self._held: dict[_Held, None] = {}  # in the order they were taken
 
-    async def run(self) -> None:
-        """Renew every held lease each heartbeat_s, until cancelled; the runs it keeps must end before it does
-        (RunManager runs both in one task group)."""
+    @staticmethod
+    def enclosing(store: Store) -> Heartbeats | None:
+        """The loop that the run this task works for is held in (a child run's parent's), if it renews in `store`."""
+        found = _enclosing.get()
+        return found[0] if found is not None and found[0].store is store else None
+
+    async def run(self, until: anyio.Event | None = None) -> None:
+        """Renew every held lease each heartbeat_s, until `until` is set (None: until cancelled); the runs it keeps
+        must end before it does (both in one task group). Told by an event, not cancelled, where it serves one run:
+        a cancellation costs more than the rest of a one-step run's scheduling."""
         while True:
-            await anyio.sleep(heartbeat_s())
+            if until is None:
+                await anyio.sleep(heartbeat_s())
+            else:
+                with anyio.move_on_after(heartbeat_s()):
+                    await until.wait()
+                    return
             self.beat()
 
     def beat(self) -> None:
-        for held in list(self._held):
-            now = time.monotonic()
-            try:
-                self.store.heartbeat(held.lease)
-                held.renewed = now
-            except LeaseLost as exc:
-                self._stop(held, exc)
-            except Exception as exc:
-                if now + heartbeat_s() - held.renewed < stale_after_s():
-                    log.warning("run %s: its lease could not be renewed (%s); trying again in %gs",
-                                held.lease.run_id, exc, heartbeat_s())
-                else:  # it would lapse before the next try
-                    self._stop(held, exc)
+        """Renew every held lease, in one transaction."""
+        if not self._held:
+            return
+        held = list(self._held)
+        now = time.monotonic()
+        try:
+            lost = self.store.renew([h.lease for h in held])
+        except Exception as exc:
+            log.warning("%d run(s): their leases could not be renewed (%s); trying again in %gs", len(held), exc,
+                        heartbeat_s())
+            for h in held:
+                if now + heartbeat_s() - h.renewed >= stale_after_s():  # it would lapse before the next try
+                    self._stop(h, exc)
+            return
+        for h in held:
+            if h.lease in lost:
+                self._stop(h, lost[h.lease])
+            else:
+                h.renewed = now
 
     def _stop(self, held: _Held, why: Exception) -> None:
         held.stopped = why
@@ -74,18 +107,24 @@ class Heartbeats:
 
     @contextmanager
     def holding(self, lease: Lease) -> Iterator[None]:
-        """Keep `lease` alive while the block runs. A renewal that stops the run cancels the block, and its error is
-        raised from here in place of whatever the block raised (its cancellation, or an error at the same moment)."""
-        held = _Held(lease)
+        """Keep `lease` alive while the block runs. A renewal that stops the run (or the run around it, for a child
+        run) cancels the block, and its error is raised from here in place of whatever the block raised (its
+        cancellation, or an error at the same moment)."""
+        around = _enclosing.get()
+        held = _Held(lease, around[1] if around is not None and around[0] is self else None)
         self._held[held] = None
+        token = _enclosing.set((self, held))
         try:
             with held.scope:
                 yield
         except BaseException:
-            if held.stopped is None:
+            why = held.why()
+            if why is None:
                 raise
-            raise held.stopped from None
+            raise why from None
         finally:
+            _enclosing.reset(token)
             self._held.pop(held, None)
-        if held.stopped is not None:
-            raise held.stopped
+        why = held.why()
+        if why is not None:
+            raise why

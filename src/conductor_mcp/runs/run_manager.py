@@ -474,7 +474,8 @@ class RunManager:
         if self.active(run_id):
             raise RunStateError(f"run {run_id} is running; wait for it with get_run")
         try:
-            record, run = await self.engine.run_step(run_id, index, instruction, worker)
+            beats = self._beats(self._tg) if self._tg is not None else None
+            record, run = await self.engine.run_step(run_id, index, instruction, worker, beats)
         finally:
             self._changed(run_id)
         return record, run, self.engine.runnable(run)

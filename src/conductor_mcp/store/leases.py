@@ -126,8 +126,12 @@ class Ownership(StoreBase):
         """Inside a write transaction: raise LeaseLost unless this process still holds the run (the fence)."""
         row = self._lock_run(db, lease.run_id, "owner, lease")
         if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
-            raise LeaseLost(f"run {lease.run_id}: taken over by {row['owner'] if row else 'nobody'}; "
-                            "this process stops working on it")
+            raise self._taken_over(lease.run_id, row)
+
+    @staticmethod
+    def _taken_over(run_id: str, row: Row | None) -> LeaseLost:
+        return LeaseLost(f"run {run_id}: taken over by {row['owner'] if row else 'nobody'}; this process stops"
+                         " working on it", run_id)
 
     def _update_held(self, db: Conn, lease: Lease, assignments: str, params: Sequence[Any]) -> None:
         """Inside a write transaction: `UPDATE runs SET <assignments>` on the run only while this process holds
@@ -137,7 +141,7 @@ class Ownership(StoreBase):
                             (*params, lease.run_id, _OWNER, lease.epoch))
         if cursor.rowcount != 1:
             self._hold(db, lease)  # names who holds it now
-            raise LeaseLost(f"run {lease.run_id}: not updated under lease {lease.epoch}")
+            raise LeaseLost(f"run {lease.run_id}: not updated under lease {lease.epoch}", lease.run_id)
 
     def claim(self, run_id: str) -> tuple[Lease, Run]:
         """Make this process the run's owner under a new lease epoch; refuse if another live process owns
@@ -179,9 +183,21 @@ class Ownership(StoreBase):
 
     def heartbeat(self, lease: Lease) -> None:
         """Renew the lease (tell other hosts the owner lives); raise LeaseLost if the run was taken over."""
+        for lost in self.renew([lease]).values():
+            raise lost
+
+    def renew(self, leases: Sequence[Lease]) -> dict[Lease, LeaseLost]:
+        """Renew many leases in one transaction (a server's heartbeat loop: one commit a tick, not one a run);
+        answer those whose runs were taken over, each with its LeaseLost, the others renewed all the same."""
+        lost: dict[Lease, LeaseLost] = {}
         with self._tx() as db:
             now = self._now(db)
-            self._update_held(db, lease, "heartbeat_at=?, lease_expires_at=?", (now, now + stale_after_s()))
+            for lease in leases:
+                cursor = db.execute("UPDATE runs SET heartbeat_at=?, lease_expires_at=? WHERE id=? AND owner=?"
+                                    " AND lease=?", (now, now + stale_after_s(), lease.run_id, _OWNER, lease.epoch))
+                if cursor.rowcount != 1:
+                    lost[lease] = self._taken_over(lease.run_id, self._lock_run(db, lease.run_id, "owner"))
+        return lost
 
     def orphaned_runs(self, limit: int = 20) -> list[str]:
         """Root runs stored as running whose owner is gone (its lease expired), oldest first: a live replica
