@@ -35,7 +35,12 @@ class LeaseLost(RunStateError):
 
     def __init__(self, message: str, run_id: str | None = None) -> None:
         super().__init__(message)
-        self.run_id = run_id  # the run taken over (a child run stops when its parent is)
+        self.run_id = run_id  # the run taken over
+
+
+class ParentLeaseLost(LeaseLost):
+    """The run this one is part of (recursion, a round) was taken over: this one is still this process's, and is
+    handed back, for the parent's new owner to claim at once."""
 
 
 class ShuttingDown(RunStateError):

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from .. import telemetry
-from ..errors import LeaseLost, RunStateError, WorkerError, WorkflowError
+from ..errors import LeaseLost, ParentLeaseLost, RunStateError, WorkerError, WorkflowError
 from ..models import (
     CONDUCTOR_WORKER,
     MAX_STEPS_LIMIT,
@@ -281,8 +281,8 @@ class Engine:
         instead of reading it back while nothing has changed it; `claimed`: what plan_claimed answered, which
         is claimed already; `first`: awaited before the first step, as part of the execution: under its
         heartbeat, and a cancellation there ends the run as one during a step does; `heartbeats`: the loop that
-        keeps the lease alive, running beside the caller for as long as the run can; None: a loop of the
-        run's own). RunManager is the door."""
+        keeps the lease alive, running beside the caller for as long as the run can; None: the loop of the run
+        around this one, else a loop of the run's own). RunManager is the door."""
         return await self._execute(run_id, on_event, None, budget=budget, known=known, claimed=claimed, first=first,
                                    heartbeats=heartbeats)
 
@@ -309,10 +309,9 @@ class Engine:
                     outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
             except BaseException as exc:
                 lost = lease_lost(exc)
+                if isinstance(lost, ParentLeaseLost):  # this child run is still ours: the parent's new owner
+                    self._settle_cancelled(lease, handed_back=f"handed back: {lost}")  # carries it on
                 if lost is not None:  # another process runs it now: write nothing, call nothing
-                    if lost.run_id not in (None, run_id):  # its parent's: this child run is still ours, and the
-                        with suppress(LeaseLost):  # parent's new owner carries it on (it may claim it at once)
-                            self.store.finish_run(lease, RunStatus.RUNNING, error=f"handed back: {lost}")
                     log.warning("%s", lost)
                     raise lost from None
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -335,13 +334,14 @@ class Engine:
             outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
         return outcome
 
-    def _settle_cancelled(self, lease: Lease) -> None:
+    def _settle_cancelled(self, lease: Lease, handed_back: str | None = None) -> None:
+        """`handed_back`: why the run is handed back though this server goes on (its parent was taken over)."""
         # store calls are synchronous, so cancellation cannot interrupt these writes
         with suppress(LeaseLost):
             self.store.cancel_in_flight(lease)
-            if self.handing_back:  # the server is stopping: the run stays `running` with no owner (`interrupted`),
-                # which any server on the same store may claim at once, without waiting for a stale heartbeat
-                self.store.finish_run(lease, RunStatus.RUNNING, error=HANDED_BACK)
+            if self.handing_back or handed_back:  # the run stays `running` with no owner (`interrupted`), which any
+                # server on the same store may claim at once, without waiting for a stale heartbeat
+                self.store.finish_run(lease, RunStatus.RUNNING, error=handed_back or HANDED_BACK)
             else:
                 self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
@@ -356,13 +356,18 @@ class Engine:
             return
         beats = Heartbeats(self.store)
         ended = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(beats.run, ended)
-            try:
-                with beats.holding(lease):
-                    yield
-            finally:
-                ended.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(beats.run, ended)
+                try:
+                    with beats.holding(lease):
+                        yield
+                finally:
+                    ended.set()
+        except BaseExceptionGroup as group:  # the loop raises nothing: what the group holds is the block's own,
+            if len(group.exceptions) == 1:  # raised as the block raised it (run_step tells its errors by type)
+                raise group.exceptions[0] from None
+            raise
 
     async def _schedule(self, run: Run, lease: Lease, opts: RunOptions, on_event: EventSink | None,
                         guard: BudgetGuard) -> RoundResult:
@@ -631,9 +636,9 @@ class Engine:
                                 f"run those first")
 
     async def run_step(self, run_id: str, index: int, instruction: str | None = None,
-                       worker: str | None = None, heartbeats: Heartbeats | None = None) -> tuple[StepRecord, Run]:
-        """Run one step of a run (optionally changed); refuse when a step it sees is not done. `heartbeats`: the
-        loop that keeps the lease alive while the step runs (None: one of the step's own)."""
+                       worker: str | None = None) -> tuple[StepRecord, Run]:
+        """Run one step of a run (optionally changed), its lease kept alive by a heartbeat loop of its own; refuse
+        when a step it sees is not done."""
         with telemetry.tracer().run(run_id, self.options) as run_span:
             run = self.store.get_run(run_id)
             if run.parent_run_id is not None:  # its parent's execution drives it: a step run here would be lost
@@ -670,7 +675,7 @@ class Engine:
             guard = BudgetGuard(budget, self.store.tree_usage(run_id))
             messages = worker_messages(run.task, wf, index, outputs)
             try:
-                async with self._keeping(lease, heartbeats):
+                async with self._keeping(lease, None):
                     await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
             except BudgetExceeded as exc:
                 self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
@@ -678,6 +683,12 @@ class Engine:
                 self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index} failed: {exc}")
             except anyio.get_cancelled_exc_class():
                 self._settle_cancelled(lease)
+                raise
+            except LeaseLost:
+                raise  # another process runs it now: write nothing
+            except Exception as exc:  # the store failed, or a fault of ours: not left owned, to be adopted and run
+                with suppress(Exception):
+                    self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index}: internal error: {exc!r}")
                 raise
             else:
                 after = self.store.get_run(run_id)

@@ -9,8 +9,9 @@ runs, renews every held lease in one transaction, and a run holds its lease in a
 - a renewal the store fails (a lock held too long, a dropped connection) is tried again at the next tick while the
   lease still holds, so that one failure of the store does not stop every run at once; it stops the run, with the
   store's error, only when the lease would lapse before the next tick.
-A child run (recursion, a round) is held in its parent's loop, and stops when its parent's lease is lost. A run with
-no loop around it (an Engine used alone, a step run by hand) gets a loop of its own, which ends with it.
+A child run (recursion, a round) is held in its parent's loop, and stops when its parent's lease is lost (holding()
+raises ParentLeaseLost: the child is still this process's, to hand back). A run with no loop around it (an Engine
+used alone, as the CLI does; a step run by hand) gets a loop of its own, which ends with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contextvars import ContextVar
 
 import anyio
 
+from ..errors import LeaseLost, ParentLeaseLost
 from ..store import Lease, Store, heartbeat_s, stale_after_s
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,8 @@ class Heartbeats:
 
     async def run(self, until: anyio.Event | None = None) -> None:
         """Renew every held lease each heartbeat_s, until `until` is set (None: until cancelled); the runs it keeps
-        must end before it does (both in one task group). Told by an event, not cancelled, where it serves one run:
-        a cancellation costs more than the rest of a one-step run's scheduling."""
+        (and their child runs) must end before it does: both in one task group. Told by an event, not cancelled,
+        where it serves one run: a cancellation costs more than the rest of a one-step run's scheduling."""
         while True:
             if until is None:
                 await anyio.sleep(heartbeat_s())
@@ -118,13 +120,20 @@ class Heartbeats:
             with held.scope:
                 yield
         except BaseException:
-            why = held.why()
+            why = self._why(held)
             if why is None:
                 raise
             raise why from None
         finally:
             _enclosing.reset(token)
             self._held.pop(held, None)
-        why = held.why()
+        why = self._why(held)
         if why is not None:
             raise why
+
+    @staticmethod
+    def _why(held: _Held) -> Exception | None:
+        why = held.why()
+        if held.stopped is None and isinstance(why, LeaseLost):  # the run around it was taken over, not this one
+            return ParentLeaseLost(str(why), why.run_id)
+        return why

@@ -123,7 +123,7 @@ class RunManager:
         self._engine: Engine | None = engine
         self._store: Store | None = None  # opened alone when only runs are read: reading needs no registry
         self._tg: TaskGroup | None = None
-        self._heartbeats: Heartbeats | None = None  # one loop, in _tg, for the leases of the runs that _tg runs
+        self._heartbeats: Heartbeats | None = None  # one loop, in _tg, for the runs _tg runs and their child runs
         self.handles: dict[str, RunHandle] = {}  # the runs planning or running here (a handle leaves as it ends)
         self._unstored: dict[str, str] = {}  # why the last runs that ended unstored did: get() says so
         self.draining = False  # told to stop (drain): no new runs
@@ -474,8 +474,7 @@ class RunManager:
         if self.active(run_id):
             raise RunStateError(f"run {run_id} is running; wait for it with get_run")
         try:
-            beats = self._beats(self._tg) if self._tg is not None else None
-            record, run = await self.engine.run_step(run_id, index, instruction, worker, beats)
+            record, run = await self.engine.run_step(run_id, index, instruction, worker)
         finally:
             self._changed(run_id)
         return record, run, self.engine.runnable(run)
