@@ -1,13 +1,14 @@
-"""How a one-step run's CPU divides inside the engine: its five store calls, its worker's HTTP call, the rest.
+"""How a one-step run's CPU divides inside the engine: its five store calls, its worker's call, the rest.
 
 `python -m bench.store_share [-n 1000] [--rounds 5]` prints JSON. One-step runs go through RunManager.solve and wait,
 as the servers run them (bench.lean's engine child runs the same), against the scripted OpenAI-compatible server in
 its own process, on a SQLite file. Each store call the run makes (the run inserted claimed, the attempt started, the
-step completed, the run finished, the run read back) and the worker's HTTP call (workers/openai_http.http_complete,
-the call a bare client makes too) are timed in CPU (time.process_time) where the engine makes them; the rest is
-what the run costs beyond both. Figures are CPU ms a run, the median over `rounds` rounds of `n` runs.
-bench.store_floor times the same five calls out of the engine, in a loop: inside runs they cost more (the caches
-are shared with everything else a run does), which is the figure that bounds a one-step run's overhead.
+step completed, the run finished, the run read back) and the worker's call (workers/openai_http.http_complete: the
+POST, with its request built and its reply parsed by the engine's own client, which figure 2 and bench.lean count as
+overhead against a bare POST) are timed in CPU (time.process_time) where the engine makes them, and counted; the
+rest is what the run costs beyond both. Figures are CPU ms a run, the median over `rounds` rounds of `n` runs (so
+the parts' medians need not add up to the whole's). bench.store_floor times the same five calls out of the engine,
+in a loop: inside runs they cost more (the caches are shared with everything else a run does).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,21 @@ HTTP = "http_complete"
 
 
 class Spent(dict[str, float]):
-    """CPU seconds spent in each timed call since the last clear()."""
+    """CPU seconds spent in each timed call since the last clear(), and how many calls (`made`). An awaited call's
+    figure is the process's CPU while it was awaited: whatever else the event loop ran meanwhile too, which is
+    little here, the runs going one at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: Counter[str] = Counter()
+
+    def clear(self) -> None:
+        super().clear()
+        self.made.clear()
+
+    def _add(self, name: str, started: float) -> None:
+        self[name] = self.get(name, 0.0) + time.process_time() - started
+        self.made[name] += 1
 
     def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -48,7 +64,7 @@ class Spent(dict[str, float]):
             try:
                 return fn(*args, **kwargs)
             finally:
-                self[name] = self.get(name, 0.0) + time.process_time() - started
+                self._add(name, started)
         return call
 
     def timed_async(self, name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -58,13 +74,14 @@ class Spent(dict[str, float]):
             try:
                 return await fn(*args, **kwargs)
             finally:
-                self[name] = self.get(name, 0.0) + time.process_time() - started
+                self._add(name, started)
         return call
 
 
 async def measure(base_url: str, n: int, rounds: int, warm: int = 200) -> dict[str, Any]:
     spent = Spent()
     per_round: dict[str, list[float]] = {k: [] for k in ("run", *CALLS, "store", HTTP, "rest")}
+    made: Counter[str] = Counter()  # calls of each kind over the measured rounds
     real_http = getattr(pool, HTTP)
     setattr(pool, HTTP, spent.timed_async(HTTP, real_http))  # the name WorkerPool calls it by
     try:
@@ -86,6 +103,7 @@ async def measure(base_url: str, n: int, rounds: int, warm: int = 200) -> dict[s
                             raise RuntimeError(f"run ended {done.status}: {done.error}")
                     if r == 0:
                         continue
+                    made.update(spent.made)
                     ms = {k: v / n * 1e3 for k, v in spent.items()}
                     run = (time.process_time() - started) / n * 1e3
                     store_ms = sum(ms.get(c, 0.0) for c in CALLS)
@@ -101,6 +119,7 @@ async def measure(base_url: str, n: int, rounds: int, warm: int = 200) -> dict[s
         setattr(pool, HTTP, real_http)
     medians = {k: round(statistics.median(v), 4) for k, v in per_round.items()}
     return {"runs_per_round": n, "rounds": rounds, "cpu_ms_a_run": medians,
+            "calls_a_run": {k: made[k] / (n * rounds) for k in (*CALLS, HTTP)},
             "store_share_beyond_http": round(medians["store"] / (medians["run"] - medians[HTTP]), 3),
             "per_round": {k: [round(x, 4) for x in v] for k, v in per_round.items()}}
 

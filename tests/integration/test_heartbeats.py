@@ -172,7 +172,7 @@ async def test_the_stores_failures_are_tried_again_while_the_lease_holds(
     assert failed.steps[0].status != StepStatus.COMPLETED  # stopped mid-call, before the 1.5 s step ended
 
 
-@pytest.mark.parametrize("where", ["in the server's loop", "alone"])
+@pytest.mark.parametrize("where", ["through the RunManager", "alone"])
 async def test_a_step_run_by_hand_keeps_its_lease_through_a_long_call(
         tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """run_step holds the run's lease for the step: without renewals another replica would take a step longer than

@@ -346,10 +346,12 @@ class Engine:
                 self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
     @asynccontextmanager
-    async def _keeping(self, lease: Lease, heartbeats: Heartbeats | None) -> AsyncIterator[None]:
+    async def _keeping(self, lease: Lease, heartbeats: Heartbeats | None, alone: bool = False
+                       ) -> AsyncIterator[None]:
         """Keep the lease alive while the block runs: in `heartbeats` (a RunManager's loop), in the loop the run
-        around this one is held in (a child run's parent), or in a loop of its own that ends with the block."""
-        beats = heartbeats or Heartbeats.enclosing(self.store)
+        around this one is held in (a child run's parent; unless `alone`: a run no other run encloses), or in a loop
+        of its own that ends with the block."""
+        beats = heartbeats or (None if alone else Heartbeats.enclosing(self.store))
         if beats is not None:
             with beats.holding(lease):
                 yield
@@ -366,7 +368,8 @@ class Engine:
                     ended.set()
         except BaseExceptionGroup as group:  # the loop raises nothing: what the group holds is the block's own,
             if len(group.exceptions) == 1:  # raised as the block raised it (run_step tells its errors by type)
-                raise group.exceptions[0] from None
+                exc = group.exceptions[0]
+                raise exc from exc.__cause__
             raise
 
     async def _schedule(self, run: Run, lease: Lease, opts: RunOptions, on_event: EventSink | None,
@@ -675,7 +678,7 @@ class Engine:
             guard = BudgetGuard(budget, self.store.tree_usage(run_id))
             messages = worker_messages(run.task, wf, index, outputs)
             try:
-                async with self._keeping(lease, None):
+                async with self._keeping(lease, None, alone=True):
                     await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
             except BudgetExceeded as exc:
                 self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
@@ -686,7 +689,8 @@ class Engine:
                 raise
             except LeaseLost:
                 raise  # another process runs it now: write nothing
-            except Exception as exc:  # the store failed, or a fault of ours: not left owned, to be adopted and run
+            except Exception as exc:  # the store failed, or a fault of ours: rather than left owned (a replica
+                # would adopt it once its lease lapsed, and run it to its end)
                 with suppress(Exception):
                     self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index}: internal error: {exc!r}")
                 raise

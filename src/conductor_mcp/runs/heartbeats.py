@@ -71,7 +71,8 @@ class Heartbeats:
     async def run(self, until: anyio.Event | None = None) -> None:
         """Renew every held lease each heartbeat_s, until `until` is set (None: until cancelled); the runs it keeps
         (and their child runs) must end before it does: both in one task group. Told by an event, not cancelled,
-        where it serves one run: a cancellation costs more than the rest of a one-step run's scheduling."""
+        where it is one run's own (and its child runs'): a cancellation costs more than the rest of a one-step run's
+        scheduling."""
         while True:
             if until is None:
                 await anyio.sleep(heartbeat_s())
