@@ -253,9 +253,11 @@ async def test_a_child_run_is_held_in_its_parents_loop_and_handed_back_when_the_
                 ended.set()
 
             tg.start_soon(drive)
-        while server.stats(include_calls=False)["in_flight"] < 1:  # noqa: ASYNC110  (the server is another thread)
+        while not engine.store.children(parent_id):  # noqa: ASYNC110  (planned: its planning call is over)
             await anyio.sleep(0.02)
         (child_id,) = engine.store.children(parent_id)
+        while server.stats(include_calls=False)["in_flight"] < 1:  # noqa: ASYNC110  (the child's call)
+            await anyio.sleep(0.02)
         if how == "served":
             assert runs._heartbeats is not None and len(runs._heartbeats._held) == 2  # parent and child, one loop
         take_over(db, parent_id)
@@ -272,3 +274,45 @@ async def test_a_child_run_is_held_in_its_parents_loop_and_handed_back_when_the_
     assert [a.status for a in child.steps[0].attempts] == ["cancelled"]  # its call in flight, settled
     _, claimed = Store(db).claim(child_id)  # the new owner claims it at once
     assert claimed.steps[0].status == StepStatus.PENDING
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+async def test_a_child_run_is_handed_back_when_a_write_of_its_parent_finds_the_parent_taken_over(
+        tmp_path: Path, server: ScriptedServer, depth: int) -> None:
+    """No renewal comes in time here (a lease of 30 s): the parent's own write, a sibling step's end, finds it taken
+    over, and the parent's task group cancels the child run beside it (and, at depth 2, the child's own child). Each
+    is handed back all the same, not settled as `cancelled by the client`, and nothing of the parent is written."""
+    server.set_latency(model_latency={"scripted-slow": SLOW_S, "scripted-fast": 0.6})
+    child_step = ('{"worker": "slow", "instruction": "Child step", "access": "none"}' if depth == 1 else
+                  '{"worker": "conductor", "instruction": "Deeper part", "access": "none"}')
+    server.script(model="conductor-model", contains="Your subtask:\nHard part", reply=f'{{"steps": [{child_step}]}}')
+    server.script(model="conductor-model", contains="Your subtask:\nDeeper part",
+                  reply='{"steps": [{"worker": "slow", "instruction": "Grandchild step", "access": "none"}]}')
+    db = tmp_path / "traces.db"
+    workers = [WorkerSpec.model_validate({"id": w, "model": f"openai/scripted-{w}", "api_base": server.base_url,
+                                          "timeout_s": 10}) for w in ("slow", "fast")]
+    engine = Engine(build_registry(Manifest(workers=workers), "test"), Store(db),
+                    planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+    runs = RunManager(engine=engine)
+    workflow = {"steps": [{"worker": "conductor", "instruction": "Hard part", "access": "none"},
+                          {"worker": "fast", "instruction": "Easy part", "access": "none"},
+                          {"worker": "fast", "instruction": "Both", "access": "all"}]}
+    async with runs.running():
+        handle = await runs.solve("recursive", workflow=workflow)
+        chain = [handle.run_id]  # the root, its child, the child's child
+        while len(chain) <= depth:
+            children = engine.store.children(chain[-1])
+            if children:  # planned: its planning call is over
+                chain.append(children[0])
+            await anyio.sleep(0.02)
+        while server.stats(include_calls=False)["in_flight"] < 2:  # noqa: ASYNC110  (the deepest call and the sibling's)
+            await anyio.sleep(0.02)
+        take_over(db, handle.run_id)
+        before = stored(db, handle.run_id)
+        await handle.done.wait()
+    assert stored(db, handle.run_id) == before  # the sibling's end, refused by the fence, and nothing after it
+    for run_id in chain[1:]:
+        run = engine.store.get_run(run_id)
+        assert run.status == RunStatus.INTERRUPTED and run.owner is None, run
+        assert (run.error or "").startswith(f"handed back: run {handle.run_id}: taken over by host-b"), run.error
+        assert [a.status for a in run.steps[0].attempts] == ["cancelled"]

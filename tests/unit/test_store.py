@@ -127,6 +127,9 @@ def test_one_renewal_of_many_leases_renews_those_held_and_names_those_taken_over
     assert store.renew([leases[0], leases[2]]) == {}
     with pytest.raises(LeaseLost, match="taken over by host-b"):
         store.heartbeat(leases[1])
+    # asked without writing (a child run cancelled beside its parent: was the parent taken over?)
+    assert store.taken_over(leases[0]) is None
+    assert "taken over by host-b:1:1" in str(store.taken_over(leases[1]))
 
 
 def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:

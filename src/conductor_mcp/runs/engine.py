@@ -315,7 +315,11 @@ class Engine:
                     log.warning("%s", lost)
                     raise lost from None
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    self._settle_cancelled(lease)
+                    # the client's cancellation, a stopping server's, or, for a child run, a run around it that
+                    # stopped as one of its writes found it taken over (a renewal that finds it raises
+                    # ParentLeaseLost above): then the child is handed back all the same
+                    taken = self._taken_over_around()
+                    self._settle_cancelled(lease, handed_back=f"handed back: {taken}" if taken else None)
                 else:
                     with suppress(LeaseLost):
                         self.store.finish_run(lease, RunStatus.FAILED, error=f"internal error: {exc!r}")
@@ -333,6 +337,19 @@ class Engine:
         if outcome.status == RunStatus.COMPLETED and opts.kind == "root":
             outcome = await self._rounds(run, lease, opts, outcome, on_event, guard)
         return outcome
+
+    def _taken_over_around(self) -> LeaseLost | None:
+        """The loss of a run around the current one (a child run's parent, its parent, ...), read from the store;
+        None for a run no other run encloses, without a read."""
+        for around in Heartbeats.enclosing_leases():
+            try:
+                taken = self.store.taken_over(around)
+            except Exception:  # the store cannot say: settled as a cancellation, as before
+                log.warning("run %s: whether it is still ours could not be read", around.run_id, exc_info=True)
+                return None
+            if taken is not None:
+                return taken
+        return None
 
     def _settle_cancelled(self, lease: Lease, handed_back: str | None = None) -> None:
         """`handed_back`: why the run is handed back though this server goes on (its parent was taken over)."""

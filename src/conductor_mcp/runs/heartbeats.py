@@ -9,9 +9,11 @@ runs, renews every held lease in one transaction, and a run holds its lease in a
 - a renewal the store fails (a lock held too long, a dropped connection) is tried again at the next tick while the
   lease still holds, so that one failure of the store does not stop every run at once; it stops the run, with the
   store's error, only when the lease would lapse before the next tick.
-A child run (recursion, a round) is held in its parent's loop, and stops when its parent's lease is lost (holding()
-raises ParentLeaseLost: the child is still this process's, to hand back). A run with no loop around it (an Engine
-used alone, as the CLI does; a step run by hand) gets a loop of its own, which ends with it.
+A child run (recursion, a round) is held in its parent's loop, and stops when its parent's lease is lost: holding()
+raises ParentLeaseLost (the child is still this process's, to hand back). Where a write of the parent finds the loss
+first and the child is cancelled, the engine asks the store about the leases around it (enclosing_leases()).
+A run with no loop around it (an Engine used alone, as the CLI does; a step run by hand) gets a loop of its own,
+which ends with it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ class Heartbeats:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._held: dict[_Held, None] = {}  # in the order they were taken
+
+    @staticmethod
+    def enclosing_leases() -> list[Lease]:
+        """The leases of the runs that the current task's run is part of, nearest first (a child run's parent, its
+        parent, ...): none for a run no other run encloses."""
+        found = _enclosing.get()
+        held = found[1] if found is not None else None
+        leases = []
+        while held is not None:
+            leases.append(held.lease)
+            held = held.parent
+        return leases
 
     @staticmethod
     def enclosing(store: Store) -> Heartbeats | None:

@@ -128,6 +128,14 @@ class Ownership(StoreBase):
         if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
             raise self._taken_over(lease.run_id, row)
 
+    def taken_over(self, lease: Lease) -> LeaseLost | None:
+        """Whether the run was taken over since `lease` was claimed: its LeaseLost, or None while the lease holds."""
+        with self._read() as db:
+            row = db.execute("SELECT owner, lease FROM runs WHERE id=?", (lease.run_id,)).fetchone()
+        if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
+            return self._taken_over(lease.run_id, row)
+        return None
+
     @staticmethod
     def _taken_over(run_id: str, row: Row | None) -> LeaseLost:
         return LeaseLost(f"run {run_id}: taken over by {row['owner'] if row else 'nobody'}; this process stops"
