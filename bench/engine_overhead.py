@@ -9,11 +9,8 @@ engine run and its neighbouring bare call.
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from .figures import Figure
 from .profiles import OUT_DIR, charge_to_project, top
 from .scripted import ScriptedProcess, scripted_registry
 from .stats import summarise
+from .timed import Spent
 
 TASK = "Summarise the trade-offs between optimistic and pessimistic locking in two short paragraphs."
 WORKFLOW: dict[str, Any] = {"steps": [{"worker": "strong", "instruction": TASK, "access": "none"}]}
@@ -82,27 +80,13 @@ class Paths:
         return planned - started, done - planned
 
 
-def count_store_calls(store: Store) -> tuple[Counter[str], defaultdict[str, float]]:
-    """Wrap the store instance's public methods (this instance only) to count calls and time them;
-    a method that calls another is timed including it."""
-    calls: Counter[str] = Counter()
-    seconds: defaultdict[str, float] = defaultdict(float)
-
-    def wrap(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                calls[name] += 1
-                seconds[name] += time.perf_counter() - started
-        return timed
-
+def count_store_calls(store: Store) -> Spent:
+    """Wrap the store instance's public methods (this instance only) to count calls and time them (wall)."""
+    spent = Spent(clock=time.perf_counter)
     for name in dir(Store):
         if not name.startswith("_") and callable(getattr(Store, name)) and name != "close":
-            setattr(store, name, wrap(name, getattr(store, name)))
-    return calls, seconds
+            setattr(store, name, spent.timed(name, getattr(store, name)))
+    return spent
 
 
 async def _measure(repeats: int, warmup: int, profile_runs: int) -> dict[str, Any]:
@@ -132,15 +116,15 @@ async def _measure(repeats: int, warmup: int, profile_runs: int) -> dict[str, An
         PROFILE_TEXT.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
         root = session.root_frame()
         charged = charge_to_project(root) if root is not None else {}
-        calls, seconds = count_store_calls(paths.engine.store)
+        spent = count_store_calls(paths.engine.store)
         for _ in range(STORE_RUNS):
             await paths.engine_run()
         await paths.http.aclose()
         await paths.engine.pool.aclose()
         paths.engine.store.close()
     return {"direct": direct, "plan": plan, "execute": execute, "charged": charged,
-            "store_calls": {k: v / STORE_RUNS for k, v in calls.items()},
-            "store_ms": {k: v * 1e3 / STORE_RUNS for k, v in seconds.items()},
+            "store_calls": {k: v / STORE_RUNS for k, v in spent.made.items()},
+            "store_ms": {k: v * 1e3 / STORE_RUNS for k, v in spent.items()},
             "profile_s": session.duration, "profile_runs": profile_runs, "client": paths.client}
 
 

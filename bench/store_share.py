@@ -14,13 +14,11 @@ in a loop: inside runs they cost more (the caches are shared with everything els
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +33,10 @@ from conductor_mcp.workers.registry import build_registry
 
 from .lean import ONE_STEP, TASK
 from .scripted import ScriptedProcess, worker_specs
+from .timed import Spent
 
 CALLS = ("add_claimed_run", "attempt_started", "step_completed", "finish_run", "get_run")
 HTTP = "http_complete"
-
-
-class Spent(dict[str, float]):
-    """CPU seconds spent in each timed call since the last clear(), and how many calls (`made`). An awaited call's
-    figure is the process's CPU while it was awaited: whatever else the event loop ran meanwhile too, which is
-    little here, the runs going one at a time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.made: Counter[str] = Counter()
-
-    def clear(self) -> None:
-        super().clear()
-        self.made.clear()
-
-    def _add(self, name: str, started: float) -> None:
-        self[name] = self.get(name, 0.0) + time.process_time() - started
-        self.made[name] += 1
-
-    def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.process_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._add(name, started)
-        return call
-
-    def timed_async(self, name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(fn)
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.process_time()
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                self._add(name, started)
-        return call
 
 
 async def measure(base_url: str, n: int, rounds: int, warm: int = 200) -> dict[str, Any]:

@@ -316,3 +316,47 @@ async def test_a_child_run_is_handed_back_when_a_write_of_its_parent_finds_the_p
         assert run.status == RunStatus.INTERRUPTED and run.owner is None, run
         assert (run.error or "").startswith(f"handed back: run {handle.run_id}: taken over by host-b"), run.error
         assert [a.status for a in run.steps[0].attempts] == ["cancelled"]
+
+
+async def test_a_run_that_ends_cancels_its_child_run_left_handed_back(
+        tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child run handed back waits for its parent's owner to take it back at its step. Here the parent, driven by
+    hand, ends (failed, at another step) without taking it back: the child is cancelled with it, its attempt kept,
+    not left `interrupted` for good."""
+    monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")
+    server.set_latency(model_latency={"scripted-slow": SLOW_S})
+    server.set_faults(fail_models={"scripted-fast": "401"})
+    server.script(model="conductor-model", contains="Your subtask:\nHard part",
+                  reply='{"steps": [{"worker": "slow", "instruction": "Child step", "access": "none"}]}')
+    db = tmp_path / "traces.db"
+    workers = [WorkerSpec.model_validate({"id": w, "model": f"openai/scripted-{w}", "api_base": server.base_url,
+                                          "timeout_s": 10}) for w in ("slow", "fast")]
+    engine = Engine(build_registry(Manifest(workers=workers), "test"), Store(db),
+                    planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+    parent = await engine.plan("recursive", workflow={"steps": [
+        {"worker": "conductor", "instruction": "Hard part", "access": "none"},
+        {"worker": "fast", "instruction": "Other part", "access": "none"}]})
+    raised: list[BaseException] = []
+
+    async def by_hand() -> None:
+        try:
+            await engine.run_step(parent.id, 0)
+        except LeaseLost as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(by_hand)
+        while server.stats(include_calls=False)["in_flight"] < 1:  # noqa: ASYNC110  (the child's call)
+            await anyio.sleep(0.02)
+        take_over(db, parent.id)
+    assert raised and "taken over by host-b" in str(raised[0])
+    (child_id,) = engine.store.children(parent.id)
+    assert engine.store.get_run(child_id).status == RunStatus.INTERRUPTED  # handed back
+    with sqlite3.connect(db) as con:  # host-b hands the parent back in turn (stopped, SIGTERM)
+        con.execute("UPDATE runs SET owner=NULL WHERE id=?", (parent.id,))
+    record, run = await engine.run_step(parent.id, 1)  # the other step fails: the run ends failed
+    assert record.status == StepStatus.FAILED and run.status == RunStatus.FAILED, run
+    child = engine.store.get_run(child_id)
+    assert child.status == RunStatus.CANCELLED and child.owner is None, child
+    assert child.error == f"cancelled: run {parent.id}, which it is part of, ended failed before taking it back"
+    assert [a.status for a in child.steps[0].attempts] == ["cancelled"]

@@ -132,6 +132,42 @@ def test_one_renewal_of_many_leases_renews_those_held_and_names_those_taken_over
     assert "taken over by host-b:1:1" in str(store.taken_over(leases[1]))
 
 
+def test_a_run_that_ends_cancels_its_parts_left_handed_back(any_store: Store) -> None:
+    """A child run handed back (its parent taken over mid-call: running, owned by no one) waits for the parent's
+    owner to take it back at its step. If the parent ends first, the child and its own handed-back child are
+    cancelled, keeping their steps; a part still held, and a finished one, are left as they are."""
+    store = any_store
+    root = store.create_run("root", WF, PLAN)
+    lease, _ = store.claim(root)
+    handed, held, done = (store.create_run(f"part {i}", WF, PLAN, parent=lease, parent_step=0) for i in range(3))
+    handed_lease, _ = store.claim(handed)
+    n = store.attempt_started(handed_lease, 0, "a", step_start=True)
+    store.step_completed(handed_lease, 0, "kept", Usage(), (n, 0.1, None))
+    deeper = store.create_run("deeper part", WF, PLAN, parent=handed_lease, parent_step=1)
+    store.finish_run(store.claim(deeper)[0], RunStatus.RUNNING, error="handed back: run taken over")
+    store.finish_run(handed_lease, RunStatus.RUNNING, error="handed back: run taken over")
+    held_lease, _ = store.claim(held)
+    store.finish_run(store.claim(done)[0], RunStatus.COMPLETED, answer="done")
+    assert store.get_run(handed).status == RunStatus.INTERRUPTED
+    store.finish_run(lease, RunStatus.FAILED, error="a sibling step failed")  # `parts` not said: none asked for
+    assert store.get_run(handed).status == RunStatus.INTERRUPTED
+    lease, _ = store.claim(root)
+    store.finish_run(lease, RunStatus.FAILED, error="a sibling step failed", parts=True)
+    for part in (handed, deeper):
+        run = store.get_run(part)
+        assert run.status == RunStatus.CANCELLED and run.owner is None, run
+        assert run.error == f"cancelled: run {root}, which it is part of, ended failed before taking it back"
+    assert store.get_run(handed).steps[0].output == "kept"
+    assert store.get_run(held).status == RunStatus.RUNNING and store.get_run(done).status == RunStatus.COMPLETED
+    store.heartbeat(held_lease)  # still its owner's
+    relaunched, _ = store.claim(root)  # resumed, the run takes its part back at that step
+    handed_lease, run = store.claim(handed)
+    assert run.steps[0].output == "kept"
+    store.finish_run(handed_lease, RunStatus.RUNNING, error="handed back: run taken over")
+    store.finish_run(relaunched, RunStatus.RUNNING, error="handed back", parts=True)  # handed back too: not an end
+    assert store.get_run(handed).status == RunStatus.INTERRUPTED
+
+
 def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:
     store = any_store
     run_id = store.create_run("t", WF, PLAN)

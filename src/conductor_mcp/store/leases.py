@@ -124,16 +124,20 @@ class Ownership(StoreBase):
 
     def _hold(self, db: Conn, lease: Lease) -> None:
         """Inside a write transaction: raise LeaseLost unless this process still holds the run (the fence)."""
-        row = self._lock_run(db, lease.run_id, "owner, lease")
-        if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
-            raise self._taken_over(lease.run_id, row)
+        lost = self._lost(lease, self._lock_run(db, lease.run_id, "owner, lease"))
+        if lost is not None:
+            raise lost
 
     def taken_over(self, lease: Lease) -> LeaseLost | None:
         """Whether the run was taken over since `lease` was claimed: its LeaseLost, or None while the lease holds."""
         with self._read() as db:
-            row = db.execute("SELECT owner, lease FROM runs WHERE id=?", (lease.run_id,)).fetchone()
+            return self._lost(lease, db.execute("SELECT owner, lease FROM runs WHERE id=?", (lease.run_id,)).fetchone())
+
+    @classmethod
+    def _lost(cls, lease: Lease, row: Row | None) -> LeaseLost | None:
+        """The run's row (owner, lease) against the lease: its LeaseLost once taken over, None while it holds."""
         if row is None or row["owner"] != _OWNER or row["lease"] != lease.epoch:
-            return self._taken_over(lease.run_id, row)
+            return cls._taken_over(lease.run_id, row)
         return None
 
     @staticmethod

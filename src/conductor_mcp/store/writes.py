@@ -92,13 +92,32 @@ class Writes(Ownership):
         """Record the conductor's reviews of a root run's rounds, as its owner."""
         self._set_option(lease, "reviews", [r.model_dump(mode="json") for r in reviews])
 
-    def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None,
-                   error: str | None = None) -> None:
+    def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None, error: str | None = None,
+                   parts: bool = False) -> None:
+        """End the run's execution (or hand it back: status running, owned by no one). `parts`: whether it may have
+        child runs, whose handed-back ones an end cancels (_cancel_handed_back_parts); False asks nothing more."""
         with self._tx() as db:
             now = self._now(db)
             self._update_held(db, lease, "status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
                               f" lease_expires_at=NULL, run_s = run_s + COALESCE({self.MAX2}(? - claimed_at, 0), 0),"
                               " claimed_at=NULL", (status.value, answer, redact_optional(error), now, now))
+            if parts and status in FINAL:
+                self._cancel_handed_back_parts(db, lease.run_id, status, now)
+
+    @staticmethod
+    def _cancel_handed_back_parts(db: Conn, run_id: str, status: RunStatus, now: float) -> None:
+        """A run that ends cancels the child runs under it left handed back (running, owned by no one: their
+        parent was taken over mid-call). Only the run's owner takes such a part back, as it reaches that step; once
+        the run has ended, nothing would, and they would stay `interrupted`. They keep their completed steps, and a
+        resume of the run takes them back at that step all the same (a claim takes a cancelled run)."""
+        error = f"cancelled: run {run_id}, which it is part of, ended {status.value} before taking it back"
+        parents = [run_id]
+        while parents:  # a part's own parts, depth by depth (one indexed statement each; none, most runs)
+            marks = ",".join("?" * len(parents))
+            parents = [row["id"] for row in db.execute(
+                f"UPDATE runs SET status=?, error=?, updated_at=? WHERE parent_run_id IN ({marks}) AND status=?"
+                " AND owner IS NULL RETURNING id",
+                (RunStatus.CANCELLED.value, error, now, *parents, RunStatus.RUNNING.value)).fetchall()]
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
