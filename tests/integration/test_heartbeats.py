@@ -322,7 +322,7 @@ async def test_a_run_that_ends_cancels_its_child_run_left_handed_back(
         tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A child run handed back waits for its parent's owner to take it back at its step. Here the parent, driven by
     hand, ends (failed, at another step) without taking it back: the child is cancelled with it, its attempt kept,
-    not left `interrupted` for good."""
+    not left `interrupted` for good; and the step run again takes the same child back."""
     monkeypatch.setenv("CONDUCTOR_STALE_AFTER_S", "0.6")
     server.set_latency(model_latency={"scripted-slow": SLOW_S})
     server.set_faults(fail_models={"scripted-fast": "401"})
@@ -360,3 +360,9 @@ async def test_a_run_that_ends_cancels_its_child_run_left_handed_back(
     assert child.status == RunStatus.CANCELLED and child.owner is None, child
     assert child.error == f"cancelled: run {parent.id}, which it is part of, ended failed before taking it back"
     assert [a.status for a in child.steps[0].attempts] == ["cancelled"]
+    server.set_latency(model_latency={})  # the step again, by hand: it takes the same child back, and ends it
+    record, run = await engine.run_step(parent.id, 0)
+    assert record.status == StepStatus.COMPLETED and engine.store.children(parent.id) == [child_id], record
+    child = engine.store.get_run(child_id)
+    assert child.status == RunStatus.COMPLETED and record.output == child.answer, child
+    assert [a.status for a in child.steps[0].attempts] == ["cancelled", "ok"]

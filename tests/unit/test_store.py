@@ -134,8 +134,9 @@ def test_one_renewal_of_many_leases_renews_those_held_and_names_those_taken_over
 
 def test_a_run_that_ends_cancels_its_parts_left_handed_back(any_store: Store) -> None:
     """A child run handed back (its parent taken over mid-call: running, owned by no one) waits for the parent's
-    owner to take it back at its step. If the parent ends first, the child and its own handed-back child are
-    cancelled, keeping their steps; a part still held, and a finished one, are left as they are."""
+    owner to take it back at its step. If the parent, claimed again, ends first, the child and its own handed-back
+    child are cancelled, keeping their steps; a part still held, and a finished one, are left as they are. A run's
+    first execution (lease epoch 1) has no parts handed back, and its end asks for none."""
     store = any_store
     root = store.create_run("root", WF, PLAN)
     lease, _ = store.claim(root)
@@ -148,24 +149,43 @@ def test_a_run_that_ends_cancels_its_parts_left_handed_back(any_store: Store) ->
     store.finish_run(handed_lease, RunStatus.RUNNING, error="handed back: run taken over")
     held_lease, _ = store.claim(held)
     store.finish_run(store.claim(done)[0], RunStatus.COMPLETED, answer="done")
-    assert store.get_run(handed).status == RunStatus.INTERRUPTED
-    store.finish_run(lease, RunStatus.FAILED, error="a sibling step failed")  # `parts` not said: none asked for
-    assert store.get_run(handed).status == RunStatus.INTERRUPTED
-    lease, _ = store.claim(root)
-    store.finish_run(lease, RunStatus.FAILED, error="a sibling step failed", parts=True)
-    for part in (handed, deeper):
+    assert lease.epoch == 1 and store.get_run(handed).status == RunStatus.INTERRUPTED
+    lease, _ = store.claim(root)  # as the new owner's claim after a takeover: epoch 2
+    store.finish_run(lease, RunStatus.FAILED, error="a sibling step failed")
+    for part, around, status in ((handed, root, "failed"), (deeper, handed, "cancelled")):
         run = store.get_run(part)
         assert run.status == RunStatus.CANCELLED and run.owner is None, run
-        assert run.error == f"cancelled: run {root}, which it is part of, ended failed before taking it back"
+        assert run.error == f"cancelled: run {around}, which it is part of, ended {status} before taking it back"
     assert store.get_run(handed).steps[0].output == "kept"
     assert store.get_run(held).status == RunStatus.RUNNING and store.get_run(done).status == RunStatus.COMPLETED
     store.heartbeat(held_lease)  # still its owner's
     relaunched, _ = store.claim(root)  # resumed, the run takes its part back at that step
     handed_lease, run = store.claim(handed)
     assert run.steps[0].output == "kept"
-    store.finish_run(handed_lease, RunStatus.RUNNING, error="handed back: run taken over")
-    store.finish_run(relaunched, RunStatus.RUNNING, error="handed back", parts=True)  # handed back too: not an end
+    store.finish_run(handed_lease, RunStatus.RUNNING, error="handed back: run taken over")  # the run goes on
     assert store.get_run(handed).status == RunStatus.INTERRUPTED
+    store.finish_run(relaunched, RunStatus.RUNNING, error="handed back")  # the run handed back too: not an end
+    assert store.get_run(handed).status == RunStatus.INTERRUPTED
+
+
+def test_a_part_handed_back_after_its_run_ended_is_cancelled(any_store: Store) -> None:
+    """The run's new owner ended it before the old owner's part stopped (at its next renewal): that part, handed
+    back now, would wait for no one, so it is cancelled instead, with its own parts handed back before it."""
+    store = any_store
+    root = store.create_run("root", WF, PLAN)
+    old, _ = store.claim(root)
+    part = store.create_run("part", WF, PLAN, parent=old, parent_step=0)
+    part_lease, _ = store.claim(part)
+    deeper = store.create_run("deeper part", WF, PLAN, parent=part_lease, parent_step=0)
+    store.finish_run(store.claim(deeper)[0], RunStatus.RUNNING, error="handed back: run taken over")
+    new, _ = store.claim(root)  # taken over
+    store.finish_run(new, RunStatus.CANCELLED, error="cancelled by the client")  # nothing was handed back yet
+    assert store.get_run(part).status == RunStatus.RUNNING  # its owner still holds it
+    store.finish_run(part_lease, RunStatus.RUNNING, error=f"handed back: run {root}: taken over")
+    for run_id, around, status in ((part, root, "cancelled"), (deeper, part, "cancelled")):
+        run = store.get_run(run_id)
+        assert run.status == RunStatus.CANCELLED and run.owner is None, run
+        assert run.error == f"cancelled: run {around}, which it is part of, ended {status} before taking it back"
 
 
 def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:

@@ -122,12 +122,6 @@ def worker_messages(task: str, workflow: Workflow, index: int, outputs: dict[int
     ]
 
 
-def has_parts(workflow: Workflow, guard: BudgetGuard) -> bool:
-    """Whether a run may have child runs: a conductor step's (recursion) or a review round's. Only such a run's end
-    asks the store for its parts left handed back (Store.finish_run's `parts`), which costs a one-step run nothing."""
-    return guard.budget.max_rounds > 1 or any(step.worker == CONDUCTOR_WORKER for step in workflow.steps)
-
-
 def lease_lost(exc: BaseException) -> LeaseLost | None:
     """The LeaseLost inside `exc`, which a task group may have wrapped in exception groups."""
     if isinstance(exc, LeaseLost):
@@ -306,13 +300,11 @@ class Engine:
         with telemetry.tracer().run(run_id, self.options) as run_span:
             # the claim refuses a run another live process owns
             lease, run, stored = claimed if claimed is not None else self.store.claim_run(run_id, known)
-            parts = False  # until its budget is known (a shared guard's, or its own)
             try:
                 if budget is not None:
                     self.store.set_budget(lease, budget)
                 opts = self.options(run_id) if budget is not None else RunOptions.load(stored)
                 guard = guard if guard is not None else self._guard(run_id, opts.budget)
-                parts = has_parts(run.workflow, guard)
                 async with self._keeping(lease, heartbeats):
                     outcome = await self._carry_out(run, lease, opts, on_event, guard, first)
             except BaseException as exc:
@@ -327,14 +319,12 @@ class Engine:
                     # stopped as one of its writes found it taken over (a renewal that finds it raises
                     # ParentLeaseLost above): then the child is handed back all the same
                     taken = self._taken_over_around()
-                    self._settle_cancelled(lease, handed_back=f"handed back: {taken}" if taken else None,
-                                           parts=parts)
+                    self._settle_cancelled(lease, handed_back=f"handed back: {taken}" if taken else None)
                 else:
                     with suppress(LeaseLost):
-                        self.store.finish_run(lease, RunStatus.FAILED, error=f"internal error: {exc!r}",
-                                              parts=parts)
+                        self.store.finish_run(lease, RunStatus.FAILED, error=f"internal error: {exc!r}")
                 raise
-            self.store.finish_run(lease, outcome.status, answer=outcome.answer, error=outcome.error, parts=parts)
+            self.store.finish_run(lease, outcome.status, answer=outcome.answer, error=outcome.error)
             run = self.store.get_run(run_id)
             run_span.finished(run)
         return run
@@ -361,9 +351,8 @@ class Engine:
                 return taken
         return None
 
-    def _settle_cancelled(self, lease: Lease, handed_back: str | None = None, parts: bool = False) -> None:
-        """`handed_back`: why the run is handed back though this server goes on (its parent was taken over);
-        `parts`: whether it may have child runs (has_parts)."""
+    def _settle_cancelled(self, lease: Lease, handed_back: str | None = None) -> None:
+        """`handed_back`: why the run is handed back though this server goes on (its parent was taken over)."""
         # store calls are synchronous, so cancellation cannot interrupt these writes
         with suppress(LeaseLost):
             self.store.cancel_in_flight(lease)
@@ -371,7 +360,7 @@ class Engine:
                 # server on the same store may claim at once, without waiting for a stale heartbeat
                 self.store.finish_run(lease, RunStatus.RUNNING, error=handed_back or HANDED_BACK)
             else:
-                self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client", parts=parts)
+                self.store.finish_run(lease, RunStatus.CANCELLED, error="cancelled by the client")
 
     @asynccontextmanager
     async def _keeping(self, lease: Lease, heartbeats: Heartbeats | None, alone: bool = False
@@ -704,30 +693,28 @@ class Engine:
                 self.store.edit_step(lease, index, wf)  # fenced: only the owner changes a run's workflow
             outputs = {s.index: s.output or "" for s in run.steps if s.status == StepStatus.COMPLETED}
             guard = BudgetGuard(budget, self.store.tree_usage(run_id))
-            parts = has_parts(wf, guard)
             messages = worker_messages(run.task, wf, index, outputs)
             try:
                 async with self._keeping(lease, None, alone=True):
                     await self._run_step(run, lease, wf, index, messages, opts, None, guard, outputs)
             except BudgetExceeded as exc:
-                self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc), parts=parts)
+                self.store.finish_run(lease, RunStatus.BUDGET_EXCEEDED, error=str(exc))
             except WorkerError as exc:
-                self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index} failed: {exc}", parts=parts)
+                self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index} failed: {exc}")
             except anyio.get_cancelled_exc_class():
-                self._settle_cancelled(lease, parts=parts)
+                self._settle_cancelled(lease)
                 raise
             except LeaseLost:
                 raise  # another process runs it now: write nothing
             except Exception as exc:  # the store failed, or a fault of ours: rather than left owned (a replica
                 # would adopt it once its lease lapsed, and run it to its end)
                 with suppress(Exception):
-                    self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index}: internal error: {exc!r}",
-                                          parts=parts)
+                    self.store.finish_run(lease, RunStatus.FAILED, error=f"step {index}: internal error: {exc!r}")
                 raise
             else:
                 after = self.store.get_run(run_id)
                 if all(s.status == StepStatus.COMPLETED for s in after.steps):
-                    self.store.finish_run(lease, RunStatus.COMPLETED, answer=after.steps[-1].output, parts=parts)
+                    self.store.finish_run(lease, RunStatus.COMPLETED, answer=after.steps[-1].output)
                 else:
                     self.store.finish_run(lease, RunStatus.PLANNED)
             final = self.store.get_run(run_id)

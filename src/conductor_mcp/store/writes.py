@@ -20,6 +20,10 @@ from .leases import Claimed, Lease, Ownership, process_owner, stale_after_s
 FINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
 
 
+def _part_ended(parent_id: str, status: RunStatus) -> str:
+    return f"cancelled: run {parent_id}, which it is part of, ended {status.value} before taking it back"
+
+
 class Writes(Ownership):
     # -- runs -----------------------------------------------------------------------------------
     def create_run(self, task: str, workflow: Workflow, plan: PlanInfo, options: RunOptions | None = None,
@@ -92,32 +96,52 @@ class Writes(Ownership):
         """Record the conductor's reviews of a root run's rounds, as its owner."""
         self._set_option(lease, "reviews", [r.model_dump(mode="json") for r in reviews])
 
-    def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None, error: str | None = None,
-                   parts: bool = False) -> None:
-        """End the run's execution (or hand it back: status running, owned by no one). `parts`: whether it may have
-        child runs, whose handed-back ones an end cancels (_cancel_handed_back_parts); False asks nothing more."""
+    def finish_run(self, lease: Lease, status: RunStatus, answer: str | None = None,
+                   error: str | None = None) -> None:
+        """End the run's execution, or hand it back (status running, owned by no one: for the next owner to claim).
+        Parts of a run (child runs) are handed back when the run is taken over, for its new owner to take back as
+        it reaches their step; a run that ends first cancels them, and a part handed back after the run it is part
+        of ended is cancelled instead. Either way they keep their completed steps, and a resume of the run takes
+        them back (a claim takes a cancelled run)."""
         with self._tx() as db:
             now = self._now(db)
+            ended = self._ended_around(db, lease.run_id) if status == RunStatus.RUNNING else None
+            if ended is not None:
+                status, error = RunStatus.CANCELLED, ended
             self._update_held(db, lease, "status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
                               f" lease_expires_at=NULL, run_s = run_s + COALESCE({self.MAX2}(? - claimed_at, 0), 0),"
                               " claimed_at=NULL", (status.value, answer, redact_optional(error), now, now))
-            if parts and status in FINAL:
+            # only a run claimed again (lease epoch 2 on) can have parts handed back: they are handed back when it
+            # is taken over or handed back itself; so a run's first execution asks nothing more
+            if status in FINAL and (lease.epoch > 1 or ended is not None):
                 self._cancel_handed_back_parts(db, lease.run_id, status, now)
+
+    def _ended_around(self, db: Conn, run_id: str) -> str | None:
+        """For a part handed back: why it is cancelled instead, where the run it is part of has ended. That run's
+        row is locked before the part's (as its end locks its own, then its parts'), so one of the two sees the
+        other's write."""
+        row = db.execute("SELECT parent_run_id FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None or row["parent_run_id"] is None:
+            return None
+        parent = self._lock_run(db, row["parent_run_id"], "status")
+        if parent is None or RunStatus(parent["status"]) not in FINAL:
+            return None
+        return _part_ended(row["parent_run_id"], RunStatus(parent["status"]))
 
     @staticmethod
     def _cancel_handed_back_parts(db: Conn, run_id: str, status: RunStatus, now: float) -> None:
-        """A run that ends cancels the child runs under it left handed back (running, owned by no one: their
-        parent was taken over mid-call). Only the run's owner takes such a part back, as it reaches that step; once
-        the run has ended, nothing would, and they would stay `interrupted`. They keep their completed steps, and a
-        resume of the run takes them back at that step all the same (a claim takes a cancelled run)."""
-        error = f"cancelled: run {run_id}, which it is part of, ended {status.value} before taking it back"
+        """Cancel the parts of an ended run left handed back (running, owned by no one), and theirs."""
         parents = [run_id]
-        while parents:  # a part's own parts, depth by depth (one indexed statement each; none, most runs)
+        while parents:  # depth by depth; the runs_parent index serves it
             marks = ",".join("?" * len(parents))
-            parents = [row["id"] for row in db.execute(
-                f"UPDATE runs SET status=?, error=?, updated_at=? WHERE parent_run_id IN ({marks}) AND status=?"
-                " AND owner IS NULL RETURNING id",
-                (RunStatus.CANCELLED.value, error, now, *parents, RunStatus.RUNNING.value)).fetchall()]
+            found = db.execute(f"SELECT id, parent_run_id FROM runs WHERE parent_run_id IN ({marks}) AND status=?"
+                               " AND owner IS NULL", (*parents, RunStatus.RUNNING.value)).fetchall()
+            for part in found:  # each names the run it is part of, which ended, or was cancelled just now
+                why = _part_ended(part["parent_run_id"], status if part["parent_run_id"] == run_id
+                                  else RunStatus.CANCELLED)
+                db.execute("UPDATE runs SET status=?, error=?, updated_at=? WHERE id=? AND status=? AND owner IS NULL",
+                           (RunStatus.CANCELLED.value, why, now, part["id"], RunStatus.RUNNING.value))
+            parents = [part["id"] for part in found]
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
