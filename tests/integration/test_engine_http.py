@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,30 @@ async def test_run_step_by_hand(server: ScriptedServer, store: Store) -> None:
     assert run.workflow.steps[1].worker == "alpha" and run.steps[1].worker == "alpha"
     with pytest.raises(RunStateError, match="already completed"):
         await eng.run_step(run.id, 0)
+
+
+async def test_run_step_refused_after_its_claim_leaves_an_interrupted_run_adoptable(
+        server: ScriptedServer, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process completed the step between run_step's read and its claim: the run is left as it was found.
+    For an interrupted run, that is stored `running` with no owner (what replicas adopt), not a stored
+    `interrupted`, which no replica would ever look for."""
+    eng = engine(server, store)
+    run = await eng.plan("by hand", workflow=DIAMOND)
+    with sqlite3.connect(store.location) as con:  # its owner was stopped: handed back
+        con.execute("UPDATE runs SET status='running', owner=NULL, lease=1 WHERE id=?", (run.id,))
+    claim = store.claim
+
+    def claim_after_another_process(run_id: str) -> Any:
+        with sqlite3.connect(store.location) as con:  # what the other process wrote, just before this claim
+            con.execute("UPDATE steps SET status='completed', output='theirs' WHERE run_id=? AND idx=0", (run_id,))
+        return claim(run_id)
+
+    monkeypatch.setattr(store, "claim", claim_after_another_process)
+    assert store.get_run(run.id).status == RunStatus.INTERRUPTED
+    with pytest.raises(RunStateError, match="step 0 is already completed"):
+        await eng.run_step(run.id, 0)
+    assert store.get_run(run.id).status == RunStatus.INTERRUPTED and store.get_run(run.id).owner is None
+    assert store.orphaned_runs() == [run.id]
 
 
 async def test_keys_never_reach_store(server: ScriptedServer, store: Store) -> None:

@@ -149,7 +149,9 @@ def test_a_run_that_ends_cancels_its_parts_left_handed_back(any_store: Store) ->
     store.finish_run(handed_lease, RunStatus.RUNNING, error="handed back: run taken over")
     held_lease, _ = store.claim(held)
     store.finish_run(store.claim(done)[0], RunStatus.COMPLETED, answer="done")
-    assert lease.epoch == 1 and store.get_run(handed).status == RunStatus.INTERRUPTED
+    assert lease.epoch == 1
+    store.finish_run(lease, RunStatus.FAILED, error="a first execution")  # no part can be handed back there yet
+    assert store.get_run(handed).status == RunStatus.INTERRUPTED  # so its end asked for none
     lease, _ = store.claim(root)  # as the new owner's claim after a takeover: epoch 2
     store.finish_run(lease, RunStatus.FAILED, error="a sibling step failed")
     for part, around, status in ((handed, root, "failed"), (deeper, handed, "cancelled")):
@@ -186,6 +188,27 @@ def test_a_part_handed_back_after_its_run_ended_is_cancelled(any_store: Store) -
         run = store.get_run(run_id)
         assert run.status == RunStatus.CANCELLED and run.owner is None, run
         assert run.error == f"cancelled: run {around}, which it is part of, ended {status} before taking it back"
+
+
+def test_a_run_that_ends_cancels_its_parts_whose_owner_died(any_store: Store) -> None:
+    """A part whose owner died (its lease lapsed) before it could hand it back is cancelled too, what it had in
+    flight settled as a claim would; a part whose owner lives is left for it (it stops at its next renewal)."""
+    store = any_store
+    root = store.create_run("root", WF, PLAN)
+    lease, _ = store.claim(root)
+    dead, live = (store.create_run(f"part {i}", WF, PLAN, parent=lease, parent_step=i) for i in range(2))
+    dead_lease, _ = store.claim(dead)
+    store.attempt_started(dead_lease, 0, "a", step_start=True)
+    live_lease, _ = store.claim(live)
+    execute(store, "UPDATE runs SET owner='host-b:1:1', heartbeat_at=0, lease_expires_at=0 WHERE id=?", dead)
+    assert store.get_run(dead).status == RunStatus.INTERRUPTED
+    lease, _ = store.claim(root)
+    store.finish_run(lease, RunStatus.COMPLETED, answer="done")
+    run = store.get_run(dead)
+    assert run.status == RunStatus.CANCELLED and run.owner is None, run
+    assert run.steps[0].status == StepStatus.PENDING and [a.status for a in run.steps[0].attempts] == ["interrupted"]
+    assert store.get_run(live).status == RunStatus.RUNNING
+    store.heartbeat(live_lease)
 
 
 def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:

@@ -687,7 +687,9 @@ class Engine:
             try:  # what was read before the claim may have changed: another process may have run this step
                 self._check_step_ready(run, index)
             except RunStateError:
-                self.store.finish_run(lease, before.status, error=before.error)  # left as it was found
+                # left as it was found: an interrupted run is stored running with no owner, for adoption
+                left = RunStatus.RUNNING if before.status == RunStatus.INTERRUPTED else before.status
+                self.store.finish_run(lease, left, error=before.error)
                 raise
             if edited:
                 self.store.edit_step(lease, index, wf)  # fenced: only the owner changes a run's workflow

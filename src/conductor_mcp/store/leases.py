@@ -200,7 +200,9 @@ class Ownership(StoreBase):
 
     def renew(self, leases: Sequence[Lease]) -> dict[Lease, LeaseLost]:
         """Renew many leases in one transaction (a server's heartbeat loop: one commit a tick, not one a run);
-        answer those whose runs were taken over, each with its LeaseLost, the others renewed all the same."""
+        answer those whose runs were taken over, each with its LeaseLost, the others renewed all the same. In the
+        order given, which puts a run before its parts (Heartbeats holds runs in the order they were taken): the
+        lock order of every transaction that writes both (a part's insert, a run's end, a part handed back)."""
         lost: dict[Lease, LeaseLost] = {}
         with self._tx() as db:
             now = self._now(db)

@@ -128,20 +128,33 @@ class Writes(Ownership):
             return None
         return _part_ended(row["parent_run_id"], RunStatus(parent["status"]))
 
-    @staticmethod
-    def _cancel_handed_back_parts(db: Conn, run_id: str, status: RunStatus, now: float) -> None:
-        """Cancel the parts of an ended run left handed back (running, owned by no one), and theirs."""
+    def _cancel_handed_back_parts(self, db: Conn, run_id: str, status: RunStatus, now: float) -> None:
+        """Cancel the parts of an ended run that no one holds: handed back (running, owned by no one), or whose owner
+        died (its lease lapsed) before it could hand them back; and their parts. What such a part had in flight is
+        settled as a claim would settle it."""
         parents = [run_id]
         while parents:  # depth by depth; the runs_parent index serves it
             marks = ",".join("?" * len(parents))
-            found = db.execute(f"SELECT id, parent_run_id FROM runs WHERE parent_run_id IN ({marks}) AND status=?"
-                               " AND owner IS NULL", (*parents, RunStatus.RUNNING.value)).fetchall()
-            for part in found:  # each names the run it is part of, which ended, or was cancelled just now
+            found = db.execute(f"SELECT id, parent_run_id, owner, heartbeat_at, lease_expires_at FROM runs WHERE"
+                               f" parent_run_id IN ({marks}) AND status=?", (*parents, RunStatus.RUNNING.value)
+                               ).fetchall()
+            parents = []
+            for part in found:
+                if self._alive(part, now):  # its owner still holds it: it stops at its next renewal
+                    continue
+                # it names the run it is part of, which ended, or was cancelled just now
                 why = _part_ended(part["parent_run_id"], status if part["parent_run_id"] == run_id
                                   else RunStatus.CANCELLED)
-                db.execute("UPDATE runs SET status=?, error=?, updated_at=? WHERE id=? AND status=? AND owner IS NULL",
-                           (RunStatus.CANCELLED.value, why, now, part["id"], RunStatus.RUNNING.value))
-            parents = [part["id"] for part in found]
+                cursor = db.execute("UPDATE runs SET status=?, error=?, updated_at=?, owner=NULL, lease_expires_at=NULL"
+                                    " WHERE id=? AND status=? AND COALESCE(owner, '')=?",  # as found: no claim since
+                                    (RunStatus.CANCELLED.value, why, now, part["id"], RunStatus.RUNNING.value,
+                                     part["owner"] or ""))
+                if cursor.rowcount == 1:
+                    db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'",
+                               (part["id"],))
+                    db.execute("UPDATE steps SET status=? WHERE run_id=? AND status=?",
+                               (StepStatus.PENDING.value, part["id"], StepStatus.RUNNING.value))
+                    parents.append(part["id"])
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
         """Store a run's reward (a later rating replaces an earlier one). Only a root run is rated: its
