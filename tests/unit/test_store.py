@@ -192,16 +192,24 @@ def test_a_part_handed_back_after_its_run_ended_is_cancelled(any_store: Store) -
 
 def test_a_run_that_ends_cancels_its_parts_whose_owner_died(any_store: Store) -> None:
     """A part whose owner died (its lease lapsed) before it could hand it back is cancelled too, what it had in
-    flight settled as a claim would; a part whose owner lives is left for it (it stops at its next renewal)."""
+    flight settled as a claim would; a part whose owner lives, here or on another host, is left for it (it stops at
+    its next renewal), and so are that part's own parts."""
     store = any_store
     root = store.create_run("root", WF, PLAN)
     lease, _ = store.claim(root)
-    dead, live = (store.create_run(f"part {i}", WF, PLAN, parent=lease, parent_step=i) for i in range(2))
+    dead, live, elsewhere = (store.create_run(f"part {i}", WF, PLAN, parent=lease, parent_step=i) for i in range(3))
     dead_lease, _ = store.claim(dead)
     store.attempt_started(dead_lease, 0, "a", step_start=True)
     live_lease, _ = store.claim(live)
+    elsewhere_lease, _ = store.claim(elsewhere)
+    deeper = store.create_run("deeper part", WF, PLAN, parent=elsewhere_lease, parent_step=0)
+    store.finish_run(store.claim(deeper)[0], RunStatus.RUNNING, error="handed back: run taken over")
     execute(store, "UPDATE runs SET owner='host-b:1:1', heartbeat_at=0, lease_expires_at=0 WHERE id=?", dead)
+    fresh = time.time()
+    execute(store, "UPDATE runs SET owner='host-b:1:1', heartbeat_at=?, lease_expires_at=? WHERE id=?",
+            fresh, fresh + stale_after_s(), elsewhere)
     assert store.get_run(dead).status == RunStatus.INTERRUPTED
+    assert store.get_run(elsewhere).status == RunStatus.RUNNING
     lease, _ = store.claim(root)
     store.finish_run(lease, RunStatus.COMPLETED, answer="done")
     run = store.get_run(dead)
@@ -209,6 +217,8 @@ def test_a_run_that_ends_cancels_its_parts_whose_owner_died(any_store: Store) ->
     assert run.steps[0].status == StepStatus.PENDING and [a.status for a in run.steps[0].attempts] == ["interrupted"]
     assert store.get_run(live).status == RunStatus.RUNNING
     store.heartbeat(live_lease)
+    assert store.get_run(elsewhere).status == RunStatus.RUNNING and store.get_run(elsewhere).owner == "host-b:1:1"
+    assert store.get_run(deeper).status == RunStatus.INTERRUPTED  # its run still held: left for that run's owner
 
 
 def test_a_later_claim_fences_every_write_of_the_earlier_one(any_store: Store) -> None:

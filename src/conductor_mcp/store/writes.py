@@ -135,7 +135,7 @@ class Writes(Ownership):
         parents = [run_id]
         while parents:  # depth by depth; the runs_parent index serves it
             marks = ",".join("?" * len(parents))
-            found = db.execute(f"SELECT id, parent_run_id, owner, heartbeat_at, lease_expires_at FROM runs WHERE"
+            found = db.execute(f"SELECT id, parent_run_id, owner, lease, heartbeat_at, lease_expires_at FROM runs WHERE"
                                f" parent_run_id IN ({marks}) AND status=?", (*parents, RunStatus.RUNNING.value)
                                ).fetchall()
             parents = []
@@ -146,9 +146,9 @@ class Writes(Ownership):
                 why = _part_ended(part["parent_run_id"], status if part["parent_run_id"] == run_id
                                   else RunStatus.CANCELLED)
                 cursor = db.execute("UPDATE runs SET status=?, error=?, updated_at=?, owner=NULL, lease_expires_at=NULL"
-                                    " WHERE id=? AND status=? AND COALESCE(owner, '')=?",  # as found: no claim since
+                                    " WHERE id=? AND status=? AND COALESCE(owner, '')=? AND lease=?",  # as found:
                                     (RunStatus.CANCELLED.value, why, now, part["id"], RunStatus.RUNNING.value,
-                                     part["owner"] or ""))
+                                     part["owner"] or "", part["lease"]))  # no claim or end since
                 if cursor.rowcount == 1:
                     db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'",
                                (part["id"],))
