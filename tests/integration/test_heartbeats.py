@@ -39,6 +39,15 @@ def take_over(db: Path, run_id: str) -> None:
                     (time.time(), run_id))
 
 
+def recursive_engine(db: Path, server: ScriptedServer, workers: Sequence[str]) -> Engine:
+    """An Engine on `db` whose conductor plans through the scripted server (`conductor-model`), with `workers`
+    (`slow`, `fast`) served by it as `scripted-<id>`."""
+    specs = [WorkerSpec.model_validate({"id": w, "model": f"openai/scripted-{w}", "api_base": server.base_url,
+                                        "timeout_s": 10}) for w in workers]
+    return Engine(build_registry(Manifest(workers=specs), "test"), Store(db),
+                  planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+
+
 def stored(db: Path, run_id: str) -> tuple[list[tuple[object, ...]], ...]:
     """The run's rows as stored: runs, steps and attempts, every column."""
     with sqlite3.connect(db) as con:
@@ -231,10 +240,7 @@ async def test_a_child_run_is_held_in_its_parents_loop_and_handed_back_when_the_
     server.script(model="conductor-model", contains="Your subtask:\nHard part",
                   reply='{"steps": [{"worker": "slow", "instruction": "Child step", "access": "none"}]}')
     db = tmp_path / "traces.db"
-    workers = [WorkerSpec.model_validate({"id": "slow", "model": "openai/scripted-slow", "api_base": server.base_url,
-                                          "timeout_s": 10})]
-    engine = Engine(build_registry(Manifest(workers=workers), "test"), Store(db),
-                    planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+    engine = recursive_engine(db, server, ("slow",))
     runs = RunManager(engine=engine)
     workflow = {"steps": [{"worker": "conductor", "instruction": "Hard part"}]}
     raised: list[BaseException] = []
@@ -289,10 +295,7 @@ async def test_a_child_run_is_handed_back_when_a_write_of_its_parent_finds_the_p
     server.script(model="conductor-model", contains="Your subtask:\nDeeper part",
                   reply='{"steps": [{"worker": "slow", "instruction": "Grandchild step", "access": "none"}]}')
     db = tmp_path / "traces.db"
-    workers = [WorkerSpec.model_validate({"id": w, "model": f"openai/scripted-{w}", "api_base": server.base_url,
-                                          "timeout_s": 10}) for w in ("slow", "fast")]
-    engine = Engine(build_registry(Manifest(workers=workers), "test"), Store(db),
-                    planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+    engine = recursive_engine(db, server, ("slow", "fast"))
     runs = RunManager(engine=engine)
     workflow = {"steps": [{"worker": "conductor", "instruction": "Hard part", "access": "none"},
                           {"worker": "fast", "instruction": "Easy part", "access": "none"},
@@ -329,10 +332,7 @@ async def test_a_run_that_ends_cancels_its_child_run_left_handed_back(
     server.script(model="conductor-model", contains="Your subtask:\nHard part",
                   reply='{"steps": [{"worker": "slow", "instruction": "Child step", "access": "none"}]}')
     db = tmp_path / "traces.db"
-    workers = [WorkerSpec.model_validate({"id": w, "model": f"openai/scripted-{w}", "api_base": server.base_url,
-                                          "timeout_s": 10}) for w in ("slow", "fast")]
-    engine = Engine(build_registry(Manifest(workers=workers), "test"), Store(db),
-                    planner=RemotePlanner("openai/conductor-model", api_base=server.base_url))
+    engine = recursive_engine(db, server, ("slow", "fast"))
     parent = await engine.plan("recursive", workflow={"steps": [
         {"worker": "conductor", "instruction": "Hard part", "access": "none"},
         {"worker": "fast", "instruction": "Other part", "access": "none"}]})
