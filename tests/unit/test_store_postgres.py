@@ -131,3 +131,68 @@ def test_an_expired_lease_is_adopted_and_the_old_owner_fenced(postgres: Postgres
     finally:
         a.close()
         b.close()
+
+
+def _waiting_on_locks(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND wait_event_type = 'Lock'").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("lapsed", [False, True], ids=["part_held", "part_lease_lapsed"])
+@pytest.mark.parametrize("first", ["end", "hand_back"])
+def test_a_runs_end_and_its_parts_hand_back_at_once_cancel_the_part(postgres: PostgresServer, first: str,
+                                                                      lapsed: bool) -> None:
+    """Two replicas, two connections, one moment: the new owner of a run taken over ends it while the old owner
+    hands back a part of it. Both transactions lock the run's row before the part's, so they queue on the run's
+    row (here behind a third connection's lock, released once both wait) and neither deadlocks; whichever commits
+    first, the other sees its write, and the part ends cancelled, not left handed back for a run that has ended.
+    With the part's lease lapsed (its owner slow, not dead), the end cancels the part itself, and the hand-back
+    that follows finds it lost; were the part's row locked before the run's, those two would deadlock."""
+    url = postgres.new_database()
+    old, new = open_store(url), open_store(url)
+    try:
+        root = old.create_run("root", WF, PLAN)
+        old_lease, _ = old.claim(root)
+        part = old.create_run("part", WF, PLAN, parent=old_lease, parent_step=0)
+        part_lease, _ = old.claim(part)
+        new_lease, _ = new.claim(root)  # taken over: the old owner's part is its to hand back
+        if lapsed:
+            execute(old, "UPDATE runs SET lease_expires_at=0 WHERE id=?", part)
+        writes: dict[str, Callable[[], None]] = {
+            "end": lambda: new.finish_run(new_lease, RunStatus.CANCELLED, error="cancelled by the client"),
+            "hand_back": lambda: old.finish_run(part_lease, RunStatus.RUNNING, error=f"handed back: run {root}")}
+        errors: dict[str, BaseException] = {}
+
+        def write(name: str) -> None:
+            try:
+                writes[name]()
+            except BaseException as exc:  # checked below
+                errors[name] = exc
+
+        threads = []
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT 1 FROM runs WHERE id=%s FOR UPDATE", (root,))
+            for n, name in enumerate((first, "hand_back" if first == "end" else "end"), 1):
+                threads.append(threading.Thread(target=write, args=(name,)))
+                threads[-1].start()
+                deadline = time.monotonic() + 10
+                while _waiting_on_locks(url) < n:  # queued in this order on the run's row
+                    assert time.monotonic() < deadline, f"{name} did not wait for the run's row"
+                    time.sleep(0.01)
+            holder.commit()
+        for t in threads:
+            t.join(timeout=20)
+            assert not t.is_alive()
+        if lapsed and first == "end":  # the end cancelled the part first: the old owner no longer holds it
+            assert list(errors) == ["hand_back"] and isinstance(errors["hand_back"], LeaseLost), errors
+        else:
+            assert errors == {}
+        ended = new.get_run(part)
+        assert ended.status == RunStatus.CANCELLED and ended.owner is None, ended
+        assert ended.error == f"cancelled: run {root}, which it is part of, ended cancelled before taking it back"
+        assert new.get_run(root).status == RunStatus.CANCELLED
+    finally:
+        old.close()
+        new.close()
