@@ -16,7 +16,7 @@ import pytest
 from conductor_mcp.errors import LeaseLost, RunStateError, StoreError
 from conductor_mcp.models import PlanInfo, RunStatus, StepStatus, Usage, Workflow
 from conductor_mcp.store import MIGRATIONS, Store, open_store
-from conductor_mcp.store.postgres import PostgresStore, redact_url
+from conductor_mcp.store.postgres import CLOCK_RESYNC_S, PostgresStore, redact_url
 from conductor_mcp.store.sqlite import SQLiteStore
 
 from ..conftest import execute, store_migrations
@@ -196,3 +196,31 @@ def test_a_runs_end_and_its_parts_hand_back_at_once_cancel_the_part(postgres: Po
     finally:
         old.close()
         new.close()
+
+
+def test_the_database_clock_is_read_once_a_while_and_never_run_ahead_of(postgres: PostgresServer) -> None:
+    """Leases are kept in the database's clock. It is read once every CLOCK_RESYNC_S and carried on by this host's
+    monotonic clock in between (a round trip a transaction saved), dated at the end of its round trip, so the
+    store's `now` is never ahead of the database's clock."""
+    store = open_store(postgres.new_database())
+    assert isinstance(store, PostgresStore)
+    try:
+        with psycopg.connect(store.url, autocommit=True) as conn:
+            def db_clock() -> float:
+                row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()
+                assert row is not None
+                return float(row[0])
+
+            for _ in range(20):
+                before = db_clock()
+                with store._write() as db:
+                    now = store._now(db)
+                after = db_clock()
+                assert now <= after and now > before - 0.5, (before, now, after)
+            with store._write() as db:
+                store._clock = (1000.0, time.monotonic())  # a reading just taken: carried on, not read again
+                assert 1000.0 <= store._now(db) < 1001.0
+                store._clock = (1000.0, time.monotonic() - CLOCK_RESYNC_S - 0.1)  # too old: read again
+                assert abs(store._now(db) - db_clock()) < 0.5
+    finally:
+        store.close()

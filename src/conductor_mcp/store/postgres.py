@@ -8,6 +8,10 @@ Ownership across machines: a process id means nothing on another machine, so an 
 lease has not expired, in the database's own clock (clock_timestamp()), and heartbeats renew it. Every write
 of an owner locks the run's row (SELECT ... FOR UPDATE) and checks the lease epoch, its fencing token: once
 another replica has claimed the run, the old owner's writes fail with LeaseLost.
+
+Each statement is a round trip, made on the event loop, so the hot path makes as few as it can: reads run in
+autocommit (under READ COMMITTED a transaction gave each of their statements its own snapshot anyway, and cost a
+BEGIN and a COMMIT), and the database's clock is read once every CLOCK_RESYNC_S, not once a transaction.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ if TYPE_CHECKING:
 SCHEMES = ("postgresql", "postgres")
 # pg_advisory_xact_lock's key for migrations: any fixed 64-bit number ("conductor" in ASCII)
 MIGRATION_LOCK = 0x636F6E647563746F
+# How long the database's clock, once read, is carried on by this host's monotonic clock before it is read again.
+# A monotonic clock drifts from a disciplined one by at most NTP's 500 ppm: 2.5 ms over this, against leases of
+# seconds; and a step of the database host's clock counts from the next read.
+CLOCK_RESYNC_S = 5.0
 
 
 def redact_url(url: str) -> str:
@@ -102,12 +110,13 @@ class PostgresStore(Store):
                              "install them with `pip install 'mcp-conductor[postgres]'`") from exc
         self.url = url
         self.location = redact_url(url)
+        self._clock: tuple[float, float] | None = None  # the database's clock and time.monotonic() at one reading
         self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         try:
             psycopg.connect(url, connect_timeout=10).close()  # fails fast, with libpq's reason (the pool retries)
             self._pool: ConnectionPool[Any] = ConnectionPool(
                 url, min_size=min_size, max_size=max_size, open=False, name="conductor-store",
-                kwargs={"row_factory": _row_factory})
+                kwargs={"row_factory": _row_factory, "autocommit": True})  # writes: conn.transaction()
             self._pool.open(wait=True, timeout=15)
             self._migrate()
         except Exception as exc:  # PoolTimeout, psycopg.Error, a malformed URL (ProgrammingError)
@@ -145,7 +154,14 @@ class PostgresStore(Store):
     MAX2 = "GREATEST"
 
     def _now(self, db: Conn) -> float:
-        return float(db.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0])
+        """The database's clock, as last read (at most CLOCK_RESYNC_S ago) plus the monotonic time since. The reading
+        is dated at the end of its round trip, so this is never ahead of the database's clock (behind it by at most
+        that round trip): a lease written with it never lasts longer there than it says."""
+        clock = self._clock
+        if clock is None or time.monotonic() - clock[1] > CLOCK_RESYNC_S:
+            read = float(db.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0])
+            self._clock = clock = (read, time.monotonic())
+        return clock[0] + (time.monotonic() - clock[1])
 
     def _lock_run(self, db: Conn, run_id: str, columns: str) -> Row | None:
         row: Row | None = db.execute(f"SELECT {columns} FROM runs WHERE id=? FOR UPDATE", (run_id,)).fetchone()
