@@ -75,8 +75,16 @@ class PgRow(tuple[Any, ...]):
         return list(self._names)
 
 
+@lru_cache(maxsize=256)
+def _names(fields: tuple[bytes | None, ...]) -> dict[str, int]:
+    return {(f or b"").decode(): i for i, f in enumerate(fields)}
+
+
 def _row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], PgRow]:
-    names = {c.name: i for i, c in enumerate(cursor.description or [])}
+    # made for every statement's result: the names straight from the result, once per set of columns (the cursor's
+    # `description` builds a Column object apiece, about 25 for a runs row, on every read)
+    res = cursor.pgresult
+    names = _names(tuple(res.fname(i) for i in range(res.nfields))) if res is not None else {}
 
     def make(values: Sequence[Any]) -> PgRow:
         row = PgRow(values)
