@@ -61,6 +61,13 @@ class StoreBase:
         self.require_writable()
         return self._write()
 
+    def _statement(self) -> AbstractContextManager[Conn]:
+        """A connection for a write of one statement, which commits by itself (both backends' connections are in
+        autocommit outside _tx): no BEGIN and COMMIT around it, which cost two round trips on PostgreSQL. One
+        statement only: two would not be one transaction."""
+        self.require_writable()
+        return self._read()
+
     def _now(self, db: Conn) -> float:
         """Seconds since the epoch by the clock that leases are kept in (the database's on PostgreSQL)."""
         raise NotImplementedError

@@ -103,7 +103,11 @@ class Writes(Ownership):
         it reaches their step; a run that ends first cancels them, and a part handed back after the run it is part
         of ended is cancelled instead. Either way they keep their completed steps, and a resume of the run takes
         them back (a claim takes a cancelled run)."""
-        with self._tx() as db:
+        # only a run claimed again (lease epoch 2 on) can have parts handed back: they are handed back when it is
+        # taken over or handed back itself; so a run's first execution that ends (or stops, planned: run_step)
+        # writes one statement, its own row, and a hand-back first reads the run it is part of
+        alone = status != RunStatus.RUNNING and lease.epoch == 1
+        with self._statement() if alone else self._tx() as db:
             now = self._now(db)
             ended = self._ended_around(db, lease.run_id) if status == RunStatus.RUNNING else None
             if ended is not None:
@@ -111,9 +115,7 @@ class Writes(Ownership):
             self._update_held(db, lease, "status=?, answer=COALESCE(?, answer), error=?, updated_at=?, owner=NULL,"
                               f" lease_expires_at=NULL, run_s = run_s + COALESCE({self.MAX2}(? - claimed_at, 0), 0),"
                               " claimed_at=NULL", (status.value, answer, redact_optional(error), now, now))
-            # only a run claimed again (lease epoch 2 on) can have parts handed back: they are handed back when it
-            # is taken over or handed back itself; so a run's first execution asks nothing more
-            if status in FINAL and (lease.epoch > 1 or ended is not None):
+            if status in FINAL and not alone:
                 self._cancel_handed_back_parts(db, lease.run_id, status, now)
 
     def _ended_around(self, db: Conn, run_id: str) -> str | None:
