@@ -1,8 +1,9 @@
 """The hot path on a PostgreSQL store (the one that replicas share): this tree against another, side by side.
 
-`python -m bench.pg_path --before-src DIR [--rounds 12]` prints JSON. A throwaway PostgreSQL cluster
-(tests/servers/postgres_server.py: the installed server binaries) holds a fresh database for each side and measure.
-Sides alternate from round to round, each running with its own src first on PYTHONPATH (bench.lean's side_env).
+`python -m bench.pg_path --before-src DIR [--rounds 12]` prints JSON and writes it to bench/out/pg_path.json. A
+throwaway PostgreSQL cluster (tests/servers/postgres_server.py: the installed server binaries) holds a fresh database
+for each side and measure. Sides alternate from round to round, each running with its own src first on PYTHONPATH
+(bench.lean's side_env).
 
 - engine: a child process per side and round makes 200 one-step runs (RunManager.solve, then wait for its end, as
   the servers run one) on the scripted worker that answers at once; the medians of its wall and CPU ms a run.
@@ -34,6 +35,7 @@ import httpx
 from .lean import ONE_STEP, TASK, _cpu_of, _v1_runs, side_env, write_manifest
 from .load import WORKER_PATH_S, HttpServer, run_client
 from .procfs import task_cpu_seconds
+from .profiles import OUT_DIR
 from .scripted import ROOT, ScriptedProcess, worker_specs
 
 RUNS = 200
@@ -138,7 +140,10 @@ def main() -> int:
         return 0
     if args.before_src is None:
         parser.error("--before-src: the src folder to compare with (git worktree add, or git archive)")
-    print(json.dumps(measure(dict(_sides(args.before_src)), args.rounds), indent=1))
+    text = json.dumps(measure(dict(_sides(args.before_src)), args.rounds), indent=1)
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "pg_path.json").write_text(text + "\n")
+    print(text)
     return 0
 
 
