@@ -19,7 +19,7 @@ def test_each_store_call_is_recorded_as_its_own_transaction_and_replays_to_the_s
     run_id = one_run(store, recording.making)
     by_call = {c: [sql.strip() for call, sql, _ in recording.log if call == c] for c in CALLS}
     assert {c: len(v) for c, v in by_call.items()} == {"add_claimed_run": 4, "attempt_started": 6,
-                                                      "step_completed": 5, "finish_run": 1, "get_run": 3}
+                                                      "step_completed": 5, "finish_run": 1, "get_run": 2}
     for call in WRITES[:3]:  # each of these writes is one transaction, begun and committed by the call itself
         assert by_call[call][0] == "BEGIN IMMEDIATE" and by_call[call][-1] == "COMMIT", by_call[call]
     assert by_call["finish_run"][0].startswith("UPDATE runs")  # one statement, which commits by itself

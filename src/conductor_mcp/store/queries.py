@@ -65,6 +65,10 @@ class EvalRecord:
     report: dict[str, Any]
 
 
+_ATTEMPT_COLUMNS = ", ".join(f"a.{c} AS a_{c}" for c in ("n", "worker", "status", "error", "latency_s", "started_at",
+                                                       "prompt_tokens", "completion_tokens", "cost_usd"))
+
+
 class Queries(Ownership):
     def _running_s(self, row: Row, now: float) -> float:
         """Planning, then every execution: finished ones are in run_s; the one in progress counts until now,
@@ -97,15 +101,23 @@ class Queries(Ownership):
             row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"run_id: no run {run_id!r} {_NOT_FOUND_HINT}")
-            steps = db.execute("SELECT * FROM steps WHERE run_id=? ORDER BY idx", (run_id,)).fetchall()
-            attempts = db.execute("SELECT * FROM attempts WHERE run_id=? ORDER BY idx, n", (run_id,)).fetchall()
+            # the steps and their attempts in one statement (one round trip on PostgreSQL): a step's row once per
+            # attempt, a step with none once (its attempt's columns NULL)
+            rows = db.execute(f"SELECT s.*, {_ATTEMPT_COLUMNS} FROM steps s LEFT JOIN attempts a"
+                              " ON a.run_id = s.run_id AND a.idx = s.idx WHERE s.run_id=? ORDER BY s.idx, a.n",
+                              (run_id,)).fetchall()
+        steps: list[Row] = []
         by_step: dict[int, list[Attempt]] = {}
-        for a in attempts:
-            by_step.setdefault(a["idx"], []).append(Attempt(
-                n=a["n"], worker=a["worker"], status=a["status"], error=a["error"], latency_s=a["latency_s"],
-                started_at=a["started_at"], usage=Usage(prompt_tokens=a["prompt_tokens"],
-                                                        completion_tokens=a["completion_tokens"],
-                                                        cost_usd=a["cost_usd"], calls=1)))
+        for r in rows:
+            if not steps or steps[-1]["idx"] != r["idx"]:
+                steps.append(r)
+                by_step[r["idx"]] = []
+            if r["a_n"] is not None:
+                by_step[r["idx"]].append(Attempt(
+                    n=r["a_n"], worker=r["a_worker"], status=r["a_status"], error=r["a_error"],
+                    latency_s=r["a_latency_s"], started_at=r["a_started_at"],
+                    usage=Usage(prompt_tokens=r["a_prompt_tokens"], completion_tokens=r["a_completion_tokens"],
+                                cost_usd=r["a_cost_usd"], calls=1)))
         return Run(
             id=row["id"], task=row["task"], status=self._status(row, now),
             workflow=Workflow.model_validate_json(row["workflow"]),
@@ -116,7 +128,7 @@ class Queries(Ownership):
                 usage=Usage(prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"],
                             cost_usd=s["cost_usd"], calls=s["calls"]),
                 started_at=s["started_at"], ended_at=s["ended_at"], edited=bool(s["edited"]),
-                attempts=by_step.get(s["idx"], []), code=s["code"],
+                attempts=by_step[s["idx"]], code=s["code"],
             ) for s in steps],
             answer=row["answer"], error=row["error"], created_at=row["created_at"],
             updated_at=row["updated_at"], owner=row["owner"], heartbeat_at=row["heartbeat_at"],
