@@ -65,7 +65,7 @@ class Writes(Ownership):
                 (run_id, task, status.value, workflow.model_dump_json(), plan_json, json.dumps(stored), now, now,
                  parent_run_id, parent_step, owner, epoch, beat, expires, claimed_at),
             )
-            self._write_steps(db, run_id, workflow, 0)
+            self._write_steps(db, run_id, workflow)
         run = Run(id=run_id, task=task, status=status, workflow=workflow,
                   plan=PlanInfo.model_validate_json(plan_json),  # as stored: redacted
                   steps=[StepRecord(index=i, worker=s.worker, instruction=s.instruction, access=s.access,
@@ -74,12 +74,12 @@ class Writes(Ownership):
                   owner=owner, heartbeat_at=beat)
         return Claimed(Lease(run_id, epoch), run, stored)
 
-    def _write_steps(self, db: Conn, run_id: str, workflow: Workflow, start: int) -> None:
-        for i, step in enumerate(workflow.steps[start:], start):
-            db.execute(
-                "INSERT INTO steps (run_id, idx, worker, instruction, access, status) VALUES (?,?,?,?,?,?)",
-                (run_id, i, step.worker, step.instruction, json.dumps(step.access), StepStatus.PENDING.value),
-            )
+    def _write_steps(self, db: Conn, run_id: str, workflow: Workflow) -> None:
+        """The run's steps, pending, in one statement (one round trip on PostgreSQL, not one a step)."""
+        values = [(run_id, i, step.worker, step.instruction, json.dumps(step.access), StepStatus.PENDING.value)
+                  for i, step in enumerate(workflow.steps)]
+        db.execute("INSERT INTO steps (run_id, idx, worker, instruction, access, status) VALUES "
+                   + ",".join(["(?,?,?,?,?,?)"] * len(values)), [v for row in values for v in row])
 
     def _set_option(self, lease: Lease, key: str, value: Any) -> None:
         with self._tx() as db:
