@@ -7,8 +7,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -198,29 +199,103 @@ def test_a_runs_end_and_its_parts_hand_back_at_once_cancel_the_part(postgres: Po
         new.close()
 
 
+class _SlowClock:
+    """A connection whose clock reading says `value`, then takes `delay_s` more to come back."""
+
+    def __init__(self, value: float, delay_s: float) -> None:
+        self.value, self.delay_s, self.reads = value, delay_s, 0
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> _SlowClock:
+        assert "clock_timestamp()" in sql
+        self.reads += 1
+        time.sleep(self.delay_s)
+        return self
+
+    def fetchone(self) -> tuple[float]:
+        return (self.value,)
+
+    rowcount = 1  # the rest of a cursor, as the store's connections answer
+
+    def fetchall(self) -> list[Any]:
+        return [self.fetchone()]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        pass
+
+
 def test_the_database_clock_is_read_once_a_while_and_never_run_ahead_of(postgres: PostgresServer) -> None:
     """Leases are kept in the database's clock. It is read once every CLOCK_RESYNC_S and carried on by this host's
     monotonic clock in between (a round trip a transaction saved), dated at the end of its round trip, so the
-    store's `now` is never ahead of the database's clock."""
+    store's `now` is never ahead of the database's clock; and read again at once where this host's wall and
+    monotonic clocks part (a suspended host: its monotonic clock stood still)."""
     store = open_store(postgres.new_database())
     assert isinstance(store, PostgresStore)
     try:
+        slow = _SlowClock(1000.0, 0.2)  # the reading was taken as the round trip began: 0.2 s old on arrival
+        assert 1000.0 <= store._now(slow) < 1000.1 and slow.reads == 1  # dated at the end, not the start
+        assert store._now(slow) < 1000.1 and slow.reads == 1  # carried on, not read again
+        read, mono, wall = store._clock or (0.0, 0.0, 0.0)
+        store._clock = (read, mono, wall - 5.0)  # the wall clock went on 5 s while the monotonic one stood still
+        store._now(slow)
+        assert slow.reads == 2
+        store._clock = (1000.0, time.monotonic() - CLOCK_RESYNC_S - 0.1, time.time() - CLOCK_RESYNC_S - 0.1)
+        store._now(slow)  # too old: read again
+        assert slow.reads == 3
+        store._clock = None
         with psycopg.connect(store.url, autocommit=True) as conn:
             def db_clock() -> float:
                 row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()
                 assert row is not None
                 return float(row[0])
 
-            for _ in range(20):
+            for _ in range(20):  # against the real clock: between a reading before and one after
                 before = db_clock()
                 with store._write() as db:
                     now = store._now(db)
                 after = db_clock()
-                assert now <= after and now > before - 0.5, (before, now, after)
-            with store._write() as db:
-                store._clock = (1000.0, time.monotonic())  # a reading just taken: carried on, not read again
-                assert 1000.0 <= store._now(db) < 1001.0
-                store._clock = (1000.0, time.monotonic() - CLOCK_RESYNC_S - 0.1)  # too old: read again
-                assert abs(store._now(db) - db_clock()) < 0.5
+                assert before - 0.5 < now <= after, (before, now, after)
+    finally:
+        store.close()
+
+
+def test_a_first_executions_end_is_fenced_in_its_one_statement(postgres: PostgresServer) -> None:
+    """A run's first execution ends in one statement, with no transaction around it. Queued behind another
+    replica's claim of the run (which holds its row and raises its lease), it changes nothing, raises LeaseLost
+    naming the new owner, and leaves no connection inside a transaction."""
+    url = postgres.new_database()
+    store = open_store(url)
+    try:
+        run_id = store.create_run("t", WF, PLAN)
+        lease, _ = store.claim(run_id)
+        assert lease.epoch == 1
+        errors: list[BaseException] = []
+
+        def end() -> None:
+            try:
+                store.finish_run(lease, RunStatus.COMPLETED, answer="late")
+            except BaseException as exc:  # checked below
+                errors.append(exc)
+
+        with psycopg.connect(url) as other:  # another replica claims it: its row locked until the commit
+            other.execute("UPDATE runs SET owner='replica-b:1:1.00:beef', lease=lease+1 WHERE id=%s", (run_id,))
+            thread = threading.Thread(target=end)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while _waiting_on_locks(url) < 1:
+                assert time.monotonic() < deadline, "the end did not wait for the run's row"
+                time.sleep(0.01)
+            other.commit()
+        thread.join(timeout=20)
+        assert not thread.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], LeaseLost) and "replica-b" in str(errors[0]), errors
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT status, answer, owner, lease FROM runs WHERE id=%s", (run_id,)).fetchone()
+            idle = conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND state LIKE 'idle in transaction%%'").fetchone()
+        assert row == ("running", None, "replica-b:1:1.00:beef", 2)
+        assert idle == (0,)
     finally:
         store.close()

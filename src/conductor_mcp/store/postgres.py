@@ -118,7 +118,7 @@ class PostgresStore(Store):
                              "install them with `pip install 'mcp-conductor[postgres]'`") from exc
         self.url = url
         self.location = redact_url(url)
-        self._clock: tuple[float, float] | None = None  # the database's clock and time.monotonic() at one reading
+        self._clock: tuple[float, float, float] | None = None  # the database's clock, time.monotonic(), time.time()
         self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         try:
             psycopg.connect(url, connect_timeout=10).close()  # fails fast, with libpq's reason (the pool retries)
@@ -163,13 +163,19 @@ class PostgresStore(Store):
 
     def _now(self, db: Conn) -> float:
         """The database's clock, as last read (at most CLOCK_RESYNC_S ago) plus the monotonic time since. The reading
-        is dated at the end of its round trip, so this is never ahead of the database's clock (behind it by at most
-        that round trip): a lease written with it never lasts longer there than it says."""
+        is dated at the end of its round trip, so this is not ahead of the database's clock (behind it by at most that
+        round trip; ahead by no more than this host's drift, 2.5 ms over 5 s): a lease written with it does not last
+        longer there than it says. It is read again sooner
+        where this host's wall clock and monotonic clock part (a suspended host or paused VM, whose monotonic clock
+        stood still meanwhile; or a step of the wall clock). At a reading it may step back by as much as a round
+        trip took: nothing depends on its only going forward."""
         clock = self._clock
-        if clock is None or time.monotonic() - clock[1] > CLOCK_RESYNC_S:
+        mono, wall = time.monotonic(), time.time()
+        if clock is None or mono - clock[1] > CLOCK_RESYNC_S or abs((wall - clock[2]) - (mono - clock[1])) > 0.5:
             read = float(db.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0])
-            self._clock = clock = (read, time.monotonic())
-        return clock[0] + (time.monotonic() - clock[1])
+            mono, wall = time.monotonic(), time.time()
+            self._clock = clock = (read, mono, wall)
+        return clock[0] + (mono - clock[1])
 
     def _lock_run(self, db: Conn, run_id: str, columns: str) -> Row | None:
         row: Row | None = db.execute(f"SELECT {columns} FROM runs WHERE id=? FOR UPDATE", (run_id,)).fetchone()
