@@ -165,10 +165,9 @@ class PostgresStore(Store):
         """The database's clock, as last read (at most CLOCK_RESYNC_S ago) plus the monotonic time since. The reading
         is dated at the end of its round trip, so this is not ahead of the database's clock (behind it by at most that
         round trip; ahead by no more than this host's drift, 2.5 ms over 5 s): a lease written with it does not last
-        longer there than it says. It is read again sooner
-        where this host's wall clock and monotonic clock part (a suspended host or paused VM, whose monotonic clock
-        stood still meanwhile; or a step of the wall clock). At a reading it may step back by as much as a round
-        trip took: nothing depends on its only going forward."""
+        longer there than it says. It is read again sooner where this host's wall clock and monotonic clock part (a
+        suspended host or paused VM, whose monotonic clock stood still meanwhile; or a step of the wall clock). At a
+        reading it may step back by as much as a round trip took: nothing depends on its only going forward."""
         clock = self._clock
         mono, wall = time.monotonic(), time.time()
         if clock is None or mono - clock[1] > CLOCK_RESYNC_S or abs((wall - clock[2]) - (mono - clock[1])) > 0.5:
