@@ -182,16 +182,21 @@ class Ownership(StoreBase):
                      and row["status"] == RunStatus.PLANNED.value and known.status == RunStatus.PLANNED
                      and all(s.status == StepStatus.PENDING and not s.attempts for s in known.steps))
             if not fresh:  # a step or attempt left running belonged to a process that is gone
-                db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
-                db.execute("UPDATE steps SET status=? WHERE run_id=? AND status IN (?,?,?)",
-                           (StepStatus.PENDING.value, run_id, StepStatus.RUNNING.value, StepStatus.FAILED.value,
-                            StepStatus.SKIPPED.value))
+                self._settle_left_running(db, run_id, StepStatus.RUNNING, StepStatus.FAILED, StepStatus.SKIPPED)
         options: dict[str, Any] = json.loads(row["options"])
         if fresh and known is not None:
             return Claimed(lease, known.model_copy(update={
                 "status": RunStatus.RUNNING, "owner": _OWNER, "heartbeat_at": now, "updated_at": now,
                 "error": None}), options)
         return Claimed(lease, self.get_run(run_id), options)
+
+    @staticmethod
+    def _settle_left_running(db: Conn, run_id: str, *steps: StepStatus) -> None:
+        """What a run's gone owner left in flight: its attempts running are interrupted, and its steps in `steps`
+        go back to pending, to be run again."""
+        db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'", (run_id,))
+        db.execute(f"UPDATE steps SET status=? WHERE run_id=? AND status IN ({','.join('?' * len(steps))})",
+                   (StepStatus.PENDING.value, run_id, *(s.value for s in steps)))
 
     def heartbeat(self, lease: Lease) -> None:
         """Renew the lease (tell other hosts the owner lives); raise LeaseLost if the run was taken over."""

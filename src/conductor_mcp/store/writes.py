@@ -152,10 +152,7 @@ class Writes(Ownership):
                                     (RunStatus.CANCELLED.value, why, now, part["id"], RunStatus.RUNNING.value,
                                      part["owner"] or "", part["lease"]))  # no claim or end since
                 if cursor.rowcount == 1:
-                    db.execute("UPDATE attempts SET status='interrupted' WHERE run_id=? AND status='running'",
-                               (part["id"],))
-                    db.execute("UPDATE steps SET status=? WHERE run_id=? AND status=?",
-                               (StepStatus.PENDING.value, part["id"], StepStatus.RUNNING.value))
+                    self._settle_left_running(db, part["id"], StepStatus.RUNNING)
                     parents.append(part["id"])
 
     def rate(self, run_id: str, score: float, note: str | None = None, source: str = "user") -> None:
